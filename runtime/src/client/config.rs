@@ -1,0 +1,187 @@
+use std::time::Duration;
+
+use http::Uri;
+use tonic::transport::Endpoint;
+
+use super::Downstreams;
+use crate::Error;
+use crate::retry::ServiceConfig;
+use crate::tls::ClientTls;
+
+/// How a client reaches its downstream: endpoints, connection options, TLS and policy
+/// overrides.
+///
+/// Defaults: connect timeout 5 s, HTTP/2 keepalive every 30 s (20 s timeout, also while
+/// idle), `TCP_NODELAY`, lazy connect, the process-wide [`Downstreams`].
+///
+/// ```
+/// use std::time::Duration;
+/// use steadfast::client::ClientConfig;
+///
+/// let config = ClientConfig::endpoints(["http://127.0.0.1:50051", "http://127.0.0.1:50052"])?
+///     .connect_timeout(Duration::from_secs(2))?
+///     .eager(true);
+/// assert_eq!(config.endpoint_uris().len(), 2);
+///
+/// let err = ClientConfig::endpoints(["127.0.0.1:50051"]).unwrap_err();
+/// assert!(err.to_string().contains("endpoints[0]"));
+/// # Ok::<(), steadfast::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    endpoints: Vec<Uri>,
+    connect_timeout: Duration,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+    tcp_nodelay: bool,
+    eager: bool,
+    tls: Option<ClientTls>,
+    pub(crate) service_config: Option<ServiceConfig>,
+    pub(crate) downstreams: Downstreams,
+}
+
+impl ClientConfig {
+    /// Static endpoints (`http://host:port` or `https://host:port`). Calls are balanced over
+    /// them.
+    pub fn endpoints<I, S>(endpoints: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let endpoints = endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| parse_endpoint(i, e.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(Error::config(
+                "endpoints",
+                "is empty; give at least one endpoint",
+            ));
+        }
+        Ok(ClientConfig {
+            endpoints,
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            tcp_nodelay: true,
+            eager: false,
+            tls: None,
+            service_config: None,
+            downstreams: Downstreams::global(),
+        })
+    }
+
+    /// The time allowed to establish one connection (default 5 s; must be > 0).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self, Error> {
+        if timeout.is_zero() {
+            return Err(Error::config(
+                "connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        self.connect_timeout = timeout;
+        Ok(self)
+    }
+
+    /// HTTP/2 keepalive: a PING every `interval`, the connection dropped when no answer
+    /// comes within `timeout`. Both must be > 0.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Result<Self, Error> {
+        if interval.is_zero() {
+            return Err(Error::config(
+                "keepalive_interval",
+                "must be greater than zero",
+            ));
+        }
+        if timeout.is_zero() {
+            return Err(Error::config(
+                "keepalive_timeout",
+                "must be greater than zero",
+            ));
+        }
+        self.keepalive_interval = interval;
+        self.keepalive_timeout = timeout;
+        Ok(self)
+    }
+
+    /// Sets `TCP_NODELAY` (default on).
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.tcp_nodelay = on;
+        self
+    }
+
+    /// Connect at construction (`true`) or on first use (`false`, the default).
+    ///
+    /// An eager client fails to construct on errors that waiting will not fix: a bad
+    /// address, a failed TLS handshake. A refused or timed-out connection is taken as
+    /// temporary (the server may be starting): it is logged and the client connects lazily.
+    pub fn eager(mut self, eager: bool) -> Self {
+        self.eager = eager;
+        self
+    }
+
+    /// Connects over TLS. Endpoints should use `https://`.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Overrides per-method timeouts and retry policies, and the retry throttle, from gRPC
+    /// service config. Entries are matched on the client's `grpc_service` name (or on its
+    /// steadfast service name when the client has none) and the method's gRPC name.
+    pub fn service_config(mut self, config: ServiceConfig) -> Self {
+        self.service_config = Some(config);
+        self
+    }
+
+    /// Uses `downstreams` for per-service shared state (retry throttles) instead of the
+    /// process-wide one. Tests use this for isolation.
+    pub fn downstreams(mut self, downstreams: Downstreams) -> Self {
+        self.downstreams = downstreams;
+        self
+    }
+
+    /// The endpoints.
+    pub fn endpoint_uris(&self) -> &[Uri] {
+        &self.endpoints
+    }
+
+    pub(crate) fn tonic_endpoint(&self, uri: &Uri) -> Result<Endpoint, Error> {
+        let mut ep = Endpoint::from(uri.clone())
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(self.tcp_nodelay)
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            ep = ep
+                .tls_config(tls.config())
+                .map_err(|e| Error::Tls(format!("endpoint {uri}: {e}")))?;
+        }
+        Ok(ep)
+    }
+
+    pub(crate) fn is_eager(&self) -> bool {
+        self.eager
+    }
+}
+
+fn parse_endpoint(i: usize, text: &str) -> Result<Uri, Error> {
+    let bad = |why: String| Error::Config {
+        field: "endpoints",
+        reason: format!("endpoints[{i}] = `{text}`: {why}"),
+    };
+    let uri: Uri = text.parse().map_err(|e| bad(format!("{e}")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(bad(
+                "write it as http://host:port or https://host:port".into()
+            ));
+        }
+    }
+    if uri.authority().is_none() {
+        return Err(bad("has no host:port".into()));
+    }
+    Ok(uri)
+}

@@ -1,0 +1,250 @@
+//! The client stack that `#[resilient_client]` generates code for: connection set-up,
+//! per-method policies and the shared per-downstream state.
+
+mod channel;
+mod config;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::Status;
+
+pub use self::channel::{Channel, ResponseFuture};
+pub use self::config::ClientConfig;
+
+use crate::Error;
+use crate::retry::{CallPolicy, RetryPolicy, RetryThrottle};
+
+/// Per-downstream state shared by every client of one service in the process: all clients
+/// of `user-svc` draw on one retry throttle.
+///
+/// The process-wide instance is [`Downstreams::global`]; [`Downstreams::new`] makes an
+/// isolated one (tests use it so that they do not share buckets).
+///
+/// ```
+/// use steadfast::client::Downstreams;
+/// use steadfast::retry::RetryThrottle;
+///
+/// let d = Downstreams::new();
+/// let a = d.throttle("user-svc", RetryThrottle::default);
+/// let b = d.throttle("user-svc", || RetryThrottle::new(50, 1.0).unwrap());
+/// assert!(std::sync::Arc::ptr_eq(&a, &b), "the first registration wins");
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Downstreams {
+    inner: Arc<Mutex<HashMap<String, Arc<RetryThrottle>>>>,
+}
+
+impl Downstreams {
+    /// An empty, isolated set.
+    pub fn new() -> Self {
+        Downstreams::default()
+    }
+
+    /// The process-wide set.
+    pub fn global() -> Self {
+        static GLOBAL: std::sync::OnceLock<Downstreams> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(Downstreams::new).clone()
+    }
+
+    /// The throttle of `service`, created with `make` on first use. Called at client
+    /// construction, never per call.
+    pub fn throttle(
+        &self,
+        service: &str,
+        make: impl FnOnce() -> RetryThrottle,
+    ) -> Arc<RetryThrottle> {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(service.to_owned())
+            .or_insert_with(|| Arc::new(make()))
+            .clone()
+    }
+}
+
+/// The static description of a client, emitted by `#[resilient_client]`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ClientSpec {
+    pub service: &'static str,
+    pub grpc_service: Option<&'static str>,
+    pub throttle: Option<(u32, u32)>,
+    pub methods: &'static [MethodSpec],
+}
+
+/// The static description of one method, emitted by `#[resilient_client]`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct MethodSpec {
+    pub grpc_method: &'static str,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+}
+
+/// The runtime half of a generated client: the channel and one [`CallPolicy`] per method.
+#[derive(Clone, Debug)]
+pub struct ClientCore {
+    inner: Arc<CoreInner>,
+}
+
+#[derive(Debug)]
+struct CoreInner {
+    service: &'static str,
+    channel: Channel,
+    methods: Box<[CallPolicy]>,
+}
+
+impl ClientCore {
+    /// Connects per `config` and resolves the method policies of `spec`.
+    #[doc(hidden)]
+    pub async fn connect(spec: &'static ClientSpec, config: ClientConfig) -> Result<Self, Error> {
+        let channel = connect(spec.service, &config).await?;
+        Ok(Self::with_channel(spec, &config, channel))
+    }
+
+    fn with_channel(spec: &'static ClientSpec, config: &ClientConfig, channel: Channel) -> Self {
+        let sc = config.service_config.as_ref();
+        let throttle = config.downstreams.throttle(spec.service, || {
+            sc.and_then(|sc| sc.throttle())
+                .or_else(|| {
+                    spec.throttle
+                        .map(|(max, milli)| RetryThrottle::from_parts(max, milli))
+                })
+                .unwrap_or_default()
+        });
+        let match_name = spec.grpc_service.unwrap_or(spec.service);
+        let methods = spec
+            .methods
+            .iter()
+            .map(|m| {
+                let over = sc.and_then(|sc| sc.lookup(match_name, m.grpc_method));
+                let timeout = over.and_then(|o| o.timeout).or(m.timeout);
+                // A method marked `no_retry` is not idempotent: config cannot add retries.
+                let retry = m.retry.and(over.and_then(|o| o.retry).or(m.retry));
+                CallPolicy::new(spec.service, m.grpc_method)
+                    .timeout(timeout)
+                    .retry(retry)
+                    .throttle(Some(throttle.clone()))
+            })
+            .collect();
+        ClientCore {
+            inner: Arc::new(CoreInner {
+                service: spec.service,
+                channel,
+                methods,
+            }),
+        }
+    }
+
+    /// The downstream service name.
+    pub fn service(&self) -> &'static str {
+        self.inner.service
+    }
+
+    /// The transport, for constructing the tonic client.
+    pub fn channel(&self) -> Channel {
+        self.inner.channel.clone()
+    }
+
+    /// The resolved policy of each method, in declaration order.
+    pub fn policies(&self) -> &[CallPolicy] {
+        &self.inner.methods
+    }
+}
+
+/// Runs one unary call of method `index` under its policy. Called by generated code.
+#[doc(hidden)]
+pub fn unary<M, R, F, Fut>(
+    core: &ClientCore,
+    index: usize,
+    message: M,
+    attempt: F,
+) -> impl Future<Output = Result<R, Status>> + Send + 'static
+where
+    M: Clone + Send + 'static,
+    R: Send + 'static,
+    F: FnMut(tonic::Request<M>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send,
+{
+    let core = core.clone();
+    async move {
+        core.inner.methods[index]
+            .call(tonic::Request::new(message), attempt)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+async fn connect(service: &str, config: &ClientConfig) -> Result<Channel, Error> {
+    let endpoints = config
+        .endpoint_uris()
+        .iter()
+        .map(|uri| config.tonic_endpoint(uri).map(|ep| (uri, ep)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if config.is_eager() {
+        for (uri, ep) in &endpoints {
+            if let Err(e) = ep.connect().await {
+                let reason = error_chain(&e);
+                if is_temporary(&e) {
+                    tracing::warn!(
+                        service, endpoint = %uri,
+                        "endpoint not reachable yet, connecting lazily: {reason}"
+                    );
+                } else {
+                    return Err(Error::Connect {
+                        service: service.to_owned(),
+                        endpoint: uri.to_string(),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    let channel = if endpoints.len() == 1 {
+        endpoints
+            .into_iter()
+            .next()
+            .map(|(_, ep)| ep.connect_lazy())
+    } else {
+        Some(tonic::transport::Channel::balance_list(
+            endpoints.into_iter().map(|(_, ep)| ep),
+        ))
+    };
+    Ok(Channel::new(
+        channel.expect("at least one endpoint, checked in ClientConfig"),
+    ))
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+/// Whether a connect error may go away by itself (the server is starting or overloaded).
+fn is_temporary(err: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | NotConnected
+            );
+        }
+        if e.to_string().contains("timed out") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}

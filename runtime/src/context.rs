@@ -1,0 +1,96 @@
+//! The per-request [`Context`]: the deadline inherited from the caller (and, later, the trace).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+tokio::task_local! {
+    pub(crate) static CURRENT: Context;
+}
+
+/// What a request carries across hops: its deadline.
+///
+/// A server wrapped in [`DeadlineLayer`](crate::deadline::DeadlineLayer) reads the caller's
+/// `grpc-timeout`, makes a `Context` with the matching deadline, and runs the handler inside
+/// it. Every resilient client called from that handler bounds its own calls by
+/// `min(own timeout, remaining)`, so a deadline shrinks hop by hop and is never reset.
+///
+/// The context is found two ways: [`Context::current`] (a tokio task-local set for the
+/// duration of the handler's future), and the request's extensions
+/// (`request.extensions().get::<Context>()`).
+///
+/// ```
+/// use std::time::Duration;
+/// use steadfast::Context;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// assert!(Context::current().deadline().is_none());
+/// let ctx = Context::new().with_timeout(Duration::from_secs(2));
+/// ctx.scope(async {
+///     let left = Context::current().remaining().unwrap();
+///     assert!(left <= Duration::from_secs(2));
+/// })
+/// .await;
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    deadline: Option<Instant>,
+}
+
+impl Context {
+    /// An empty context: no deadline.
+    pub fn new() -> Self {
+        Context::default()
+    }
+
+    /// The context of the running task, or an empty one outside any request.
+    pub fn current() -> Context {
+        CURRENT.try_with(Context::clone).unwrap_or_default()
+    }
+
+    /// The deadline of the running task's request, if any. Cheaper than `current()`.
+    pub fn current_deadline() -> Option<Instant> {
+        CURRENT.try_with(|c| c.deadline).ok().flatten()
+    }
+
+    /// Returns this context with its deadline set to `deadline`, or left as it is when that
+    /// is earlier: a deadline is only ever shortened.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(match self.deadline {
+            Some(d) => d.min(deadline),
+            None => deadline,
+        });
+        self
+    }
+
+    /// Same as [`with_deadline`](Self::with_deadline) with `now + timeout`.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(far_future);
+        self.with_deadline(deadline)
+    }
+
+    /// The deadline, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The time left until the deadline (zero once passed), if there is a deadline.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs `fut` with this context as [`Context::current`].
+    pub async fn scope<F: Future>(self, fut: F) -> F::Output {
+        CURRENT.scope(self, fut).await
+    }
+}
+
+/// About 30 years from now: "no deadline" for arithmetic that needs an instant.
+pub(crate) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}

@@ -1,0 +1,91 @@
+//! The `grpc-timeout` header: at most 8 ASCII digits followed by one unit letter.
+
+use std::time::Duration;
+
+/// The header that carries a call's remaining time to the server.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// Parses a `grpc-timeout` value (`"100m"`, `"3S"`, `"250000u"`).
+///
+/// ```
+/// use std::time::Duration;
+/// use steadfast::deadline::parse_grpc_timeout;
+///
+/// assert_eq!(parse_grpc_timeout(b"250m"), Ok(Duration::from_millis(250)));
+/// assert!(parse_grpc_timeout(b"123456789S").is_err()); // more than 8 digits
+/// ```
+pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, &'static str> {
+    let (&unit, digits) = value.split_last().ok_or("empty value")?;
+    if digits.is_empty() || digits.len() > 8 {
+        return Err("expected 1 to 8 digits before the unit");
+    }
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return Err("expected only digits before the unit");
+    }
+    let n: u64 = digits
+        .iter()
+        .fold(0, |acc, d| acc * 10 + u64::from(d - b'0'));
+    Ok(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return Err("unknown unit; expected one of H M S m u n"),
+    })
+}
+
+/// Escapes and truncates untrusted header bytes for a log line.
+pub(crate) fn sanitize(value: &[u8]) -> String {
+    const MAX: usize = 64;
+    let mut out: String = value
+        .iter()
+        .take(MAX)
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect();
+    if value.len() > MAX {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit() {
+        assert_eq!(parse_grpc_timeout(b"2H"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout(b"2M"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout(b"2S"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"2m"), Ok(Duration::from_millis(2)));
+        assert_eq!(parse_grpc_timeout(b"2u"), Ok(Duration::from_micros(2)));
+        assert_eq!(
+            parse_grpc_timeout(b"99999999n"),
+            Ok(Duration::from_nanos(99_999_999))
+        );
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            &b""[..],
+            b"S",
+            b"1x",
+            b"-1S",
+            b"1.5S",
+            b"123456789m",
+            b" 1S",
+        ] {
+            assert!(parse_grpc_timeout(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sanitize_escapes_and_truncates() {
+        assert_eq!(sanitize(b"a\nb\xff"), "a\\nb\\xff");
+        assert!(sanitize(&[b'x'; 100]).ends_with("..."));
+    }
+}

@@ -1,0 +1,86 @@
+//! Server-side deadlines: enforce the caller's `grpc-timeout` and hand it to the handler.
+
+mod future;
+mod grpc_timeout;
+mod layer;
+
+use std::task::{Context as TaskContext, Poll};
+
+pub use self::future::ResponseFuture;
+pub(crate) use self::grpc_timeout::sanitize;
+pub use self::grpc_timeout::{GRPC_TIMEOUT, parse_grpc_timeout};
+pub use self::layer::DeadlineLayer;
+
+use crate::Context;
+
+/// Enforces the incoming `grpc-timeout` of each request and exposes the deadline to the
+/// handler through [`Context`].
+///
+/// A request without `grpc-timeout` runs without a deadline. A malformed value is ignored
+/// with a `warn!` that shows the value escaped and truncated. When the deadline passes, the
+/// handler's future is dropped and the caller gets `DEADLINE_EXCEEDED`.
+///
+/// ```no_run
+/// use steadfast::deadline::DeadlineLayer;
+/// # use tonic::transport::Server;
+/// # fn svc() -> tonic::service::Routes { tonic::service::Routes::default() }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// Server::builder()
+///     .layer(DeadlineLayer::new())
+///     .add_routes(svc())
+///     .serve("127.0.0.1:50051".parse()?)
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+}
+
+impl<S> Deadline<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Deadline { inner }
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Deadline<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let timeout = req.headers().get(GRPC_TIMEOUT).and_then(|value| {
+            parse_grpc_timeout(value.as_bytes())
+                .map_err(|why| {
+                    tracing::warn!(
+                        value = %sanitize(value.as_bytes()),
+                        "ignoring malformed grpc-timeout header: {why}"
+                    )
+                })
+                .ok()
+        });
+        let ctx = match timeout {
+            Some(t) => Context::new().with_timeout(t),
+            None => Context::new(),
+        };
+        req.extensions_mut().insert(ctx.clone());
+        ResponseFuture::new(&mut self.inner, req, ctx, timeout)
+    }
+}

@@ -1,0 +1,86 @@
+//! Highly available gRPC clients and servers by annotation.
+//!
+//! `steadfast` turns a trait that describes a downstream gRPC service into a client in which
+//! every call has a deadline, gRFC A6 retries (backoff with jitter, server pushback, retry
+//! throttling) and deadline propagation across hops, with no hand-written middleware. Users
+//! depend on `steadfast` alone: the macros are re-exported here.
+//!
+//! # The client macro
+//!
+//! ```
+//! # mod pb { pub mod user_client {
+//! #     #[derive(Clone)] pub struct UserClient<T>(T);
+//! #     impl<T> UserClient<T> {
+//! #         pub fn new(t: T) -> Self { UserClient(t) }
+//! #         pub async fn get_user(&mut self, r: tonic::Request<u64>)
+//! #             -> Result<tonic::Response<String>, tonic::Status> { Ok(tonic::Response::new(r.into_inner().to_string())) }
+//! #         pub async fn create_user(&mut self, r: tonic::Request<String>)
+//! #             -> Result<tonic::Response<u64>, tonic::Status> { Ok(tonic::Response::new(1)) }
+//! #     }
+//! # } }
+//! #[steadfast::resilient_client(
+//!     service = "user-svc",
+//!     client = pb::user_client::UserClient,   // the tonic-generated client
+//!     timeout = "1s",                          // overall deadline per call, attempts included
+//!     retry(max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s", multiplier = 2.0,
+//!           per_attempt_timeout = "300ms", on = [Unavailable, ResourceExhausted]),
+//! )]
+//! pub trait Users {
+//!     async fn get_user(&self, id: u64) -> Result<String, tonic::Status>;
+//!     #[no_retry] // not idempotent
+//!     async fn create_user(&self, name: String) -> Result<u64, tonic::Status>;
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use steadfast::client::ClientConfig;
+//! // The macro generates `UsersClient`, which implements `Users`.
+//! let users = UsersClient::connect(ClientConfig::endpoints(["http://127.0.0.1:50051"])?).await?;
+//! let name = users.get_user(7).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The generated struct is named after the trait with a `Client` suffix. The trait stays an
+//! ordinary trait: write fakes for tests by implementing it by hand.
+//!
+//! # Servers
+//!
+//! [`deadline::DeadlineLayer`] reads the caller's `grpc-timeout`, enforces it, and exposes the
+//! deadline as [`Context`]. Resilient clients called inside the handler bound their calls by
+//! what is left, so a deadline shrinks from hop to hop.
+//!
+//! # Modules
+//! - [`retry`]: gRFC A6 retries, also usable as a plain tower [`retry::RetryLayer`].
+//! - [`deadline`]: the server-side deadline layer.
+//! - [`client`]: connection set-up ([`client::ClientConfig`]) and the generated clients' core.
+//! - [`tls`]: rustls TLS from PEM files, for clients and servers.
+//!
+//! # Errors
+//! Configuration and start-up problems are [`Error`]s that name the offending field. Call
+//! failures are [`tonic::Status`] values, so they cross gRPC boundaries unchanged.
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod code;
+mod context;
+pub mod deadline;
+pub mod duration;
+mod error;
+pub mod retry;
+pub mod tls;
+
+pub use context::Context;
+pub use error::Error;
+pub use steadfast_macros::{no_retry, resilient_client, retry, timeout};
+
+/// Re-exports for generated code. Not public API: no stability guarantees.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::client::{ClientCore, ClientSpec, MethodSpec, unary};
+    pub use crate::retry::RetryPolicy;
+    pub use ::core::time::Duration;
+    pub use ::tonic;
+    pub use ::tonic::async_trait;
+    pub use ::tracing;
+}
