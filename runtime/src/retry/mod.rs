@@ -198,6 +198,10 @@ impl CallPolicy {
                     }
                     return Ok(response);
                 }
+                // tonic's channel enforces `grpc-timeout` itself and reports `Cancelled`.
+                Err(status) if is_transport_timeout(&status) => {
+                    Status::deadline_exceeded("attempt timed out")
+                }
                 Err(status) => status,
             };
 
@@ -268,6 +272,18 @@ impl CallPolicy {
             self.service, self.method
         ))
     }
+}
+
+/// Whether `status` is tonic's own report that the `grpc-timeout` it enforces expired.
+fn is_transport_timeout(status: &Status) -> bool {
+    let mut cur = std::error::Error::source(status);
+    while let Some(e) = cur {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Set by the client channel when response headers arrive: from then on the call is

@@ -1,0 +1,273 @@
+//! Retry timing under paused tokio time: backoff, pushback, per-attempt and overall deadlines.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use steadfast::retry::{CallPolicy, RetryPolicy, RetryThrottle};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+/// What the fake downstream does on each attempt, in order; the last entry repeats.
+#[derive(Clone, Debug)]
+enum Step {
+    Ok,
+    Fail(Code),
+    Pushback(Code, &'static str),
+    Hang,
+}
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<(Instant, Option<String>, Option<String>)>>>);
+
+impl Log {
+    fn times(&self) -> Vec<Instant> {
+        self.0.lock().unwrap().iter().map(|e| e.0).collect()
+    }
+    fn previous_attempts(&self) -> Vec<Option<String>> {
+        self.0.lock().unwrap().iter().map(|e| e.1.clone()).collect()
+    }
+    fn timeouts(&self) -> Vec<Option<String>> {
+        self.0.lock().unwrap().iter().map(|e| e.2.clone()).collect()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+async fn run(policy: CallPolicy, steps: Vec<Step>) -> (Result<u32, Status>, Log) {
+    let log = Log::default();
+    let l = log.clone();
+    let result = policy
+        .call(
+            tonic::Request::new(7u32),
+            move |req: tonic::Request<u32>| {
+                let get = |k| {
+                    req.metadata()
+                        .get(k)
+                        .map(|v| v.to_str().unwrap().to_owned())
+                };
+                let entry = (
+                    Instant::now(),
+                    get("grpc-previous-rpc-attempts"),
+                    get("grpc-timeout"),
+                );
+                let n = {
+                    let mut log = l.0.lock().unwrap();
+                    log.push(entry);
+                    log.len() - 1
+                };
+                let step = steps[n.min(steps.len() - 1)].clone();
+                async move {
+                    match step {
+                        Step::Ok => Ok(tonic::Response::new(req.into_inner())),
+                        Step::Fail(code) => Err(Status::new(code, "scripted")),
+                        Step::Pushback(code, value) => {
+                            let mut md = tonic::metadata::MetadataMap::new();
+                            md.insert("grpc-retry-pushback-ms", value.parse().unwrap());
+                            Err(Status::with_metadata(code, "pushback", md))
+                        }
+                        Step::Hang => std::future::pending().await,
+                    }
+                }
+            },
+        )
+        .await
+        .map(tonic::Response::into_inner);
+    (result, log)
+}
+
+fn policy(retry: RetryPolicy) -> CallPolicy {
+    CallPolicy::new("svc", "M")
+        .retry(Some(retry))
+        .throttle(Some(Arc::new(RetryThrottle::default())))
+        .jitter(|| 0.5) // U(0.8, 1.2) at its midpoint: exactly the base backoff
+}
+
+fn gaps(times: &[Instant]) -> Vec<Duration> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_is_exponential_and_capped() {
+    let retry = RetryPolicy::builder()
+        .max_attempts(5)
+        .initial_backoff(Duration::from_millis(100))
+        .max_backoff(Duration::from_millis(300))
+        .multiplier(2.0)
+        .build()
+        .unwrap();
+    let (result, log) = run(policy(retry), vec![Step::Fail(Code::Unavailable)]).await;
+    assert_eq!(result.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(log.len(), 5);
+    let ms: Vec<u128> = gaps(&log.times()).iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, [100, 200, 300, 300]);
+    assert_eq!(
+        log.previous_attempts(),
+        [
+            None,
+            Some("1".into()),
+            Some("2".into()),
+            Some("3".into()),
+            Some("4".into())
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn jittered_backoff_stays_in_band() {
+    let retry = RetryPolicy::builder().max_attempts(5).build().unwrap();
+    let p = CallPolicy::new("svc", "M").retry(Some(retry)); // real jitter
+    for _ in 0..20 {
+        let (_, log) = run(p.clone(), vec![Step::Fail(Code::Unavailable)]).await;
+        for (i, gap) in gaps(&log.times()).into_iter().enumerate() {
+            let base = retry.base_backoff(i as u32 + 1).as_secs_f64();
+            let ratio = gap.as_secs_f64() / base;
+            assert!(
+                (0.799..=1.201).contains(&ratio),
+                "retry {} ratio {ratio}",
+                i + 1
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_retryable_codes_make_one_attempt() {
+    for code in [Code::InvalidArgument, Code::NotFound, Code::Internal] {
+        let (result, log) = run(policy(RetryPolicy::default()), vec![Step::Fail(code)]).await;
+        assert_eq!(result.unwrap_err().code(), code);
+        assert_eq!(log.len(), 1, "{code:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_sets_the_delay_and_restarts_backoff() {
+    let retry = RetryPolicy::builder()
+        .max_attempts(5)
+        .initial_backoff(Duration::from_millis(100))
+        .max_backoff(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let steps = vec![
+        Step::Fail(Code::Unavailable),
+        Step::Fail(Code::Unavailable),
+        Step::Pushback(Code::Unavailable, "700"),
+        Step::Fail(Code::Unavailable),
+        Step::Ok,
+    ];
+    let (result, log) = run(policy(retry), steps).await;
+    assert_eq!(result.unwrap(), 7);
+    let ms: Vec<u128> = gaps(&log.times()).iter().map(|d| d.as_millis()).collect();
+    // 100, 200, then exactly the pushback, then the backoff starts over at 100.
+    assert_eq!(ms, [100, 200, 700, 100]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn negative_or_malformed_pushback_stops_retries() {
+    for value in ["-1", "soon"] {
+        let (result, log) = run(
+            policy(RetryPolicy::default()),
+            vec![Step::Pushback(Code::Unavailable, value)],
+        )
+        .await;
+        assert_eq!(result.unwrap_err().code(), Code::Unavailable);
+        assert_eq!(log.len(), 1, "pushback {value}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_attempt_timeouts_are_retried_within_the_overall_deadline() {
+    let retry = RetryPolicy::builder()
+        .max_attempts(5)
+        .initial_backoff(Duration::from_millis(10))
+        .per_attempt_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let p = policy(retry).timeout(Some(Duration::from_secs(1)));
+    let started = Instant::now();
+    let (result, log) = run(p, vec![Step::Hang]).await;
+    let elapsed = started.elapsed();
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(
+        err.message().contains("deadline exhausted"),
+        "{}",
+        err.message()
+    );
+    // 300 + 10 + 300 + 20 + 300 = 930 ms; the fourth attempt gets only the 70 ms left.
+    assert_eq!(log.len(), 4);
+    assert!(elapsed <= Duration::from_secs(1), "took {elapsed:?}");
+    let timeouts = log.timeouts();
+    assert_eq!(timeouts[0].as_deref(), Some("300000u"));
+    let last = timeouts[3].as_deref().unwrap();
+    let last = steadfast::deadline::parse_grpc_timeout(last.as_bytes()).unwrap();
+    assert!(
+        last <= Duration::from_millis(70),
+        "last attempt got {last:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hung_attempt_then_success() {
+    let retry = RetryPolicy::builder()
+        .per_attempt_timeout(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let (result, log) = run(policy(retry), vec![Step::Hang, Step::Ok]).await;
+    assert_eq!(result.unwrap(), 7);
+    assert_eq!(log.len(), 2);
+    assert_eq!(gaps(&log.times()), [Duration::from_millis(300)]); // 200 timeout + 100 backoff
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_past_the_deadline_ends_the_call_early() {
+    let retry = RetryPolicy::builder()
+        .initial_backoff(Duration::from_secs(5))
+        .max_backoff(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let p = policy(retry).timeout(Some(Duration::from_secs(1)));
+    let started = Instant::now();
+    let (result, log) = run(p, vec![Step::Fail(Code::Unavailable)]).await;
+    assert_eq!(result.unwrap_err().code(), Code::DeadlineExceeded);
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "does not sleep into a deadline it cannot meet"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn inherited_deadline_bounds_the_call() {
+    let p = policy(RetryPolicy::default()).timeout(Some(Duration::from_secs(30)));
+    let ctx = steadfast::Context::new().with_timeout(Duration::from_millis(250));
+    let started = Instant::now();
+    let (result, log) = ctx.scope(run(p, vec![Step::Hang])).await;
+    assert_eq!(result.unwrap_err().code(), Code::DeadlineExceeded);
+    assert_eq!(log.len(), 1);
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+    assert_eq!(log.timeouts()[0].as_deref(), Some("250000u"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttle_stops_retries_in_a_sustained_outage() {
+    let throttle = Arc::new(RetryThrottle::default());
+    let p = CallPolicy::new("svc", "M")
+        .retry(Some(RetryPolicy::default()))
+        .throttle(Some(throttle.clone()));
+    let mut attempts = 0;
+    for _ in 0..100 {
+        let (_, log) = run(p.clone(), vec![Step::Fail(Code::Unavailable)]).await;
+        attempts += log.len();
+    }
+    // 3 + 2 attempts while the bucket drains from 10 to 5, then one attempt per call.
+    assert_eq!(attempts, 3 + 2 + 98);
+    let unthrottled = CallPolicy::new("svc", "M").retry(Some(RetryPolicy::default()));
+    let (_, log) = run(unthrottled, vec![Step::Fail(Code::Unavailable)]).await;
+    assert_eq!(
+        log.len(),
+        3,
+        "without a throttle every call makes all its attempts"
+    );
+}

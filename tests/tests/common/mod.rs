@@ -1,0 +1,167 @@
+//! Shared fixtures: a scripted user service on 127.0.0.1 and a server handle that shuts
+//! down on drop.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use steadfast::deadline::DeadlineLayer;
+use steadfast_examples::pb::user::user_service_server::{UserService, UserServiceServer};
+use steadfast_examples::pb::user::{
+    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
+
+/// One scripted behaviour of the server for one call.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Ok,
+    Fail(Code),
+    Pushback(Code, &'static str),
+    Sleep(Duration),
+}
+
+/// What the server saw of one call.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub at: Instant,
+    pub previous_attempts: Option<String>,
+    pub grpc_timeout: Option<Duration>,
+}
+
+/// A user service whose answers follow a script; when the script runs out it repeats the
+/// last action.
+#[derive(Clone, Default)]
+pub struct Scripted {
+    script: Arc<Mutex<VecDeque<Action>>>,
+    last: Arc<Mutex<Option<Action>>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Scripted {
+    pub fn new(actions: impl IntoIterator<Item = Action>) -> Self {
+        let s = Scripted::default();
+        s.script.lock().unwrap().extend(actions);
+        s
+    }
+
+    pub fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn next(&self) -> Action {
+        let mut script = self.script.lock().unwrap();
+        let mut last = self.last.lock().unwrap();
+        if let Some(a) = script.pop_front() {
+            *last = Some(a);
+        }
+        last.clone().unwrap_or(Action::Ok)
+    }
+}
+
+pub fn record<T>(req: &Request<T>) -> Seen {
+    let md = req.metadata();
+    Seen {
+        at: Instant::now(),
+        previous_attempts: md
+            .get("grpc-previous-rpc-attempts")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        grpc_timeout: md
+            .get("grpc-timeout")
+            .and_then(|v| steadfast::deadline::parse_grpc_timeout(v.as_bytes()).ok()),
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for Scripted {
+    async fn get_user(
+        &self,
+        req: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserReply>, Status> {
+        self.seen.lock().unwrap().push(record(&req));
+        let id = req.into_inner().id;
+        let reply = GetUserReply {
+            id,
+            name: format!("user-{id}"),
+            served_by: "scripted".into(),
+        };
+        match self.next() {
+            Action::Ok => Ok(Response::new(reply)),
+            Action::Fail(code) => Err(Status::new(code, "scripted failure")),
+            Action::Pushback(code, value) => {
+                let mut md = tonic::metadata::MetadataMap::new();
+                md.insert("grpc-retry-pushback-ms", value.parse().unwrap());
+                Err(Status::with_metadata(code, "scripted pushback", md))
+            }
+            Action::Sleep(d) => {
+                tokio::time::sleep(d).await;
+                Ok(Response::new(reply))
+            }
+        }
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserReply>, Status> {
+        self.seen.lock().unwrap().push(record(&req));
+        match self.next() {
+            Action::Fail(code) => Err(Status::new(code, "scripted failure")),
+            _ => Ok(Response::new(CreateUserReply { id: 1 })),
+        }
+    }
+}
+
+/// A running server; dropping it shuts the server down.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Serves `svc` on a free port of 127.0.0.1 behind the deadline layer.
+pub async fn serve<S: UserService>(svc: S) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(DeadlineLayer::new())
+            .add_service(UserServiceServer::new(svc))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+            .unwrap();
+    });
+    Server {
+        addr,
+        stop: Some(stop),
+    }
+}

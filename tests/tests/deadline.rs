@@ -1,0 +1,133 @@
+//! Deadlines across hops: a deadline shrinks at each hop and is never reset, and servers
+//! enforce the deadline they were given.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{record, serve};
+use steadfast::client::{ClientConfig, Downstreams};
+use steadfast_examples::pb::user::user_service_client::UserServiceClient;
+use steadfast_examples::pb::user::user_service_server::UserService;
+use steadfast_examples::pb::user::{
+    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
+};
+use tonic::{Request, Response, Status};
+
+#[steadfast::resilient_client(service = "next-hop", client = UserServiceClient, timeout = "30s")]
+trait NextHop {
+    async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, Status>;
+}
+
+/// Records the incoming `grpc-timeout` and the handler's `Context`, then calls the next hop
+/// (if any) after spending `work` of the budget.
+#[derive(Clone)]
+struct Relay {
+    next: Option<NextHopClient>,
+    work: Duration,
+    seen: Arc<Mutex<Vec<(Option<Duration>, Option<Duration>)>>>,
+}
+
+#[tonic::async_trait]
+impl UserService for Relay {
+    async fn get_user(
+        &self,
+        req: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserReply>, Status> {
+        let header = record(&req).grpc_timeout;
+        let ctx = req.extensions().get::<steadfast::Context>();
+        assert!(
+            ctx.is_some(),
+            "the deadline layer puts the Context in the request"
+        );
+        let from_context = steadfast::Context::current().remaining();
+        self.seen.lock().unwrap().push((header, from_context));
+        tokio::time::sleep(self.work).await;
+        match &self.next {
+            Some(next) => next.get_user(req.into_inner()).await.map(Response::new),
+            None => Ok(Response::new(GetUserReply::default())),
+        }
+    }
+
+    async fn create_user(
+        &self,
+        _: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserReply>, Status> {
+        Err(Status::unimplemented("not used"))
+    }
+}
+
+fn relay(next: Option<NextHopClient>, work: Duration) -> Relay {
+    Relay {
+        next,
+        work,
+        seen: Arc::default(),
+    }
+}
+
+async fn client(url: String) -> NextHopClient {
+    NextHopClient::connect(
+        ClientConfig::endpoints([url])
+            .unwrap()
+            .downstreams(Downstreams::new()),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_deadline_shrinks_at_each_of_three_hops() {
+    let work = Duration::from_millis(50);
+    let leaf = relay(None, Duration::ZERO);
+    let leaf_server = serve(leaf.clone()).await;
+    let middle = relay(Some(client(leaf_server.url()).await), work);
+    let middle_server = serve(middle.clone()).await;
+    let first = relay(Some(client(middle_server.url()).await), work);
+    let first_server = serve(first.clone()).await;
+
+    #[steadfast::resilient_client(service = "edge", client = UserServiceClient, timeout = "2s")]
+    trait Edge {
+        async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, Status>;
+    }
+    let edge = EdgeClient::connect(ClientConfig::endpoints([first_server.url()]).unwrap())
+        .await
+        .unwrap();
+    edge.get_user(GetUserRequest { id: 1 }).await.unwrap();
+
+    let one = |r: &Relay| r.seen.lock().unwrap()[0];
+    let (h1, c1) = one(&first);
+    let (h2, c2) = one(&middle);
+    let (h3, c3) = one(&leaf);
+    let (h1, h2, h3) = (h1.unwrap(), h2.unwrap(), h3.unwrap());
+    // Each hop's own timeout is 30 s, yet what arrives only ever shrinks.
+    assert!(h1 <= Duration::from_secs(2), "{h1:?}");
+    assert!(
+        h2 <= h1 - work,
+        "hop 2 got {h2:?} after hop 1 got {h1:?} and spent {work:?}"
+    );
+    assert!(
+        h3 <= h2 - work,
+        "hop 3 got {h3:?} after hop 2 got {h2:?} and spent {work:?}"
+    );
+    // The handler's Context agrees with the header it came from.
+    for (h, c) in [(h1, c1), (h2, c2), (h3, c3)] {
+        let c = c.expect("Context::current() has the deadline inside the handler");
+        assert!(c <= h, "context {c:?} vs header {h:?}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_grpc_timeout_is_ignored() {
+    let leaf = relay(None, Duration::ZERO);
+    let server = serve(leaf.clone()).await;
+    let mut raw = UserServiceClient::connect(server.url()).await.unwrap();
+    let mut req = Request::new(GetUserRequest { id: 1 });
+    req.metadata_mut()
+        .insert("grpc-timeout", "soon".parse().unwrap());
+    raw.get_user(req)
+        .await
+        .expect("a malformed header does not fail the call");
+    let (_, ctx) = leaf.seen.lock().unwrap()[0];
+    assert_eq!(ctx, None, "no deadline is derived from a malformed header");
+}
