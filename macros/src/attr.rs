@@ -196,7 +196,7 @@ impl Parse for ThrottleArgs {
 /// The per-method helper attributes, as found on a trait method.
 #[derive(Default)]
 pub(crate) struct MethodArgs {
-    pub(crate) no_retry: Option<Span>,
+    pub(crate) no_retry: Option<syn::Attribute>,
     pub(crate) retry: Option<(Span, RetryArgs)>,
     pub(crate) timeout: Option<LitStr>,
 }
@@ -227,7 +227,7 @@ pub(crate) fn method_args(attrs: &[syn::Attribute]) -> syn::Result<MethodArgs> {
             Some("no_retry") => attr
                 .meta
                 .require_path_only()
-                .and_then(|_| set_once(&mut args.no_retry, attr, "no_retry", attr_span(attr))),
+                .and_then(|_| set_once(&mut args.no_retry, attr, "no_retry", attr.clone())),
             Some("retry") => attr
                 .parse_args::<RetryArgs>()
                 .and_then(|r| set_once(&mut args.retry, attr, "retry", (attr_span(attr), r))),

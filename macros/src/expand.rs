@@ -77,11 +77,15 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let specs = model.methods.iter().map(method_spec);
-    let impls = model
+    let inherent = model
         .methods
         .iter()
         .enumerate()
-        .map(|(i, m)| method_impl(i, m, model.async_trait));
+        .map(|(i, m)| inherent_method(i, m, &vis));
+    let impls = model
+        .methods
+        .iter()
+        .map(|m| trait_method(m, &client_ident, model.async_trait));
     let impl_attr = model
         .async_trait
         .then(|| quote!(#[::steadfast::__private::async_trait]));
@@ -157,6 +161,8 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
             pub fn core(&self) -> &::steadfast::__private::ClientCore {
                 &self.__steadfast_core
             }
+
+            #(#inherent)*
         }
 
         #[automatically_derived]
@@ -214,15 +220,21 @@ fn method_spec(m: &Method) -> TokenStream {
     }
 }
 
-fn method_impl(index: usize, m: &Method, async_trait: bool) -> TokenStream {
+/// The inherent method: it does the work, and its future is `Send + 'static` (it owns clones
+/// of what it needs), so callers holding the concrete client can spawn it.
+fn inherent_method(index: usize, m: &Method, vis: &syn::Visibility) -> TokenStream {
     let ident = &m.ident;
     let message = &m.message;
-    let output = match &m.sig.output {
-        ReturnType::Type(_, ty) => quote!(#ty),
-        ReturnType::Default => quote!(()),
-    };
+    let output = output(m);
     let span = m.ident.span();
-    let call = quote_spanned! {span=>
+    let doc = format!(
+        "Calls `{}` with this client's deadline and retry policy.",
+        m.grpc_method
+    );
+    quote_spanned! {span=>
+        #[doc = #doc]
+        #vis fn #ident(&self, __steadfast_message: #message)
+            -> impl ::core::future::Future<Output = #output> + ::core::marker::Send + 'static
         {
             let __steadfast_client = ::core::clone::Clone::clone(&self.__steadfast_client);
             ::steadfast::__private::unary(
@@ -235,11 +247,25 @@ fn method_impl(index: usize, m: &Method, async_trait: bool) -> TokenStream {
                 },
             )
         }
-    };
+    }
+}
+
+fn output(m: &Method) -> TokenStream {
+    match &m.sig.output {
+        ReturnType::Type(_, ty) => quote!(#ty),
+        ReturnType::Default => quote!(()),
+    }
+}
+
+/// The trait method delegates to the inherent one.
+fn trait_method(m: &Method, client: &syn::Ident, async_trait: bool) -> TokenStream {
+    let ident = &m.ident;
+    let message = &m.message;
+    let output = output(m);
     if async_trait {
         quote! {
             async fn #ident(&self, __steadfast_message: #message) -> #output {
-                #call.await
+                <#client>::#ident(self, __steadfast_message).await
             }
         }
     } else {
@@ -247,7 +273,7 @@ fn method_impl(index: usize, m: &Method, async_trait: bool) -> TokenStream {
             fn #ident(&self, __steadfast_message: #message)
                 -> impl ::core::future::Future<Output = #output> + ::core::marker::Send
             {
-                #call
+                <#client>::#ident(self, __steadfast_message)
             }
         }
     }

@@ -219,9 +219,9 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
             .as_ref()
             .and_then(|t| positive_duration(&mut errors, t, "timeout"))
             .unwrap_or(timeout);
-        if let (Some(span), Some(_)) = (margs.no_retry, &margs.retry) {
-            errors.at(
-                span,
+        if let (Some(attr), Some(_)) = (&margs.no_retry, &margs.retry) {
+            errors.spanned(
+                attr,
                 "`no_retry` and `retry(...)` contradict each other; keep one",
             );
         }
@@ -491,6 +491,12 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{text}` has no unit; write e.g. \"250ms\" or \"2s\""))?;
     let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err(format!(
+            "`{text}` does not start with a number; write e.g. \"250ms\" or \"2s\""
+        ));
+    }
+    let unit = unit.trim();
     let nanos: f64 = match unit {
         "ns" => 1.0,
         "us" | "µs" => 1e3,

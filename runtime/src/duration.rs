@@ -19,6 +19,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{text}` has no unit; write e.g. \"250ms\" or \"2s\""))?;
     let (number, unit) = text.split_at(split);
+    let unit = unit.trim();
     if number.is_empty() {
         return Err(format!(
             "`{text}` does not start with a number; write e.g. \"250ms\" or \"2s\""

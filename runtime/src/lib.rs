@@ -39,6 +39,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Mistakes are compile errors that point at the offending token and say what to write
+//! instead. Here `max_attempts` is outside gRFC A6's 2..=5:
+//!
+//! ```compile_fail
+//! #[steadfast::resilient_client(service = "user-svc", client = Fake, retry(max_attempts = 9))]
+//! trait Users {
+//!     async fn get_user(&self, id: u64) -> Result<String, tonic::Status>;
+//! }
+//! ```
+//!
+//! The per-method attributes `#[no_retry]`, `#[retry(...)]` and `#[timeout = "..."]` only
+//! mean something inside such a trait; elsewhere they are errors:
+//!
+//! ```compile_fail
+//! #[steadfast::no_retry]
+//! async fn create_user() {}
+//! ```
+//!
+//! Supported trait forms: native `async fn` methods (the trait is rewritten so each returns
+//! `impl Future + Send`), and `#[async_trait]` traits when `#[resilient_client]` is written
+//! above `#[async_trait]`. Each method takes `&self` and the request message, and returns
+//! `Result<Reply, tonic::Status>`.
+//!
+//! Attribute keys: `service` (required), `client` (required), `timeout` (default `"10s"`),
+//! `grpc_service` (the proto service name, for service config matching), `retry(...)`
+//! (`max_attempts` 2..=5, default 3; `initial_backoff` `"100ms"`; `max_backoff` `"1s"`;
+//! `multiplier` 2.0; `per_attempt_timeout`, default none; `on`, default `[Unavailable]`) and
+//! `throttle(max_tokens = 10, token_ratio = 0.1)`. Retries are on by default: mark methods
+//! that are not idempotent `#[no_retry]`.
+//!
 //! The generated struct is named after the trait with a `Client` suffix. The trait stays an
 //! ordinary trait: write fakes for tests by implementing it by hand.
 //!

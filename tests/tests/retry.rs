@@ -217,3 +217,35 @@ async fn clients_of_one_service_share_a_throttle() {
         "the second client sees the drained bucket"
     );
 }
+
+#[tokio::test]
+async fn service_config_json_overrides_the_attribute_at_run_time() {
+    let svc = Scripted::new([Action::Fail(Code::Internal)]);
+    let server = serve(svc.clone()).await;
+    let json = r#"{
+      "methodConfig": [{
+        "name": [{"service": "user-svc", "method": "GetUser"}],
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
+                        "backoffMultiplier": 1.5, "retryableStatusCodes": ["INTERNAL"]}
+      }],
+      "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.5}
+    }"#;
+    let sc = steadfast::retry::ServiceConfig::from_json(json).unwrap();
+    let users = UsersClient::connect(config(&server.url()).service_config(sc))
+        .await
+        .unwrap();
+    let err = users.get_user(get(1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(
+        svc.calls(),
+        4,
+        "INTERNAL is retryable and maxAttempts is 4 per the JSON"
+    );
+    // A `no_retry` method stays single-attempt whatever the config says.
+    let before = svc.calls();
+    users
+        .create_user(CreateUserRequest { name: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(svc.calls() - before, 1);
+}

@@ -1,0 +1,9 @@
+use tonic::Status;
+
+#[steadfast::resilient_client(service = "user-svc", client = Fake)]
+trait Users {
+    #[retry(max_attempts = 1)]
+    async fn get_user(&self, id: u64) -> Result<String, Status>;
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[steadfast::no_retry]
+async fn create_user() {}
+
+fn main() {}
