@@ -77,6 +77,7 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let specs = model.methods.iter().map(method_spec);
+    let method_idents = model.methods.iter().map(|m| &m.ident);
     let inherent = model
         .methods
         .iter()
@@ -164,6 +165,12 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
 
             #(#inherent)*
         }
+
+        // Uses the trait and its methods, so a trait written only to generate a client is not
+        // reported as "never used" when callers use the inherent methods.
+        const _: fn() = || {
+            #(let _ = <#client_ident as #trait_ident>::#method_idents;)*
+        };
 
         #[automatically_derived]
         #impl_attr

@@ -17,7 +17,10 @@ enum Step {
 }
 
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<(Instant, Option<String>, Option<String>)>>>);
+struct Log(Arc<Mutex<Vec<Attempt>>>);
+
+/// When an attempt arrived, with its `grpc-previous-rpc-attempts` and `grpc-timeout`.
+type Attempt = (Instant, Option<String>, Option<String>);
 
 impl Log {
     fn times(&self) -> Vec<Instant> {

@@ -20,13 +20,16 @@ trait NextHop {
     async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, Status>;
 }
 
+/// The budget a hop saw: from the `grpc-timeout` header, and from `Context::current()`.
+type Budgets = (Option<Duration>, Option<Duration>);
+
 /// Records the incoming `grpc-timeout` and the handler's `Context`, then calls the next hop
 /// (if any) after spending `work` of the budget.
 #[derive(Clone)]
 struct Relay {
     next: Option<NextHopClient>,
     work: Duration,
-    seen: Arc<Mutex<Vec<(Option<Duration>, Option<Duration>)>>>,
+    seen: Arc<Mutex<Vec<Budgets>>>,
 }
 
 #[tonic::async_trait]
