@@ -16,7 +16,9 @@ use steadfast::client::ClientConfig;
 use steadfast::deadline::DeadlineLayer;
 use steadfast_examples::pb::user::user_service_client::UserServiceClient;
 use steadfast_examples::pb::user::user_service_server::{UserService, UserServiceServer};
-use steadfast_examples::pb::user::{CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest};
+use steadfast_examples::pb::user::{
+    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
+};
 use tonic::{Request, Response, Status};
 
 /// The downstream, described once; `UsersClient` is generated from it.
@@ -43,7 +45,10 @@ struct Flaky {
 
 #[tonic::async_trait]
 impl UserService for Flaky {
-    async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<GetUserReply>, Status> {
+    async fn get_user(
+        &self,
+        req: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserReply>, Status> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let previous = req
             .metadata()
@@ -56,11 +61,15 @@ impl UserService for Flaky {
             .map(|d| format!("{} ms", d.as_millis()))
             .unwrap_or_else(|| "none".into());
         if n <= self.fail_first {
-            println!("    server: call #{n} (previous attempts {previous}, deadline {budget}) -> UNAVAILABLE");
+            println!(
+                "    server: call #{n} (previous attempts {previous}, deadline {budget}) -> UNAVAILABLE"
+            );
             return Err(Status::unavailable("warming up"));
         }
         if self.slow_next.fetch_sub(1, Ordering::SeqCst) > 0 {
-            println!("    server: call #{n} (previous attempts {previous}, deadline {budget}) -> stalls");
+            println!(
+                "    server: call #{n} (previous attempts {previous}, deadline {budget}) -> stalls"
+            );
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
         println!("    server: call #{n} (previous attempts {previous}, deadline {budget}) -> OK");
@@ -72,7 +81,10 @@ impl UserService for Flaky {
         }))
     }
 
-    async fn create_user(&self, _: Request<CreateUserRequest>) -> Result<Response<CreateUserReply>, Status> {
+    async fn create_user(
+        &self,
+        _: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserReply>, Status> {
         println!("    server: create_user -> UNAVAILABLE");
         Err(Status::unavailable("try later"))
     }
@@ -85,13 +97,19 @@ fn fail_first_arg() -> Result<u32, String> {
         match arg.as_str() {
             "--fail-first" => {
                 let v = args.next().ok_or("--fail-first needs a number")?;
-                fail_first = v.parse().map_err(|_| format!("--fail-first: `{v}` is not a number"))?;
+                fail_first = v
+                    .parse()
+                    .map_err(|_| format!("--fail-first: `{v}` is not a number"))?;
             }
             "-h" | "--help" => {
                 println!("usage: demo [--fail-first N]");
                 std::process::exit(0);
             }
-            other => return Err(format!("unknown argument `{other}`; usage: demo [--fail-first N]")),
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`; usage: demo [--fail-first N]"
+                ));
+            }
         }
     }
     Ok(fail_first)
@@ -116,16 +134,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .serve_with_incoming(tokio_stream_listener(listener)),
     );
 
-    let users = UsersClient::connect(ClientConfig::endpoints([format!("http://{addr}")])?.eager(true)).await?;
+    let users =
+        UsersClient::connect(ClientConfig::endpoints([format!("http://{addr}")])?.eager(true))
+            .await?;
 
-    println!("\n1. get_user while the server fails its first {fail_first} calls (retried with backoff):");
+    println!(
+        "\n1. get_user while the server fails its first {fail_first} calls (retried with backoff):"
+    );
     let t = Instant::now();
     let result = users.get_user(GetUserRequest { id: 7 }).await;
     report(result.map(|r| r.name), t);
 
     println!("\n2. create_user is #[no_retry]: one attempt, the error is returned as is:");
     let t = Instant::now();
-    let result = users.create_user(CreateUserRequest { name: "ada".into() }).await;
+    let result = users
+        .create_user(CreateUserRequest { name: "ada".into() })
+        .await;
     report(result.map(|r| r.id.to_string()), t);
 
     println!("\n3. a stalled attempt is cut off after 300 ms and retried:");
