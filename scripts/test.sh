@@ -19,11 +19,21 @@ echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 echo "== cargo tree -d (one version each of tonic, prost, tower, hyper)"
-dups=$(cargo tree --workspace -d -e normal --prefix none --format '{p}' 2>/dev/null \
-  | grep -E '^(tonic|prost|tower|hyper) v' | sort -u || true)
+dups=$(cargo tree --workspace --prefix none --format '{p}' 2>/dev/null \
+  | sed 's/ (.*//' | sort -u | awk '{print $1}' | uniq -d \
+  | grep -E '^(tonic|prost|tower|hyper)$' || true)
 if [ -n "$dups" ]; then
-  echo "duplicate versions of core crates:"; echo "$dups"; exit 1
+  echo "more than one version of: $dups"; cargo tree --workspace -d; exit 1
 fi
 
 echo "== cargo test"
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary and doctest run.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

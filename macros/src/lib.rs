@@ -1,8 +1,8 @@
 //! Procedural macros for [steadfast](https://docs.rs/steadfast). Use them through the
 //! `steadfast` crate, which re-exports them.
 //!
-//! The crate follows parse -> validate -> expand: [`attr`] turns attribute arguments into
-//! plain structs, [`valid`] checks them and builds the model, and [`expand`] emits tokens
+//! The crate follows parse -> validate -> expand: `attr` turns attribute arguments into
+//! plain structs, `valid` checks them and builds the model, and `expand` emits tokens
 //! that call the runtime only through `::steadfast::__private`.
 
 mod attr;

@@ -79,7 +79,7 @@
 //! what is left, so a deadline shrinks from hop to hop.
 //!
 //! # Modules
-//! - [`retry`]: gRFC A6 retries, also usable as a plain tower [`retry::RetryLayer`].
+//! - [`retry`](mod@retry): gRFC A6 retries, also usable as a plain tower [`retry::RetryLayer`].
 //! - [`deadline`]: the server-side deadline layer.
 //! - [`client`]: connection set-up ([`client::ClientConfig`]) and the generated clients' core.
 //! - [`tls`]: rustls TLS from PEM files, for clients and servers.
