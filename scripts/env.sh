@@ -23,6 +23,10 @@ if [ -z "${PROTOC:-}" ]; then
   fi
   if command -v protoc >/dev/null 2>&1; then
     PROTOC=$(command -v protoc)
-    export PROTOC
+  else
+    # No apt: fall back to the protoc that the protoc-bin-vendored crate ships.
+    cargo fetch --quiet
+    PROTOC=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path '*protoc-bin-vendored-linux-*/bin/protoc' 2>/dev/null | sort | tail -n 1)
   fi
+  [ -n "$PROTOC" ] && export PROTOC
 fi
