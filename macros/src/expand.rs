@@ -106,7 +106,7 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
         #[doc = #doc]
         #vis struct #client_ident {
             __steadfast_core: ::steadfast::__private::ClientCore,
-            __steadfast_client: #tonic_client<::steadfast::client::Channel>,
+            __steadfast_client: #tonic_client<::steadfast::__private::Channel>,
         }
 
         #[automatically_derived]
@@ -144,8 +144,8 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
 
             /// Connects to the downstream as `config` says (endpoints, TLS, eager or lazy).
             pub async fn connect(
-                config: ::steadfast::client::ClientConfig,
-            ) -> ::core::result::Result<Self, ::steadfast::Error> {
+                config: ::steadfast::__private::ClientConfig,
+            ) -> ::core::result::Result<Self, ::steadfast::__private::Error> {
                 let core = ::steadfast::__private::ClientCore::connect(&Self::__STEADFAST_SPEC, config).await?;
                 ::core::result::Result::Ok(Self::from_core(core))
             }
@@ -153,7 +153,7 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
             #[doc(hidden)]
             pub fn from_core(core: ::steadfast::__private::ClientCore) -> Self {
                 Self {
-                    __steadfast_client: <#tonic_client<::steadfast::client::Channel>>::new(core.channel()),
+                    __steadfast_client: <#tonic_client<::steadfast::__private::Channel>>::new(core.channel()),
                     __steadfast_core: core,
                 }
             }

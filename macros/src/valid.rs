@@ -42,6 +42,9 @@ const NEVER_RETRYABLE: [&str; 8] = [
     "Unimplemented",
 ];
 
+/// Names the generated client already uses for its own items.
+const RESERVED: [&str; 3] = ["connect", "from_core", "core"];
+
 /// Default overall deadline of a call when the attribute gives none.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -164,6 +167,16 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
             }
         };
         let sig = &f.sig;
+        if RESERVED.contains(&sig.ident.to_string().as_str()) {
+            errors.spanned(
+                &sig.ident,
+                format!(
+                    "`{}` clashes with an item of the generated client ({}); rename the RPC",
+                    sig.ident,
+                    RESERVED.join(", ")
+                ),
+            );
+        }
         if sig.asyncness.is_none() {
             errors.spanned(
                 sig.fn_token,

@@ -107,7 +107,8 @@ pub use steadfast_macros::{no_retry, resilient_client, retry, timeout};
 /// Re-exports for generated code. Not public API: no stability guarantees.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::client::{ClientCore, ClientSpec, MethodSpec, unary};
+    pub use crate::Error;
+    pub use crate::client::{Channel, ClientConfig, ClientCore, ClientSpec, MethodSpec, unary};
     pub use crate::retry::RetryPolicy;
     pub use ::core::time::Duration;
     pub use ::tonic;

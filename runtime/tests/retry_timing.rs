@@ -274,3 +274,29 @@ async fn throttle_stops_retries_in_a_sustained_outage() {
         "without a throttle every call makes all its attempts"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn deadline_exceeded_from_the_server_is_not_a_local_timeout() {
+    // The server's own DEADLINE_EXCEEDED (say, its downstream timed out) is an ordinary
+    // status: not retryable unless listed, even though each attempt has a timeout.
+    let retry = RetryPolicy::builder()
+        .per_attempt_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let (result, log) = run(policy(retry), vec![Step::Fail(Code::DeadlineExceeded)]).await;
+    assert_eq!(result.unwrap_err().code(), Code::DeadlineExceeded);
+    assert_eq!(log.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nan_jitter_source_does_not_panic() {
+    let retry = RetryPolicy::builder().build().unwrap();
+    let p = CallPolicy::new("svc", "M")
+        .retry(Some(retry))
+        .jitter(|| f64::NAN);
+    let (_, log) = run(p, vec![Step::Fail(Code::Unavailable)]).await;
+    assert_eq!(
+        gaps(&log.times()),
+        [Duration::from_millis(100), Duration::from_millis(200)]
+    );
+}

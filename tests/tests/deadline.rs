@@ -134,3 +134,22 @@ async fn malformed_grpc_timeout_is_ignored() {
     let (_, ctx) = leaf.seen.lock().unwrap()[0];
     assert_eq!(ctx, None, "no deadline is derived from a malformed header");
 }
+
+#[tokio::test]
+async fn a_spawned_call_keeps_the_callers_deadline() {
+    let leaf = relay(None, Duration::ZERO);
+    let server = serve(leaf.clone()).await;
+    let next = client(server.url()).await;
+    let ctx = steadfast::Context::new().with_timeout(Duration::from_millis(400));
+    // The call is created inside the request's scope but runs on another task.
+    let joined = ctx
+        .scope(async { tokio::spawn(next.get_user(GetUserRequest { id: 1 })).await })
+        .await;
+    joined.unwrap().unwrap();
+    let (header, _) = leaf.seen.lock().unwrap()[0];
+    let header = header.expect("grpc-timeout sent");
+    assert!(
+        header <= Duration::from_millis(400),
+        "the 30 s own timeout did not win: {header:?}"
+    );
+}

@@ -69,7 +69,10 @@ impl Future for ResponseFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = ready!(this.inner.poll(cx));
+        // Committed: a real gRPC response started (HTTP 200 without `grpc-status` in the
+        // headers). A proxy's plain 503 or a trailers-only error is not committed.
         if let (Ok(response), Some(commit)) = (&out, this.commit.as_ref())
+            && response.status() == http::StatusCode::OK
             && !response.headers().contains_key("grpc-status")
         {
             commit.commit();

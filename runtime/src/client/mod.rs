@@ -56,10 +56,26 @@ impl Downstreams {
         service: &str,
         make: impl FnOnce() -> RetryThrottle,
     ) -> Arc<RetryThrottle> {
+        let wanted = make();
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(service.to_owned())
-            .or_insert_with(|| Arc::new(make()))
-            .clone()
+        let shared = map
+            .entry(service.to_owned())
+            .or_insert_with(|| Arc::new(wanted.clone_config()))
+            .clone();
+        if (shared.max_tokens(), shared.token_ratio())
+            != (wanted.max_tokens(), wanted.token_ratio())
+        {
+            tracing::warn!(
+                service,
+                max_tokens = wanted.max_tokens(),
+                token_ratio = wanted.token_ratio(),
+                shared_max_tokens = shared.max_tokens(),
+                shared_token_ratio = shared.token_ratio(),
+                "a client asked for another retry throttle than the one its service's clients \
+                 share; using the shared one"
+            );
+        }
+        shared
     }
 }
 
@@ -168,9 +184,11 @@ where
     Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send,
 {
     let core = core.clone();
+    // Read now, not at first poll: a spawned call keeps its caller's deadline.
+    let inherited = crate::Context::current_deadline();
     async move {
         core.inner.methods[index]
-            .call(tonic::Request::new(message), attempt)
+            .call_within(inherited, tonic::Request::new(message), attempt)
             .await
             .map(tonic::Response::into_inner)
     }

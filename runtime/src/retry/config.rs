@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::policy::{MAX_ATTEMPTS_LIMIT, validate_codes};
+use super::policy::{MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, validate_codes};
 use super::{RetryPolicy, RetryThrottle};
 use crate::Error;
 use crate::code::CodeSet;
@@ -247,7 +247,16 @@ fn parse_retry(at: &str, raw: RawRetryPolicy) -> Result<RetryPolicy, Error> {
     let per_attempt = raw
         .per_attempt_recv_timeout
         .as_deref()
-        .map(|t| duration(&field("perAttemptRecvTimeout"), t))
+        .map(|t| {
+            let path = field("perAttemptRecvTimeout");
+            duration(&path, t).and_then(|d| {
+                if d > MAX_TIMEOUT {
+                    Err(err(&path, "must be at most 1 day"))
+                } else {
+                    Ok(d)
+                }
+            })
+        })
         .transpose()?;
     Ok(RetryPolicy::__from_macro(
         max_attempts,

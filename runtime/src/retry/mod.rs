@@ -33,7 +33,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::{Code, Status};
+use tonic::Status;
 use tower::ServiceExt;
 
 pub use self::config::{MethodName, ServiceConfig};
@@ -139,8 +139,26 @@ impl CallPolicy {
 
     /// Runs one call under this policy. `attempt` sends one attempt; it is called once per
     /// attempt with a fresh copy of the request.
-    pub async fn call<M, R, F, Fut>(
+    ///
+    /// The caller's deadline ([`Context::current`]) is read when `call` is invoked, so the
+    /// returned future keeps it even when it is spawned onto another task.
+    pub fn call<M, R, F, Fut>(
         &self,
+        request: tonic::Request<M>,
+        attempt: F,
+    ) -> impl Future<Output = Result<tonic::Response<R>, Status>>
+    where
+        M: Clone,
+        F: FnMut(tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        self.call_within(Context::current_deadline(), request, attempt)
+    }
+
+    /// [`call`](Self::call) with the caller's deadline given explicitly.
+    pub async fn call_within<M, R, F, Fut>(
+        &self,
+        inherited: Option<Instant>,
         request: tonic::Request<M>,
         mut attempt: F,
     ) -> Result<tonic::Response<R>, Status>
@@ -151,7 +169,7 @@ impl CallPolicy {
     {
         let started = Instant::now();
         let own = self.timeout.and_then(|t| started.checked_add(t));
-        let deadline = match (own, Context::current_deadline()) {
+        let deadline = match (own, inherited) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -186,26 +204,29 @@ impl CallPolicy {
 
             let fut = attempt(req);
             let result = match bound {
-                Some(bound) => tokio::time::timeout(bound, fut)
-                    .await
-                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("attempt timed out"))),
-                None => fut.await,
+                Some(bound) => tokio::time::timeout(bound, fut).await.ok(),
+                None => Some(fut.await),
             };
-            let status = match result {
-                Ok(response) => {
+            // Only our own timer, or tonic's enforcement of the `grpc-timeout` we sent (it
+            // reports `Cancelled`), counts as this attempt timing out. A DEADLINE_EXCEEDED
+            // sent by the server is an ordinary status, retried only if listed.
+            let (status, timed_out) = match result {
+                Some(Ok(response)) => {
                     if let Some(throttle) = &self.throttle {
                         throttle.on_success();
                     }
                     return Ok(response);
                 }
-                // tonic's channel enforces `grpc-timeout` itself and reports `Cancelled`.
-                Err(status) if is_transport_timeout(&status) => {
-                    Status::deadline_exceeded("attempt timed out")
-                }
-                Err(status) => status,
+                Some(Err(status)) if !is_transport_timeout(&status) => (status, false),
+                _ => (
+                    Status::deadline_exceeded(format!(
+                        "attempt timed out after {:?}",
+                        bound.unwrap_or_default()
+                    )),
+                    true,
+                ),
             };
 
-            let timed_out = bound.is_some() && status.code() == Code::DeadlineExceeded;
             if timed_out && is_deadline {
                 return Err(self.exhausted(attempts, Some(&status)));
             }

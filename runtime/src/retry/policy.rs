@@ -43,6 +43,9 @@ pub struct RetryPolicy {
 /// The largest `max_attempts` gRFC A6 allows; service config values above it are clamped.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 5;
 
+/// The longest per-attempt timeout accepted (1 day).
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
@@ -125,8 +128,12 @@ impl RetryPolicy {
     /// The backoff before retry `n` with A6 jitter: `base_backoff(n) * U(0.8, 1.2)`, where
     /// `unit` is a uniform sample from `[0, 1)`.
     pub fn jittered_backoff(&self, n: u32, unit: f64) -> Duration {
-        self.base_backoff(n)
-            .mul_f64(0.8 + 0.4 * unit.clamp(0.0, 1.0))
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
+        self.base_backoff(n).mul_f64(0.8 + 0.4 * unit)
     }
 }
 
@@ -199,6 +206,12 @@ impl RetryPolicyBuilder {
             return Err(Error::config(
                 "per_attempt_timeout",
                 "must be greater than zero",
+            ));
+        }
+        if p.per_attempt_timeout.is_some_and(|d| d > MAX_TIMEOUT) {
+            return Err(Error::config(
+                "per_attempt_timeout",
+                "must be at most 1 day",
             ));
         }
         validate_codes(p.retryable)?;

@@ -64,6 +64,11 @@ impl RetryThrottle {
         }
     }
 
+    /// A full bucket with the same configuration.
+    pub fn clone_config(&self) -> RetryThrottle {
+        RetryThrottle::from_parts(self.max / SCALE, self.ratio)
+    }
+
     /// Records a retryable failure (or "do not retry" pushback). Returns whether a retry is
     /// still allowed afterwards.
     pub fn on_failure(&self) -> bool {
