@@ -20,6 +20,15 @@ pub(crate) mod kw {
     syn::custom_keyword!(on);
     syn::custom_keyword!(max_tokens);
     syn::custom_keyword!(token_ratio);
+    syn::custom_keyword!(breaker);
+    syn::custom_keyword!(min_failures);
+    syn::custom_keyword!(failure_ratio);
+    syn::custom_keyword!(window);
+    syn::custom_keyword!(open_timeout);
+    syn::custom_keyword!(max_open_timeout);
+    syn::custom_keyword!(half_open_max_calls);
+    syn::custom_keyword!(half_open_successes);
+    syn::custom_keyword!(failures);
 }
 
 /// `#[resilient_client(...)]` arguments.
@@ -31,6 +40,20 @@ pub(crate) struct ClientArgs {
     pub(crate) timeout: Option<LitStr>,
     pub(crate) retry: Option<RetryArgs>,
     pub(crate) throttle: Option<ThrottleArgs>,
+    pub(crate) breaker: Option<BreakerArgs>,
+}
+
+/// `breaker(...)` arguments.
+#[derive(Default)]
+pub(crate) struct BreakerArgs {
+    pub(crate) min_failures: Option<LitInt>,
+    pub(crate) failure_ratio: Option<Lit>,
+    pub(crate) window: Option<LitStr>,
+    pub(crate) open_timeout: Option<LitStr>,
+    pub(crate) max_open_timeout: Option<LitStr>,
+    pub(crate) half_open_max_calls: Option<LitInt>,
+    pub(crate) half_open_successes: Option<LitInt>,
+    pub(crate) failures: Option<(Span, Vec<Ident>)>,
 }
 
 /// `retry(...)` arguments, at trait or method level.
@@ -111,6 +134,11 @@ impl Parse for ClientArgs {
                 let content;
                 parenthesized!(content in input);
                 set_once(&mut args.retry, &k, "retry", content.parse()?)
+            } else if look.peek(kw::breaker) {
+                let k: kw::breaker = input.parse()?;
+                let content;
+                parenthesized!(content in input);
+                set_once(&mut args.breaker, &k, "breaker", content.parse()?)
             } else if look.peek(kw::throttle) {
                 let k: kw::throttle = input.parse()?;
                 let content;
@@ -156,21 +184,72 @@ impl Parse for RetryArgs {
                 )
             } else if look.peek(kw::on) {
                 let k: kw::on = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let content;
-                let bracket = bracketed!(content in input);
-                let codes = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
-                set_once(
-                    &mut args.on,
-                    &k,
-                    "on",
-                    (bracket.span.join(), codes.into_iter().collect()),
-                )
+                set_once(&mut args.on, &k, "on", code_list(input)?)
             } else {
                 Err(look.error())
             }
         })?;
         Ok(args)
+    }
+}
+
+fn code_list(input: ParseStream<'_>) -> syn::Result<(Span, Vec<Ident>)> {
+    input.parse::<Token![=]>()?;
+    let content;
+    let bracket = bracketed!(content in input);
+    let codes = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
+    Ok((bracket.span.join(), codes.into_iter().collect()))
+}
+
+impl Parse for BreakerArgs {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut a = BreakerArgs::default();
+        parse_keys(input, |input| {
+            let look = input.lookahead1();
+            if look.peek(kw::min_failures) {
+                let k: kw::min_failures = input.parse()?;
+                set_once(&mut a.min_failures, &k, "min_failures", value(input)?)
+            } else if look.peek(kw::failure_ratio) {
+                let k: kw::failure_ratio = input.parse()?;
+                set_once(&mut a.failure_ratio, &k, "failure_ratio", value(input)?)
+            } else if look.peek(kw::window) {
+                let k: kw::window = input.parse()?;
+                set_once(&mut a.window, &k, "window", value(input)?)
+            } else if look.peek(kw::open_timeout) {
+                let k: kw::open_timeout = input.parse()?;
+                set_once(&mut a.open_timeout, &k, "open_timeout", value(input)?)
+            } else if look.peek(kw::max_open_timeout) {
+                let k: kw::max_open_timeout = input.parse()?;
+                set_once(
+                    &mut a.max_open_timeout,
+                    &k,
+                    "max_open_timeout",
+                    value(input)?,
+                )
+            } else if look.peek(kw::half_open_max_calls) {
+                let k: kw::half_open_max_calls = input.parse()?;
+                set_once(
+                    &mut a.half_open_max_calls,
+                    &k,
+                    "half_open_max_calls",
+                    value(input)?,
+                )
+            } else if look.peek(kw::half_open_successes) {
+                let k: kw::half_open_successes = input.parse()?;
+                set_once(
+                    &mut a.half_open_successes,
+                    &k,
+                    "half_open_successes",
+                    value(input)?,
+                )
+            } else if look.peek(kw::failures) {
+                let k: kw::failures = input.parse()?;
+                set_once(&mut a.failures, &k, "failures", code_list(input)?)
+            } else {
+                Err(look.error())
+            }
+        })?;
+        Ok(a)
     }
 }
 

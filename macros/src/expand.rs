@@ -6,7 +6,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::{ItemTrait, ReturnType, TraitItem};
 
 use crate::attr::{ClientArgs, helper_name};
-use crate::valid::{self, Client, Method, Retry};
+use crate::valid::{self, Breaker, Client, Method, Retry};
 
 pub(crate) fn resilient_client(args: TokenStream, item: ItemTrait) -> TokenStream {
     let parsed = syn::parse2::<ClientArgs>(args).and_then(|args| valid::client(args, &item));
@@ -77,6 +77,7 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let specs = model.methods.iter().map(method_spec);
+    let breaker = breaker_tokens(&model.breaker);
     let method_idents = model.methods.iter().map(|m| &m.ident);
     let inherent = model
         .methods
@@ -139,6 +140,7 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
                     service: #service,
                     grpc_service: #grpc_service,
                     throttle: #throttle,
+                    breaker: #breaker,
                     methods: &[#(#specs),*],
                 };
 
@@ -204,6 +206,32 @@ fn retry_tokens(r: &Retry) -> TokenStream {
     quote! {
         ::steadfast::__private::RetryPolicy::__from_macro(
             #max_attempts, #initial, #max, #multiplier, #per_attempt, #codes,
+        )
+    }
+}
+
+fn breaker_tokens(b: &Breaker) -> TokenStream {
+    let Breaker {
+        min_failures,
+        failure_ratio,
+        half_open_max_calls,
+        half_open_successes,
+        failure_codes,
+        ..
+    } = *b;
+    let window = duration(b.window);
+    let open = duration(b.open_timeout);
+    let max_open = match b.max_open_timeout {
+        Some(d) => {
+            let d = duration(d);
+            quote!(::core::option::Option::Some(#d))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    quote! {
+        ::steadfast::__private::BreakerConfig::__from_macro(
+            #min_failures, #failure_ratio, #window, #open, #max_open,
+            #half_open_max_calls, #half_open_successes, #failure_codes,
         )
     }
 }

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use proc_macro2::Span;
-use syn::{FnArg, Ident, ItemTrait, Lit, LitStr, Path, ReturnType, TraitItem, Type};
+use syn::{FnArg, Ident, ItemTrait, Lit, LitInt, LitStr, Path, ReturnType, TraitItem, Type};
 
-use crate::attr::{self, ClientArgs, RetryArgs, ThrottleArgs};
+use crate::attr::{self, BreakerArgs, ClientArgs, RetryArgs, ThrottleArgs};
 
 /// Every gRPC status code name, in numeric order.
 const CODES: [&str; 17] = [
@@ -54,6 +54,7 @@ pub(crate) struct Client {
     pub(crate) client: Path,
     pub(crate) grpc_service: Option<String>,
     pub(crate) throttle: Option<(u32, u32)>,
+    pub(crate) breaker: Breaker,
     pub(crate) async_trait: bool,
     pub(crate) methods: Vec<Method>,
 }
@@ -67,6 +68,144 @@ pub(crate) struct Retry {
     pub(crate) multiplier: f64,
     pub(crate) per_attempt_timeout: Option<Duration>,
     pub(crate) codes: u32,
+}
+
+/// A checked breaker config.
+#[derive(Clone, Copy)]
+pub(crate) struct Breaker {
+    pub(crate) min_failures: u32,
+    pub(crate) failure_ratio: f64,
+    pub(crate) window: Duration,
+    pub(crate) open_timeout: Duration,
+    pub(crate) max_open_timeout: Option<Duration>,
+    pub(crate) half_open_max_calls: u32,
+    pub(crate) half_open_successes: u32,
+    pub(crate) failure_codes: u32,
+}
+
+/// Unavailable, DeadlineExceeded, Internal, Unknown, ResourceExhausted, DataLoss.
+const DEFAULT_FAILURE_CODES: u32 = 1 << 14 | 1 << 4 | 1 << 13 | 1 << 2 | 1 << 8 | 1 << 15;
+
+fn breaker(errors: &mut Errors, a: &BreakerArgs) -> Breaker {
+    let int = |errors: &mut Errors,
+               lit: &Option<LitInt>,
+               range: std::ops::RangeInclusive<u32>,
+               default: u32,
+               what: &str| match lit {
+        None => default,
+        Some(lit) => match lit.base10_parse::<u32>() {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                errors.spanned(
+                    lit,
+                    format!("{what} must be in {}..={}", range.start(), range.end()),
+                );
+                default
+            }
+        },
+    };
+    let span_dur =
+        |errors: &mut Errors, lit: &Option<LitStr>, default: Duration, what: &str| match lit {
+            None => Some(default),
+            Some(lit) => match positive_duration(errors, lit, what) {
+                Some(d) if (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d) => {
+                    Some(d)
+                }
+                Some(_) => {
+                    errors.spanned(lit, format!("{what} must be between \"1s\" and \"10m\""));
+                    None
+                }
+                None => None,
+            },
+        };
+    let min_failures = int(errors, &a.min_failures, 1..=10_000, 4, "min_failures");
+    let half_open_max_calls = int(
+        errors,
+        &a.half_open_max_calls,
+        1..=1000,
+        10,
+        "half_open_max_calls",
+    );
+    let half_open_successes = int(
+        errors,
+        &a.half_open_successes,
+        1..=half_open_max_calls,
+        3.min(half_open_max_calls),
+        "half_open_successes (at most half_open_max_calls)",
+    );
+    let failure_ratio = match &a.failure_ratio {
+        None => 0.6,
+        Some(lit) => {
+            let v = match lit {
+                Lit::Float(f) => f.base10_parse::<f64>().ok(),
+                Lit::Int(i) => i.base10_parse::<f64>().ok(),
+                _ => None,
+            };
+            match v {
+                Some(r) if (0.0..1.0).contains(&r) => r,
+                _ => {
+                    errors.spanned(
+                        lit,
+                        "failure_ratio must be a number in [0, 1), e.g. failure_ratio = 0.6",
+                    );
+                    0.6
+                }
+            }
+        }
+    };
+    let window = span_dur(errors, &a.window, Duration::from_secs(10), "window")
+        .unwrap_or(Duration::from_secs(10));
+    let open_timeout = span_dur(
+        errors,
+        &a.open_timeout,
+        Duration::from_secs(30),
+        "open_timeout",
+    )
+    .unwrap_or(Duration::from_secs(30));
+    let max_open_timeout = match &a.max_open_timeout {
+        None => None,
+        Some(lit) => match span_dur(
+            errors,
+            &a.max_open_timeout,
+            open_timeout,
+            "max_open_timeout",
+        ) {
+            Some(d) if d < open_timeout => {
+                errors.spanned(
+                    lit,
+                    "max_open_timeout must not be shorter than open_timeout",
+                );
+                None
+            }
+            other => other,
+        },
+    };
+    let mut failure_codes = 0u32;
+    match &a.failures {
+        None => failure_codes = DEFAULT_FAILURE_CODES,
+        Some((span, list)) if list.is_empty() => {
+            errors.at(*span, "`failures` is empty; list the codes that mean the downstream is failing, e.g. failures = [Unavailable, DeadlineExceeded]");
+        }
+        Some((_, list)) => {
+            for ident in list {
+                match code_index(ident) {
+                    Ok(0) => errors.spanned(ident, "`Ok` cannot be a failure"),
+                    Ok(n) => failure_codes |= 1 << n,
+                    Err(msg) => errors.spanned(ident, msg),
+                }
+            }
+        }
+    }
+    Breaker {
+        min_failures,
+        failure_ratio,
+        window,
+        open_timeout,
+        max_open_timeout,
+        half_open_max_calls,
+        half_open_successes,
+        failure_codes,
+    }
 }
 
 /// One checked method.
@@ -137,6 +276,10 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
         .throttle
         .as_ref()
         .and_then(|t| throttle(&mut errors, t));
+    let breaker = breaker(
+        &mut errors,
+        args.breaker.as_ref().unwrap_or(&BreakerArgs::default()),
+    );
     let async_trait = item.attrs.iter().any(|a| {
         a.path()
             .segments
@@ -268,6 +411,7 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
         client: args.client.expect("checked above"),
         grpc_service: args.grpc_service.map(|s| s.value()),
         throttle,
+        breaker,
         async_trait,
         methods,
     })
@@ -429,14 +573,22 @@ fn retry(errors: &mut Errors, args: &RetryArgs) -> Option<Retry> {
     })
 }
 
+/// A retryable code: known, and not one a retry cannot fix.
 fn code(ident: &Ident) -> Result<usize, String> {
+    let n = code_index(ident)?;
+    let name = CODES[n];
+    if NEVER_RETRYABLE.contains(&name) || name == "Ok" {
+        return Err(format!(
+            "`{name}` is never retried: sending the same request again cannot succeed; remove it"
+        ));
+    }
+    Ok(n)
+}
+
+/// Any known code name, with a spelling hint when it is close to one.
+fn code_index(ident: &Ident) -> Result<usize, String> {
     let name = ident.to_string();
     if let Some(n) = CODES.iter().position(|c| *c == name) {
-        if NEVER_RETRYABLE.contains(&name.as_str()) || name == "Ok" {
-            return Err(format!(
-                "`{name}` is never retried: sending the same request again cannot succeed; remove it"
-            ));
-        }
         return Ok(n);
     }
     let folded: String = name

@@ -91,12 +91,14 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod client;
 pub mod code;
 mod context;
 pub mod deadline;
 pub mod duration;
 mod error;
+pub mod metrics;
 pub mod retry;
 pub mod tls;
 
@@ -108,6 +110,7 @@ pub use steadfast_macros::{no_retry, resilient_client, retry, timeout};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::Error;
+    pub use crate::breaker::BreakerConfig;
     pub use crate::client::{Channel, ClientConfig, ClientCore, ClientSpec, MethodSpec, unary};
     pub use crate::retry::RetryPolicy;
     pub use ::core::time::Duration;

@@ -15,6 +15,7 @@ pub use self::channel::{Channel, ResponseFuture};
 pub use self::config::ClientConfig;
 
 use crate::Error;
+use crate::breaker::{BreakerConfig, BreakerRegistry};
 use crate::retry::{CallPolicy, RetryPolicy, RetryThrottle};
 
 /// Per-downstream state shared by every client of one service in the process: all clients
@@ -35,6 +36,7 @@ use crate::retry::{CallPolicy, RetryPolicy, RetryThrottle};
 #[derive(Clone, Debug, Default)]
 pub struct Downstreams {
     inner: Arc<Mutex<HashMap<String, Arc<RetryThrottle>>>>,
+    breakers: BreakerRegistry,
 }
 
 impl Downstreams {
@@ -47,6 +49,11 @@ impl Downstreams {
     pub fn global() -> Self {
         static GLOBAL: std::sync::OnceLock<Downstreams> = std::sync::OnceLock::new();
         GLOBAL.get_or_init(Downstreams::new).clone()
+    }
+
+    /// The circuit breakers, one per service.
+    pub fn breakers(&self) -> &BreakerRegistry {
+        &self.breakers
     }
 
     /// The throttle of `service`, created with `make` on first use. Called at client
@@ -86,6 +93,7 @@ pub struct ClientSpec {
     pub service: &'static str,
     pub grpc_service: Option<&'static str>,
     pub throttle: Option<(u32, u32)>,
+    pub breaker: BreakerConfig,
     pub methods: &'static [MethodSpec],
 }
 
@@ -109,6 +117,7 @@ struct CoreInner {
     service: &'static str,
     channel: Channel,
     methods: Box<[CallPolicy]>,
+    breaker: Arc<crate::breaker::CircuitBreaker>,
 }
 
 impl ClientCore {
@@ -129,6 +138,10 @@ impl ClientCore {
                 })
                 .unwrap_or_default()
         });
+        let breaker = config
+            .downstreams
+            .breakers()
+            .get_or_insert(spec.service, spec.breaker);
         let match_name = spec.grpc_service.unwrap_or(spec.service);
         let methods = spec
             .methods
@@ -142,6 +155,7 @@ impl ClientCore {
                     .timeout(timeout)
                     .retry(retry)
                     .throttle(Some(throttle.clone()))
+                    .breaker(Some(breaker.clone()))
             })
             .collect();
         ClientCore {
@@ -149,6 +163,7 @@ impl ClientCore {
                 service: spec.service,
                 channel,
                 methods,
+                breaker,
             }),
         }
     }
@@ -161,6 +176,11 @@ impl ClientCore {
     /// The transport, for constructing the tonic client.
     pub fn channel(&self) -> Channel {
         self.inner.channel.clone()
+    }
+
+    /// The circuit breaker shared by every client of this downstream service.
+    pub fn breaker(&self) -> &Arc<crate::breaker::CircuitBreaker> {
+        &self.inner.breaker
     }
 
     /// The resolved policy of each method, in declaration order.

@@ -43,6 +43,7 @@ pub use self::pushback::{PUSHBACK_KEY, Pushback};
 pub use self::throttle::RetryThrottle;
 
 use crate::Context;
+use crate::breaker::{self, CircuitBreaker, Outcome, OwnedPermit};
 use crate::code::code_name;
 
 /// The metadata key that tells the server how many attempts came before this one.
@@ -68,6 +69,7 @@ pub struct CallPolicy {
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
     throttle: Option<Arc<RetryThrottle>>,
+    breaker: Option<Arc<CircuitBreaker>>,
     jitter: fn() -> f64,
 }
 
@@ -79,6 +81,10 @@ impl std::fmt::Debug for CallPolicy {
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
             .field("throttle", &self.throttle)
+            .field(
+                "breaker",
+                &self.breaker.as_ref().map(|b| b.name().to_owned()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +98,7 @@ impl CallPolicy {
             timeout: None,
             retry: None,
             throttle: None,
+            breaker: None,
             jitter: fastrand::f64,
         }
     }
@@ -109,6 +116,16 @@ impl CallPolicy {
     pub fn throttle(mut self, throttle: Option<Arc<RetryThrottle>>) -> Self {
         self.throttle = throttle;
         self
+    }
+    /// Sets the circuit breaker, normally shared by every client of the downstream service.
+    /// Each attempt asks it for admission and records its outcome.
+    pub fn breaker(mut self, breaker: Option<Arc<CircuitBreaker>>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+    /// The circuit breaker, if any.
+    pub fn get_breaker(&self) -> Option<&Arc<CircuitBreaker>> {
+        self.breaker.as_ref()
     }
     /// Replaces the jitter source, a function returning uniform samples from `[0, 1)`.
     /// Tests use it to make backoff exact.
@@ -202,6 +219,18 @@ impl CallPolicy {
             let commit = CommitMarker::default();
             req.extensions_mut().insert(commit.clone());
 
+            // The breaker sits inside the retry loop (each attempt is recorded) and outside
+            // the timeout (timeouts count as failures). A rejection fails fast, unretried.
+            let permit = match &self.breaker {
+                Some(breaker) => match OwnedPermit::acquire(breaker) {
+                    Ok(permit) => Some(permit),
+                    Err(rejected) => {
+                        crate::metrics::breaker_rejected(breaker.name());
+                        return Err(breaker::rejection_status(breaker.name(), &rejected));
+                    }
+                },
+                None => None,
+            };
             let fut = attempt(req);
             let result = match bound {
                 Some(bound) => tokio::time::timeout(bound, fut).await.ok(),
@@ -210,6 +239,19 @@ impl CallPolicy {
             // Only our own timer, or tonic's enforcement of the `grpc-timeout` we sent (it
             // reports `Cancelled`), counts as this attempt timing out. A DEADLINE_EXCEEDED
             // sent by the server is an ordinary status, retried only if listed.
+            if let (Some(permit), Some(breaker)) = (permit, &self.breaker) {
+                let outcome = match &result {
+                    Some(Ok(_)) => Outcome::Success,
+                    Some(Err(status))
+                        if !is_transport_timeout(status)
+                            && !breaker.config().is_failure(status.code()) =>
+                    {
+                        Outcome::Success
+                    }
+                    _ => Outcome::Failure,
+                };
+                permit.record(outcome);
+            }
             let (status, timed_out) = match result {
                 Some(Ok(response)) => {
                     if let Some(throttle) = &self.throttle {
@@ -233,6 +275,9 @@ impl CallPolicy {
             let Some(retry) = self.retry else {
                 return Err(status);
             };
+            if breaker::is_open_rejection(&status) {
+                return Err(status); // a breaker further in rejected it: fail fast
+            }
             if commit.is_committed() {
                 return Err(status);
             }

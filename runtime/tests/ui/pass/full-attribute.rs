@@ -11,6 +11,9 @@ use tonic::Status;
     retry(max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s", multiplier = 2.0,
           per_attempt_timeout = "300ms", on = [Unavailable, ResourceExhausted]),
     throttle(max_tokens = 20, token_ratio = 0.25),
+    breaker(min_failures = 5, failure_ratio = 0.5, window = "20s", open_timeout = "5s",
+            max_open_timeout = "1m", half_open_max_calls = 4, half_open_successes = 2,
+            failures = [Unavailable, DeadlineExceeded, Internal]),
 )]
 pub trait Users {
     #[steadfast::retry(max_attempts = 5, on = [Unavailable, Aborted])]
