@@ -16,7 +16,20 @@ type Failsafe = failsafe::StateMachine<
     (),
 >;
 
+/// A runtime for the breaker's window ticker, as in a real service.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
 fn ours() -> Arc<CircuitBreaker> {
+    let _guard = runtime().enter();
     Arc::new(CircuitBreaker::new("bench", BreakerConfig::default()))
 }
 

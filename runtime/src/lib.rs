@@ -2,7 +2,8 @@
 //!
 //! `steadfast` turns a trait that describes a downstream gRPC service into a client in which
 //! every call has a deadline, gRFC A6 retries (backoff with jitter, server pushback, retry
-//! throttling) and deadline propagation across hops, with no hand-written middleware. Users
+//! throttling), a circuit breaker shared per downstream service, and deadline propagation
+//! across hops, with no hand-written middleware. Users
 //! depend on `steadfast` alone: the macros are re-exported here.
 //!
 //! # The client macro
@@ -66,7 +67,10 @@
 //! `grpc_service` (the proto service name, for service config matching), `retry(...)`
 //! (`max_attempts` 2..=5, default 3; `initial_backoff` `"100ms"`; `max_backoff` `"1s"`;
 //! `multiplier` 2.0; `per_attempt_timeout`, default none; `on`, default `[Unavailable]`) and
-//! `throttle(max_tokens = 10, token_ratio = 0.1)`. Retries are on by default: mark methods
+//! `throttle(max_tokens = 10, token_ratio = 0.1)`, and `breaker(...)` (`min_failures` 4,
+//! `failure_ratio` 0.6, `window` `"10s"`, `open_timeout` `"30s"` within 1 s..=10 min,
+//! `max_open_timeout` for exponential growth, `half_open_max_calls` 10,
+//! `half_open_successes` 3, `failures = [..]` to change which codes count as failures). Retries are on by default: mark methods
 //! that are not idempotent `#[no_retry]`.
 //!
 //! The generated struct is named after the trait with a `Client` suffix. The trait stays an
@@ -80,6 +84,9 @@
 //!
 //! # Modules
 //! - [`retry`](mod@retry): gRFC A6 retries, also usable as a plain tower [`retry::RetryLayer`].
+//! - [`breaker`]: one circuit breaker per downstream service, also a plain tower
+//!   [`breaker::BreakerLayer`].
+//! - [`metrics`]: Prometheus metrics in OpenMetrics text.
 //! - [`deadline`]: the server-side deadline layer.
 //! - [`client`]: connection set-up ([`client::ClientConfig`]) and the generated clients' core.
 //! - [`tls`]: rustls TLS from PEM files, for clients and servers.

@@ -411,3 +411,37 @@ fn invalid_config_names_the_field() {
     assert!(b().open_timeout(Duration::from_secs(1)).build().is_ok());
     assert!(b().open_timeout(Duration::from_secs(600)).build().is_ok());
 }
+
+#[test]
+fn a_breaker_outlives_the_runtime_it_was_made_in() {
+    // Made in one runtime (whose window ticker dies with it), used in another: counting
+    // still works, and a fresh ticker starts on the new runtime.
+    let b = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(async { breaker(BreakerConfig::default()) });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Far past the slice the dead ticker last saw.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        feed(&b, &[false; 20]);
+        feed(&b, &[true; 4]);
+        assert_eq!(
+            b.counts(),
+            steadfast::breaker::WindowCounts {
+                requests: 24,
+                failures: 4
+            }
+        );
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "4 of 24 is below the ratio"
+        );
+    });
+}

@@ -42,6 +42,11 @@ async fn hung_handler_gets_deadline_exceeded_at_the_deadline() {
         Some("4"),
         "DEADLINE_EXCEEDED, trailers-only"
     );
+    assert!(
+        resp.headers()
+            .contains_key(steadfast::deadline::DEADLINE_EXPIRED_KEY),
+        "marked, so the caller knows its own timeout expired"
+    );
     assert_eq!(started.elapsed(), Duration::from_millis(150));
 }
 

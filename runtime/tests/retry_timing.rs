@@ -14,6 +14,8 @@ enum Step {
     Fail(Code),
     Pushback(Code, &'static str),
     Hang,
+    /// What a steadfast server's deadline layer answers when our `grpc-timeout` expires.
+    ServerDeadline,
 }
 
 #[derive(Clone, Default)]
@@ -70,6 +72,14 @@ async fn run(policy: CallPolicy, steps: Vec<Step>) -> (Result<u32, Status>, Log)
                             Err(Status::with_metadata(code, "pushback", md))
                         }
                         Step::Hang => std::future::pending().await,
+                        Step::ServerDeadline => {
+                            let mut md = tonic::metadata::MetadataMap::new();
+                            md.insert(
+                                steadfast::deadline::DEADLINE_EXPIRED_KEY,
+                                "1".parse().unwrap(),
+                            );
+                            Err(Status::with_metadata(Code::DeadlineExceeded, "expired", md))
+                        }
                     }
                 }
             },
@@ -299,4 +309,15 @@ async fn a_nan_jitter_source_does_not_panic() {
         gaps(&log.times()),
         [Duration::from_millis(100), Duration::from_millis(200)]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_servers_report_that_our_attempt_timeout_expired_is_retried() {
+    let retry = RetryPolicy::builder()
+        .per_attempt_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let (result, log) = run(policy(retry), vec![Step::ServerDeadline, Step::Ok]).await;
+    assert_eq!(result.unwrap(), 7);
+    assert_eq!(log.len(), 2);
 }

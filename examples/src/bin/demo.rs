@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status};
     retry(max_attempts = 4, initial_backoff = "50ms", max_backoff = "400ms", multiplier = 2.0,
           per_attempt_timeout = "300ms", on = [Unavailable]),
     throttle(max_tokens = 100, token_ratio = 1.0),
+    breaker(min_failures = 8, failure_ratio = 0.5, open_timeout = "5s"),
 )]
 trait Users {
     async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, Status>;
@@ -36,11 +37,13 @@ trait Users {
     async fn create_user(&self, req: CreateUserRequest) -> Result<CreateUserReply, Status>;
 }
 
-/// A user service that fails its first `fail_first` lookups, and is slow on request.
+/// A user service that fails its first `fail_first` lookups, is slow on request, and can
+/// be taken down.
 struct Flaky {
     fail_first: u32,
-    calls: AtomicU32,
+    calls: Arc<AtomicU32>,
     slow_next: Arc<AtomicU32>,
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[tonic::async_trait]
@@ -50,6 +53,9 @@ impl UserService for Flaky {
         req: Request<GetUserRequest>,
     ) -> Result<Response<GetUserReply>, Status> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("down"));
+        }
         let previous = req
             .metadata()
             .get("grpc-previous-rpc-attempts")
@@ -122,10 +128,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     println!("user-svc listening on {addr}");
     let slow_next = Arc::new(AtomicU32::new(0));
+    let calls = Arc::new(AtomicU32::new(0));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = Flaky {
         fail_first,
-        calls: AtomicU32::new(0),
+        calls: calls.clone(),
         slow_next: slow_next.clone(),
+        down: down.clone(),
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -163,6 +172,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let result = users.get_user(GetUserRequest { id: 9 }).await;
     report(result.map(|r| r.name), t);
+
+    println!("\n5. the server goes down: the breaker opens and calls fail fast:");
+    slow_next.store(0, Ordering::SeqCst);
+    down.store(true, Ordering::SeqCst);
+    let before = calls.load(Ordering::SeqCst);
+    let t = Instant::now();
+    let mut fast = 0;
+    for _ in 0..20 {
+        if let Err(e) = users.get_user(GetUserRequest { id: 1 }).await
+            && steadfast::breaker::is_open_rejection(&e)
+        {
+            fast += 1;
+        }
+    }
+    println!(
+        "  client: 20 calls in {} ms; {} reached the server, {fast} failed fast; breaker is {}",
+        t.elapsed().as_millis(),
+        calls.load(Ordering::SeqCst) - before,
+        users.core().breaker().state()
+    );
     Ok(())
 }
 

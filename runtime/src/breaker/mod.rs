@@ -37,6 +37,7 @@ mod config;
 mod layer;
 mod registry;
 mod state;
+mod window;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -2,13 +2,15 @@
 //! bucketed rolling window of atomic counters, and a mutex taken only on transitions.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::BreakerConfig;
+use super::window::Window;
+pub use super::window::WindowCounts;
 
 /// The three states of a circuit breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,25 +93,6 @@ impl Word {
     }
 }
 
-/// One slice of the rolling window.
-struct Bucket {
-    epoch: AtomicU64,
-    requests: AtomicU32,
-    failures: AtomicU32,
-}
-
-const BUCKETS: u64 = 10;
-const NO_EPOCH: u64 = u64::MAX / 2;
-
-/// The counts of the rolling window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WindowCounts {
-    /// Calls recorded (successes and failures).
-    pub requests: u32,
-    /// Failures recorded.
-    pub failures: u32,
-}
-
 /// What a finished call tells the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -162,8 +145,7 @@ pub struct CircuitBreaker {
     word: AtomicU64,
     open_until_ms: AtomicU64,
     base: Instant,
-    bucket_ms: u64,
-    buckets: [Bucket; BUCKETS as usize],
+    window: Arc<Window>,
     slow: Mutex<Slow>,
     observers: Vec<Observer>,
 }
@@ -207,18 +189,12 @@ impl CircuitBreaker {
         config: BreakerConfig,
         observers: Vec<Observer>,
     ) -> Self {
-        let bucket_ms = (config.window.as_millis() as u64 / BUCKETS).max(1);
         CircuitBreaker {
             name: name.into(),
             word: AtomicU64::new(Word::new(0, BreakerState::Closed).0),
             open_until_ms: AtomicU64::new(0),
             base: Instant::now(),
-            bucket_ms,
-            buckets: std::array::from_fn(|_| Bucket {
-                epoch: AtomicU64::new(NO_EPOCH),
-                requests: AtomicU32::new(0),
-                failures: AtomicU32::new(0),
-            }),
+            window: Window::new(config.window),
             slow: Mutex::new(Slow {
                 backoff: backoff(&config),
             }),
@@ -245,11 +221,12 @@ impl CircuitBreaker {
 
     /// The counts of the rolling window now.
     pub fn counts(&self) -> WindowCounts {
-        self.window(self.now_ms() / self.bucket_ms)
+        self.window.counts()
     }
 
     /// Asks to make a call. On success, report the result through the [`Permit`]; dropping
     /// it unreported (a cancelled call) records nothing and frees a half-open probe slot.
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         self.acquire().map(|ticket| Permit {
             breaker: self,
@@ -257,7 +234,21 @@ impl CircuitBreaker {
         })
     }
 
+    /// The closed-state fast path inline; everything else out of line.
+    #[inline]
     pub(crate) fn acquire(&self) -> Result<Ticket, Rejected> {
+        let word = Word(self.word.load(Ordering::Acquire));
+        if word.state() == BreakerState::Closed {
+            return Ok(Ticket {
+                generation: word.generation(),
+                probe: false,
+            });
+        }
+        self.acquire_slow()
+    }
+
+    #[inline(never)]
+    fn acquire_slow(&self) -> Result<Ticket, Rejected> {
         loop {
             let word = Word(self.word.load(Ordering::Acquire));
             match word.state() {
@@ -297,7 +288,19 @@ impl CircuitBreaker {
         }
     }
 
+    #[inline]
     pub(crate) fn record(&self, ticket: Ticket, outcome: Outcome) {
+        if !ticket.probe
+            && outcome == Outcome::Success
+            && Word(self.word.load(Ordering::Acquire)).state() == BreakerState::Closed
+        {
+            return self.window.success();
+        }
+        self.record_slow(ticket, outcome)
+    }
+
+    #[inline(never)]
+    fn record_slow(&self, ticket: Ticket, outcome: Outcome) {
         if ticket.probe {
             return self.record_probe(ticket, outcome);
         }
@@ -306,34 +309,26 @@ impl CircuitBreaker {
             // Admitted while closed, finished after a trip: the trip already happened.
             return;
         }
-        let t = self.now_ms() / self.bucket_ms;
-        let bucket = &self.buckets[(t % BUCKETS) as usize];
-        let epoch = bucket.epoch.load(Ordering::Acquire);
-        if epoch != t
-            && bucket
-                .epoch
-                .compare_exchange(epoch, t, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // A stale slice: start it over. Adds racing with this reset may be lost, which
-            // the window tolerates.
-            bucket.requests.store(0, Ordering::Release);
-            bucket.failures.store(0, Ordering::Release);
-        }
-        bucket.requests.fetch_add(1, Ordering::AcqRel);
-        if outcome == Outcome::Failure {
-            bucket.failures.fetch_add(1, Ordering::AcqRel);
-            let counts = self.window(t);
-            if self.trips(counts) {
-                self.transition(word, BreakerState::Open);
+        match outcome {
+            Outcome::Success => self.window.success(),
+            Outcome::Failure => {
+                let counts = self.window.failure();
+                if self.trips(counts) {
+                    self.transition(word, BreakerState::Open);
+                }
             }
         }
     }
 
+    #[inline]
     pub(crate) fn cancel(&self, ticket: Ticket) {
-        if !ticket.probe {
-            return;
+        if ticket.probe {
+            self.cancel_probe(ticket);
         }
+    }
+
+    #[inline(never)]
+    fn cancel_probe(&self, ticket: Ticket) {
         self.update_probe(ticket, |w| {
             Some(w.with_in_flight(w.in_flight().saturating_sub(1)))
         });
@@ -390,18 +385,6 @@ impl CircuitBreaker {
             && f64::from(c.failures) / f64::from(c.requests.max(1)) > self.config.failure_ratio
     }
 
-    fn window(&self, t: u64) -> WindowCounts {
-        let mut counts = WindowCounts::default();
-        for bucket in &self.buckets {
-            let epoch = bucket.epoch.load(Ordering::Acquire);
-            if epoch <= t && t - epoch < BUCKETS {
-                counts.requests += bucket.requests.load(Ordering::Acquire);
-                counts.failures += bucket.failures.load(Ordering::Acquire);
-            }
-        }
-        counts
-    }
-
     fn now_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
     }
@@ -425,11 +408,7 @@ impl CircuitBreaker {
             }
             BreakerState::Closed => {
                 slow.backoff = backoff(&self.config);
-                for bucket in &self.buckets {
-                    bucket.epoch.store(NO_EPOCH, Ordering::Release);
-                    bucket.requests.store(0, Ordering::Release);
-                    bucket.failures.store(0, Ordering::Release);
-                }
+                self.window.clear();
             }
             BreakerState::HalfOpen => {}
         }
@@ -485,14 +464,17 @@ pub struct Permit<'a> {
 
 impl Permit<'_> {
     /// Records a success.
+    #[inline]
     pub fn success(self) {
         self.record(Outcome::Success)
     }
     /// Records a failure.
+    #[inline]
     pub fn failure(self) {
         self.record(Outcome::Failure)
     }
     /// Records `outcome`.
+    #[inline]
     pub fn record(mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
             self.breaker.record(ticket, outcome);
@@ -505,6 +487,7 @@ impl Permit<'_> {
 }
 
 impl Drop for Permit<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.breaker.cancel(ticket);

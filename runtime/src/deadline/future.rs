@@ -52,10 +52,14 @@ where
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             ready!(sleep.poll(cx));
-            let status = tonic::Status::deadline_exceeded(format!(
+            let mut status = tonic::Status::deadline_exceeded(format!(
                 "deadline of {:?} from grpc-timeout expired",
                 this.timeout.unwrap_or_default()
             ));
+            status.metadata_mut().insert(
+                super::DEADLINE_EXPIRED_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
             return Poll::Ready(Ok(status.into_http()));
         }
         Poll::Pending

@@ -11,6 +11,11 @@ pub(crate) use self::grpc_timeout::sanitize;
 pub use self::grpc_timeout::{GRPC_TIMEOUT, parse_grpc_timeout};
 pub use self::layer::DeadlineLayer;
 
+/// Metadata key on the DEADLINE_EXCEEDED that [`Deadline`] sends when the caller's
+/// `grpc-timeout` expires. A steadfast client that sees it knows its own per-attempt timeout
+/// expired (in the server, a hair before its own timer) and treats the attempt as timed out.
+pub const DEADLINE_EXPIRED_KEY: &str = "steadfast-deadline-expired";
+
 use crate::Context;
 
 /// Enforces the incoming `grpc-timeout` of each request and exposes the deadline to the

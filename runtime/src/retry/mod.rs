@@ -43,7 +43,7 @@ pub use self::pushback::{PUSHBACK_KEY, Pushback};
 pub use self::throttle::RetryThrottle;
 
 use crate::Context;
-use crate::breaker::{self, CircuitBreaker, Outcome, OwnedPermit};
+use crate::breaker::{self, CircuitBreaker, Outcome};
 use crate::code::code_name;
 
 /// The metadata key that tells the server how many attempts came before this one.
@@ -222,7 +222,7 @@ impl CallPolicy {
             // The breaker sits inside the retry loop (each attempt is recorded) and outside
             // the timeout (timeouts count as failures). A rejection fails fast, unretried.
             let permit = match &self.breaker {
-                Some(breaker) => match OwnedPermit::acquire(breaker) {
+                Some(breaker) => match breaker.try_acquire() {
                     Ok(permit) => Some(permit),
                     Err(rejected) => {
                         crate::metrics::breaker_rejected(breaker.name());
@@ -231,20 +231,24 @@ impl CallPolicy {
                 },
                 None => None,
             };
+            let attempt_started = Instant::now();
             let fut = attempt(req);
             let result = match bound {
                 Some(bound) => tokio::time::timeout(bound, fut).await.ok(),
                 None => Some(fut.await),
             };
-            // Only our own timer, or tonic's enforcement of the `grpc-timeout` we sent (it
-            // reports `Cancelled`), counts as this attempt timing out. A DEADLINE_EXCEEDED
-            // sent by the server is an ordinary status, retried only if listed.
+            // The attempt timed out when our own timer fired, or when the `grpc-timeout` we
+            // sent expired elsewhere: in tonic's channel (which reports `Cancelled`) or in the
+            // server (DEADLINE_EXCEEDED marked by our deadline layer, or arriving once the
+            // bound has all but run out). Any other DEADLINE_EXCEEDED from the server is an
+            // ordinary status, retried only if listed.
+            let expired =
+                |status: &Status| expired_our_timeout(status, bound, attempt_started.elapsed());
             if let (Some(permit), Some(breaker)) = (permit, &self.breaker) {
                 let outcome = match &result {
                     Some(Ok(_)) => Outcome::Success,
                     Some(Err(status))
-                        if !is_transport_timeout(status)
-                            && !breaker.config().is_failure(status.code()) =>
+                        if !expired(status) && !breaker.config().is_failure(status.code()) =>
                     {
                         Outcome::Success
                     }
@@ -259,7 +263,7 @@ impl CallPolicy {
                     }
                     return Ok(response);
                 }
-                Some(Err(status)) if !is_transport_timeout(&status) => (status, false),
+                Some(Err(status)) if !expired(&status) => (status, false),
                 _ => (
                     Status::deadline_exceeded(format!(
                         "attempt timed out after {:?}",
@@ -338,6 +342,19 @@ impl CallPolicy {
             self.service, self.method
         ))
     }
+}
+
+/// Whether `status` reports that the `grpc-timeout` we sent (`bound`) expired.
+fn expired_our_timeout(status: &Status, bound: Option<Duration>, elapsed: Duration) -> bool {
+    if is_transport_timeout(status) {
+        return true;
+    }
+    let Some(bound) = bound else { return false };
+    status.code() == tonic::Code::DeadlineExceeded
+        && (status
+            .metadata()
+            .contains_key(crate::deadline::DEADLINE_EXPIRED_KEY)
+            || elapsed >= bound.mul_f64(0.9))
 }
 
 /// Whether `status` is tonic's own report that the `grpc-timeout` it enforces expired.
