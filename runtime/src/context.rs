@@ -37,6 +37,7 @@ tokio::task_local! {
 #[derive(Clone, Debug, Default)]
 pub struct Context {
     deadline: Option<Instant>,
+    trace: Option<crate::trace::TraceContext>,
 }
 
 impl Context {
@@ -87,6 +88,25 @@ impl Context {
     /// Runs `fut` with this context as [`Context::current`].
     pub async fn scope<F: Future>(self, fut: F) -> F::Output {
         CURRENT.scope(self, fut).await
+    }
+
+    /// Like [`scope`](Self::scope), returning the nameable future.
+    pub fn scope_future<F: Future>(
+        self,
+        fut: F,
+    ) -> tokio::task::futures::TaskLocalFuture<Context, F> {
+        CURRENT.scope(self, fut)
+    }
+
+    /// Returns this context with `trace` as its trace context.
+    pub fn with_trace(mut self, trace: crate::trace::TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// The trace context, if the request has one.
+    pub fn trace(&self) -> Option<&crate::trace::TraceContext> {
+        self.trace.as_ref()
     }
 }
 

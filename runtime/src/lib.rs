@@ -108,10 +108,12 @@ mod error;
 pub mod metrics;
 pub mod retry;
 pub mod tls;
+pub mod trace;
 
 pub use context::Context;
 pub use error::Error;
 pub use steadfast_macros::{no_retry, resilient_client, retry, timeout};
+pub use trace::spawn;
 
 /// Re-exports for generated code. Not public API: no stability guarantees.
 #[doc(hidden)]

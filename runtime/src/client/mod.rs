@@ -205,10 +205,10 @@ where
 {
     let core = core.clone();
     // Read now, not at first poll: a spawned call keeps its caller's deadline.
-    let inherited = crate::Context::current_deadline();
+    let ctx = crate::Context::current();
     async move {
         core.inner.methods[index]
-            .call_within(inherited, tonic::Request::new(message), attempt)
+            .call_in(ctx, tonic::Request::new(message), attempt)
             .await
             .map(tonic::Response::into_inner)
     }

@@ -81,9 +81,15 @@ where
                 })
                 .ok()
         });
+        // Build on what an outer layer (e.g. the trace layer) already put in the request.
+        let base = req
+            .extensions()
+            .get::<Context>()
+            .cloned()
+            .unwrap_or_default();
         let ctx = match timeout {
-            Some(t) => Context::new().with_timeout(t),
-            None => Context::new(),
+            Some(t) => base.with_timeout(t),
+            None => base,
         };
         req.extensions_mut().insert(ctx.clone());
         ResponseFuture::new(&mut self.inner, req, ctx, timeout)

@@ -169,13 +169,15 @@ impl CallPolicy {
         F: FnMut(tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        self.call_within(Context::current_deadline(), request, attempt)
+        self.call_in(Context::current(), request, attempt)
     }
 
-    /// [`call`](Self::call) with the caller's deadline given explicitly.
-    pub async fn call_within<M, R, F, Fut>(
+    /// [`call`](Self::call) with the caller's [`Context`] given explicitly: its deadline
+    /// bounds the call and its trace is propagated on every attempt (a call made outside any
+    /// trace starts a new one).
+    pub async fn call_in<M, R, F, Fut>(
         &self,
-        inherited: Option<Instant>,
+        ctx: Context,
         request: tonic::Request<M>,
         mut attempt: F,
     ) -> Result<tonic::Response<R>, Status>
@@ -186,7 +188,11 @@ impl CallPolicy {
     {
         let started = Instant::now();
         let own = self.timeout.and_then(|t| started.checked_add(t));
-        let deadline = match (own, inherited) {
+        let trace = ctx
+            .trace()
+            .cloned()
+            .unwrap_or_else(crate::trace::TraceContext::new_root);
+        let deadline = match (own, ctx.deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -216,6 +222,7 @@ impl CallPolicy {
             if let Some(bound) = bound {
                 req.set_timeout(bound);
             }
+            crate::trace::inject_metadata(&trace, req.metadata_mut());
             let commit = CommitMarker::default();
             req.extensions_mut().insert(commit.clone());
 

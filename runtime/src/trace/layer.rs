@@ -1,0 +1,203 @@
+//! Tower layers: [`TraceLayer`] for servers (gRPC or HTTP), [`PropagateLayer`] for outbound
+//! HTTP clients.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tower_layer::Layer;
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
+
+use super::{TraceContext, X_TRACE_ID, extract, inject};
+use crate::Context;
+use crate::context::CURRENT;
+
+/// Extracts the caller's trace context from each request, runs the handler inside it (as
+/// [`Context`] and as a `request` span with `trace_id` and `span_id`), and answers with
+/// `x-trace-id`. Works for tonic servers and axum/hyper alike.
+///
+/// ```
+/// use steadfast::trace::TraceLayer;
+/// let layer = TraceLayer::new();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceLayer {
+    _priv: (),
+}
+
+impl TraceLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        TraceLayer { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner }
+    }
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Clone, Debug)]
+pub struct Trace<S> {
+    inner: S,
+}
+
+impl<S> Trace<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Trace { inner }
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for Trace<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let trace = extract(req.headers());
+        let ctx = req
+            .extensions()
+            .get::<Context>()
+            .cloned()
+            .unwrap_or_default()
+            .with_trace(trace.clone());
+        req.extensions_mut().insert(ctx.clone());
+        let span = request_span(&trace, &req);
+        let fut = {
+            let _entered = span.enter();
+            CURRENT.sync_scope(ctx.clone(), || self.inner.call(req))
+        };
+        ResponseFuture {
+            inner: CURRENT.scope(ctx, fut).instrument(span),
+            trace_id: trace.trace_id().to_hex(),
+        }
+    }
+}
+
+fn request_span<B>(trace: &TraceContext, req: &http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        trace_id = %trace.trace_id(),
+        span_id = %trace.span_id(),
+        parent_span_id = tracing::field::Empty,
+    );
+    if let Some(parent) = trace.parent_id() {
+        span.record("parent_span_id", tracing::field::display(parent));
+    }
+    span
+}
+
+pin_project! {
+    /// Response future of [`Trace`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Instrumented<TaskLocalFuture<Context, F>>,
+        trace_id: [u8; 32],
+    }
+}
+
+impl<F, R, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut out = ready!(this.inner.poll(cx));
+        if let Ok(response) = &mut out
+            && let Ok(v) = http::HeaderValue::from_bytes(this.trace_id)
+        {
+            response.headers_mut().insert(X_TRACE_ID, v);
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// Propagates the current trace context on outbound HTTP requests (`traceparent`,
+/// `tracestate`, `x-trace-id`). A request made outside any trace starts a new one.
+///
+/// ```
+/// use steadfast::trace::PropagateLayer;
+/// let layer = PropagateLayer::new();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PropagateLayer {
+    _priv: (),
+}
+
+impl PropagateLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        PropagateLayer { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for PropagateLayer {
+    type Service = Propagate<S>;
+    fn layer(&self, inner: S) -> Propagate<S> {
+        Propagate { inner }
+    }
+}
+
+/// The service of [`PropagateLayer`].
+#[derive(Clone, Debug)]
+pub struct Propagate<S> {
+    inner: S,
+}
+
+impl<S> Propagate<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Propagate { inner }
+    }
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Propagate<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let trace = Context::current()
+            .trace()
+            .cloned()
+            .unwrap_or_else(TraceContext::new_root);
+        inject(&trace, req.headers_mut());
+        self.inner.call(req)
+    }
+}

@@ -1,0 +1,320 @@
+//! Trace context across gRPC, HTTP and spawned tasks: W3C `traceparent` / `tracestate`, and
+//! the `X-Trace-ID` header for callers that only know a trace id.
+//!
+//! # Extraction (servers)
+//! 1. One valid `traceparent`: continue that trace. Our span gets a new id and the caller's
+//!    span becomes its parent; a valid `tracestate` is kept, an invalid one dropped.
+//! 2. Otherwise, a valid `X-Trace-ID` (32 hex digits or a UUID): continue that trace id with
+//!    a new span and no parent.
+//! 3. Otherwise: a new trace with a random 128-bit id (flags sampled and random).
+//!
+//! Invalid headers are logged with `warn!`, showing the value escaped and truncated; raw
+//! header bytes never reach a log line. Several `traceparent` headers are invalid.
+//!
+//! # Propagation
+//! - gRPC: every `#[resilient_client]` call injects `traceparent`, `tracestate` and
+//!   `x-trace-id` on every attempt; [`TraceLayer`] extracts them on the server and answers
+//!   with `x-trace-id`.
+//! - HTTP: [`TraceLayer`] serves axum/hyper the same way; [`PropagateLayer`] and [`inject`]
+//!   propagate on outbound HTTP calls.
+//! - Tasks: the context lives in [`Context`](crate::Context) (a task-local) and in the current
+//!   `tracing` span (fields `trace_id`, `span_id`). [`spawn`] and
+//!   [`InCurrentContext::in_current_context`] carry both into another task. A bare
+//!   `tokio::spawn` loses them: the new task has no context, and calls it makes start new
+//!   traces.
+
+mod ids;
+mod layer;
+mod traceparent;
+mod tracestate;
+
+use std::future::Future;
+
+use http::HeaderMap;
+use tonic::metadata::MetadataMap;
+use tracing::Instrument;
+
+pub use self::ids::{SpanId, TraceId};
+pub use self::layer::{Propagate, PropagateLayer, Trace, TraceLayer};
+pub use self::traceparent::{TraceFlags, Traceparent, TraceparentError};
+pub use self::tracestate::{TraceState, TraceStateError};
+
+use crate::Context;
+
+/// The `traceparent` header.
+pub const TRACEPARENT: &str = "traceparent";
+/// The `tracestate` header.
+pub const TRACESTATE: &str = "tracestate";
+/// The `x-trace-id` header: the trace id alone, read from callers and sent on responses.
+pub const X_TRACE_ID: &str = "x-trace-id";
+
+/// The trace context of one hop: which trace, this hop's span, and the caller's span.
+///
+/// ```
+/// use steadfast::trace::TraceContext;
+///
+/// let root = TraceContext::new_root();
+/// let child = root.child();
+/// assert_eq!(child.trace_id(), root.trace_id());
+/// assert_eq!(child.parent_id(), Some(root.span_id()));
+/// assert_ne!(child.span_id(), root.span_id());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent_id: Option<SpanId>,
+    flags: TraceFlags,
+    state: TraceState,
+}
+
+impl TraceContext {
+    /// A new trace: random ids, flags sampled and random (our ids are fully random).
+    pub fn new_root() -> TraceContext {
+        TraceContext {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_id: None,
+            flags: TraceFlags::SAMPLED.union(TraceFlags::RANDOM),
+            state: TraceState::EMPTY,
+        }
+    }
+
+    /// A new span of the same trace whose parent is this one (same flags and state).
+    pub fn child(&self) -> TraceContext {
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id: SpanId::random(),
+            parent_id: Some(self.span_id),
+            flags: self.flags.outgoing(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Continues a caller's trace: our span is new, the caller's span is its parent.
+    pub fn from_parent(parent: Traceparent, state: TraceState) -> TraceContext {
+        TraceContext {
+            trace_id: parent.trace_id,
+            span_id: SpanId::random(),
+            parent_id: Some(parent.parent_id),
+            flags: parent.flags.outgoing(),
+            state,
+        }
+    }
+
+    /// Continues a trace known only by its id (from `X-Trace-ID`). The random flag is not
+    /// set: nothing says the id is random.
+    pub fn from_trace_id(trace_id: TraceId) -> TraceContext {
+        TraceContext {
+            trace_id,
+            span_id: SpanId::random(),
+            parent_id: None,
+            flags: TraceFlags::SAMPLED,
+            state: TraceState::EMPTY,
+        }
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+    /// This hop's span id.
+    pub fn span_id(&self) -> SpanId {
+        self.span_id
+    }
+    /// The caller's span id, if the caller sent one.
+    pub fn parent_id(&self) -> Option<SpanId> {
+        self.parent_id
+    }
+    /// The trace flags.
+    pub fn flags(&self) -> TraceFlags {
+        self.flags
+    }
+    /// The `tracestate`.
+    pub fn state(&self) -> &TraceState {
+        &self.state
+    }
+
+    /// The `traceparent` to send downstream: this hop's span is the callee's parent.
+    pub fn traceparent(&self) -> String {
+        let bytes = traceparent::format(self.trace_id, self.span_id, self.flags);
+        String::from_utf8(bytes.to_vec()).expect("ASCII")
+    }
+}
+
+/// Parses an `X-Trace-ID`: 32 hex digits (any case) or a UUID; never all zero.
+///
+/// ```
+/// use steadfast::trace::parse_x_trace_id;
+/// assert!(parse_x_trace_id(b"4BF92F3577B34DA6A3CE929D0E0E4736").is_some());
+/// assert!(parse_x_trace_id(b"123e4567-e89b-12d3-a456-426614174000").is_some());
+/// assert!(parse_x_trace_id(b"not-a-trace").is_none());
+/// ```
+pub fn parse_x_trace_id(value: &[u8]) -> Option<TraceId> {
+    let v = traceparent::trim_ows(value);
+    let hex: Vec<u8> = match v.len() {
+        32 => v.to_vec(),
+        36 if [8, 13, 18, 23].iter().all(|&i| v[i] == b'-') => {
+            v.iter().copied().filter(|&c| c != b'-').collect()
+        }
+        _ => return None,
+    };
+    let lower = hex.to_ascii_lowercase();
+    TraceId::from_hex(std::str::from_utf8(&lower).ok()?)
+}
+
+/// Where headers are read from: HTTP headers or gRPC metadata.
+trait Carrier {
+    fn values(&self, key: &str) -> Vec<&[u8]>;
+}
+
+impl Carrier for HeaderMap {
+    fn values(&self, key: &str) -> Vec<&[u8]> {
+        self.get_all(key).iter().map(|v| v.as_bytes()).collect()
+    }
+}
+
+impl Carrier for MetadataMap {
+    fn values(&self, key: &str) -> Vec<&[u8]> {
+        self.get_all(key)
+            .iter()
+            .map(|v| v.as_encoded_bytes())
+            .collect()
+    }
+}
+
+fn warn_invalid(header: &str, value: &[u8], why: &dyn std::fmt::Display) {
+    tracing::warn!(
+        header,
+        value = %crate::deadline::sanitize(value),
+        "ignoring invalid {header}: {why}"
+    );
+}
+
+fn extract_from(carrier: &impl Carrier) -> TraceContext {
+    let parents = carrier.values(TRACEPARENT);
+    match parents.as_slice() {
+        [one] => match Traceparent::parse(one) {
+            Ok(parent) => {
+                let states = carrier.values(TRACESTATE);
+                let state = TraceState::parse(&states).unwrap_or_else(|why| {
+                    warn_invalid(TRACESTATE, &states.concat(), &why);
+                    TraceState::EMPTY
+                });
+                return TraceContext::from_parent(parent, state);
+            }
+            Err(why) => warn_invalid(TRACEPARENT, one, &why),
+        },
+        [] => {}
+        many => warn_invalid(
+            TRACEPARENT,
+            &many.join(&b','),
+            &"several traceparent headers",
+        ),
+    }
+    let ids = carrier.values(X_TRACE_ID);
+    if let Some(value) = ids.first() {
+        match parse_x_trace_id(value) {
+            Some(id) => return TraceContext::from_trace_id(id),
+            None => warn_invalid(X_TRACE_ID, value, &"expected 32 hex digits or a UUID"),
+        }
+    }
+    TraceContext::new_root()
+}
+
+/// The trace context of an incoming HTTP request (see the module docs for the rules).
+///
+/// ```
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+/// let ctx = steadfast::trace::extract(&headers);
+/// assert_eq!(ctx.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// assert_eq!(ctx.parent_id().unwrap().to_string(), "00f067aa0ba902b7");
+/// ```
+pub fn extract(headers: &HeaderMap) -> TraceContext {
+    extract_from(headers)
+}
+
+/// The trace context of an incoming gRPC request's metadata.
+pub fn extract_metadata(metadata: &MetadataMap) -> TraceContext {
+    extract_from(metadata)
+}
+
+/// Writes `traceparent`, `tracestate` (when not empty) and `x-trace-id` for a call made
+/// from `ctx`.
+///
+/// ```
+/// let ctx = steadfast::trace::TraceContext::new_root();
+/// let mut headers = http::HeaderMap::new();
+/// steadfast::trace::inject(&ctx, &mut headers);
+/// assert_eq!(steadfast::trace::extract(&headers).trace_id(), ctx.trace_id());
+/// ```
+pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
+    let tp = traceparent::format(ctx.trace_id, ctx.span_id, ctx.flags);
+    headers.insert(
+        TRACEPARENT,
+        http::HeaderValue::from_bytes(&tp).expect("ASCII"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(ctx.state.as_str())
+        && !ctx.state.is_empty()
+    {
+        headers.insert(TRACESTATE, v);
+    }
+    headers.insert(
+        X_TRACE_ID,
+        http::HeaderValue::from_bytes(&ctx.trace_id.to_hex()).expect("ASCII"),
+    );
+}
+
+/// [`inject`] into gRPC metadata.
+pub fn inject_metadata(ctx: &TraceContext, metadata: &mut MetadataMap) {
+    let tp = traceparent::format(ctx.trace_id, ctx.span_id, ctx.flags);
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(&tp[..]) {
+        metadata.insert(TRACEPARENT, v);
+    }
+    if !ctx.state.is_empty()
+        && let Ok(v) = tonic::metadata::MetadataValue::try_from(ctx.state.as_str())
+    {
+        metadata.insert(TRACESTATE, v);
+    }
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(&ctx.trace_id.to_hex()[..]) {
+        metadata.insert(X_TRACE_ID, v);
+    }
+}
+
+/// Spawns `fut` on tokio with the current [`Context`] (trace and deadline) and the current
+/// `tracing` span, so its log lines and calls belong to the same trace.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use steadfast::{Context, trace::TraceContext};
+/// let ctx = Context::new().with_trace(TraceContext::new_root());
+/// let id = ctx.trace().unwrap().trace_id();
+/// let seen = ctx.scope(async {
+///     steadfast::spawn(async { Context::current().trace().map(|t| t.trace_id()) }).await.unwrap()
+/// }).await;
+/// assert_eq!(seen, Some(id));
+/// # }
+/// ```
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut.in_current_context())
+}
+
+/// Carries the current [`Context`] and `tracing` span into a future that will run elsewhere.
+pub trait InCurrentContext: Future + Sized {
+    /// Wraps the future so it runs with the context and span current now.
+    fn in_current_context(
+        self,
+    ) -> tracing::instrument::Instrumented<tokio::task::futures::TaskLocalFuture<Context, Self>>
+    {
+        Context::current()
+            .scope_future(self)
+            .instrument(tracing::Span::current())
+    }
+}
+
+impl<F: Future> InCurrentContext for F {}
