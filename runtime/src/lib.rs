@@ -107,6 +107,8 @@ pub mod duration;
 mod error;
 pub mod metrics;
 pub mod retry;
+pub mod telemetry;
+mod time;
 pub mod tls;
 pub mod trace;
 

@@ -8,11 +8,24 @@
 //! | `steadfast_breaker_state` | gauge: 0 closed, 1 open, 2 half-open | `service` |
 //! | `steadfast_breaker_transitions_total` | counter | `service`, `to` |
 //! | `steadfast_breaker_rejections_total` | counter | `service` |
+//! | `steadfast_client_calls_total` | counter, exemplar `trace_id` | `service`, `method`, `code` |
+//! | `steadfast_client_retries_total` | counter, exemplar `trace_id` | `service`, `method` |
+//! | `steadfast_client_call_duration_seconds` | histogram, exemplars `trace_id` | `service`, `method`, `code` |
+//! | `steadfast_server_calls_total` | counter, exemplar `trace_id` | `service`, `method`, `code` |
+//! | `steadfast_server_call_duration_seconds` | histogram, exemplars `trace_id` | `service`, `method`, `code` |
+//!
+//! # Trace ids are exemplars, never labels
+//! Every distinct label value creates a time series. A `trace_id` label would create one
+//! series per request: memory in the process and in Prometheus grows without bound until
+//! Prometheus falls over. An *exemplar* attaches a sample trace id to a counter or histogram
+//! bucket instead, so a dashboard can jump from a latency spike to one trace that shows it,
+//! at a fixed cost. Labels here have bounded values: service, method, status code.
 
 use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -22,6 +35,32 @@ use crate::breaker::{BreakerConfig, CircuitBreaker};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    service: String,
+    method: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    service: String,
+    method: String,
+}
+
+/// The exemplar label set: one trace id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceLabel {
+    trace_id: String,
+}
+
+fn latency_histogram() -> HistogramWithExemplars<TraceLabel> {
+    // 0.5 ms to about 16 s.
+    HistogramWithExemplars::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +77,19 @@ struct TransitionLabels {
 /// ```
 pub struct Metrics {
     registry: Mutex<Registry>,
+    client_calls: Family<CallLabels, CounterWithExemplar<TraceLabel>>,
+    client_retries: Family<MethodLabels, CounterWithExemplar<TraceLabel>>,
+    client_duration: Family<
+        CallLabels,
+        HistogramWithExemplars<TraceLabel>,
+        fn() -> HistogramWithExemplars<TraceLabel>,
+    >,
+    server_calls: Family<CallLabels, CounterWithExemplar<TraceLabel>>,
+    server_duration: Family<
+        CallLabels,
+        HistogramWithExemplars<TraceLabel>,
+        fn() -> HistogramWithExemplars<TraceLabel>,
+    >,
     breaker_state: Family<ServiceLabel, Gauge>,
     breaker_transitions: Family<TransitionLabels, Counter>,
     breaker_rejections: Family<ServiceLabel, Counter>,
@@ -70,8 +122,43 @@ impl Metrics {
             "Calls rejected by an open or saturated half-open breaker",
             breaker_rejections.clone(),
         );
+        let client_calls = Family::<CallLabels, CounterWithExemplar<TraceLabel>>::default();
+        let client_retries = Family::<MethodLabels, CounterWithExemplar<TraceLabel>>::default();
+        let client_duration = Family::new_with_constructor(latency_histogram as fn() -> _);
+        let server_calls = Family::<CallLabels, CounterWithExemplar<TraceLabel>>::default();
+        let server_duration = Family::new_with_constructor(latency_histogram as fn() -> _);
+        registry.register(
+            "client_calls",
+            "Calls made by resilient clients, by final status",
+            client_calls.clone(),
+        );
+        registry.register(
+            "client_retries",
+            "Retry attempts made by resilient clients",
+            client_retries.clone(),
+        );
+        registry.register(
+            "client_call_duration_seconds",
+            "Duration of client calls, all attempts included",
+            client_duration.clone(),
+        );
+        registry.register(
+            "server_calls",
+            "Calls handled by #[traced] handlers, by status",
+            server_calls.clone(),
+        );
+        registry.register(
+            "server_call_duration_seconds",
+            "Duration of calls handled by #[traced] handlers",
+            server_duration.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            client_calls,
+            client_retries,
+            client_duration,
+            server_calls,
+            server_duration,
             breaker_state,
             breaker_transitions,
             breaker_rejections,
@@ -134,3 +221,73 @@ pub(crate) fn breaker_rejected(name: &str) {
         .get_or_create(&service(name))
         .inc();
 }
+
+fn exemplar(trace_id: Option<crate::trace::TraceId>) -> Option<TraceLabel> {
+    trace_id.map(|t| TraceLabel {
+        trace_id: t.to_string(),
+    })
+}
+
+/// Records one finished client call.
+pub(crate) fn client_call(
+    service: &str,
+    method: &str,
+    code: tonic::Code,
+    elapsed: std::time::Duration,
+    trace_id: Option<crate::trace::TraceId>,
+) {
+    let m = global();
+    let labels = CallLabels {
+        service: service.to_owned(),
+        method: method.to_owned(),
+        code: crate::code::code_name(code),
+    };
+    m.client_calls
+        .get_or_create(&labels)
+        .inc_by(1, exemplar(trace_id), None);
+    m.client_duration.get_or_create(&labels).observe(
+        elapsed.as_secs_f64(),
+        exemplar(trace_id),
+        None,
+    );
+}
+
+/// Records one retry.
+pub(crate) fn client_retry(service: &str, method: &str, trace_id: Option<crate::trace::TraceId>) {
+    let labels = MethodLabels {
+        service: service.to_owned(),
+        method: method.to_owned(),
+    };
+    global()
+        .client_retries
+        .get_or_create(&labels)
+        .inc_by(1, exemplar(trace_id), None);
+}
+
+/// Records one handled call (from `#[traced]`).
+#[doc(hidden)]
+pub fn server_call(
+    service: &str,
+    method: &str,
+    code: &'static str,
+    elapsed: std::time::Duration,
+    trace_id: Option<crate::trace::TraceId>,
+) {
+    let m = global();
+    let labels = CallLabels {
+        service: service.to_owned(),
+        method: method.to_owned(),
+        code,
+    };
+    m.server_calls
+        .get_or_create(&labels)
+        .inc_by(1, exemplar(trace_id), None);
+    m.server_duration.get_or_create(&labels).observe(
+        elapsed.as_secs_f64(),
+        exemplar(trace_id),
+        None,
+    );
+}
+
+/// The OpenMetrics content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

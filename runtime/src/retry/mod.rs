@@ -179,6 +179,40 @@ impl CallPolicy {
         &self,
         ctx: Context,
         request: tonic::Request<M>,
+        attempt: F,
+    ) -> Result<tonic::Response<R>, Status>
+    where
+        M: Clone,
+        F: FnMut(tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let started = Instant::now();
+        let trace = ctx
+            .trace()
+            .cloned()
+            .unwrap_or_else(crate::trace::TraceContext::new_root);
+        let result = self
+            .attempts(ctx.deadline(), &trace, request, attempt)
+            .await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        crate::metrics::client_call(
+            &self.service,
+            &self.method,
+            code,
+            started.elapsed(),
+            Some(trace.trace_id()),
+        );
+        result
+    }
+
+    async fn attempts<M, R, F, Fut>(
+        &self,
+        inherited: Option<Instant>,
+        trace: &crate::trace::TraceContext,
+        request: tonic::Request<M>,
         mut attempt: F,
     ) -> Result<tonic::Response<R>, Status>
     where
@@ -188,11 +222,7 @@ impl CallPolicy {
     {
         let started = Instant::now();
         let own = self.timeout.and_then(|t| started.checked_add(t));
-        let trace = ctx
-            .trace()
-            .cloned()
-            .unwrap_or_else(crate::trace::TraceContext::new_root);
-        let deadline = match (own, ctx.deadline()) {
+        let deadline = match (own, inherited) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -222,7 +252,7 @@ impl CallPolicy {
             if let Some(bound) = bound {
                 req.set_timeout(bound);
             }
-            crate::trace::inject_metadata(&trace, req.metadata_mut());
+            crate::trace::inject_metadata(trace, req.metadata_mut());
             let commit = CommitMarker::default();
             req.extensions_mut().insert(commit.clone());
 
@@ -336,6 +366,7 @@ impl CallPolicy {
                 code = code_name(status.code()), delay_ms = delay.as_millis() as u64,
                 "retrying"
             );
+            crate::metrics::client_retry(&self.service, &self.method, Some(trace.trace_id()));
             tokio::time::sleep(delay).await;
         }
     }
