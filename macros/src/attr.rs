@@ -76,7 +76,7 @@ pub(crate) struct ThrottleArgs {
 
 /// Stores `value` into `slot`, or fails with an error on `key` when the key was given twice.
 /// The one place duplicate keys are caught.
-fn set_once<T, K: syn::spanned::Spanned>(
+pub(crate) fn set_once<T, K: syn::spanned::Spanned>(
     slot: &mut Option<T>,
     key: &K,
     name: &str,
@@ -93,7 +93,7 @@ fn set_once<T, K: syn::spanned::Spanned>(
 }
 
 /// Parses `key = value` pairs separated by commas, dispatching on the key via `one`.
-fn parse_keys(
+pub(crate) fn parse_keys(
     input: ParseStream<'_>,
     mut one: impl FnMut(ParseStream<'_>) -> syn::Result<()>,
 ) -> syn::Result<()> {
@@ -107,7 +107,7 @@ fn parse_keys(
     Ok(())
 }
 
-fn value<T: Parse>(input: ParseStream<'_>) -> syn::Result<T> {
+pub(crate) fn value<T: Parse>(input: ParseStream<'_>) -> syn::Result<T> {
     input.parse::<Token![=]>()?;
     input.parse()
 }

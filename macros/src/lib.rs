@@ -7,6 +7,7 @@
 
 mod attr;
 mod expand;
+mod traced;
 mod valid;
 
 use proc_macro::TokenStream;
@@ -17,6 +18,14 @@ use proc_macro::TokenStream;
 pub fn resilient_client(args: TokenStream, item: TokenStream) -> TokenStream {
     let item = syn::parse_macro_input!(item as syn::ItemTrait);
     expand::resilient_client(args.into(), item).into()
+}
+
+/// Instruments a tonic handler, an HTTP handler or a plain async fn with the request's trace
+/// context. See the `steadfast` crate documentation.
+#[proc_macro_attribute]
+pub fn traced(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item = syn::parse_macro_input!(item as syn::ItemFn);
+    traced::traced(args.into(), item).into()
 }
 
 /// Marks a method of a `#[resilient_client]` trait as not retried (not idempotent).

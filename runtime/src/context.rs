@@ -9,7 +9,7 @@ tokio::task_local! {
     pub(crate) static CURRENT: Context;
 }
 
-/// What a request carries across hops: its deadline.
+/// What a request carries across hops: its deadline and its trace context.
 ///
 /// A server wrapped in [`DeadlineLayer`](crate::deadline::DeadlineLayer) reads the caller's
 /// `grpc-timeout`, makes a `Context` with the matching deadline, and runs the handler inside

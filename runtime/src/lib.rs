@@ -76,6 +76,36 @@
 //! The generated struct is named after the trait with a `Client` suffix. The trait stays an
 //! ordinary trait: write fakes for tests by implementing it by hand.
 //!
+//! # Tracing: `#[traced]`
+//!
+//! `#[traced]` instruments a handler with the request's trace context:
+//! - on a tonic method (`Request<T>` in, `Result<Response<U>, Status>` out) it takes the
+//!   context from the server layers (or the request's own metadata), opens the span `rpc`
+//!   with `service`, `method`, `trace_id`, `span_id` and `parent_span_id`, applies the
+//!   incoming deadline, logs the end at info with latency and status code, and records
+//!   `steadfast_server_calls_total` and a latency histogram with the trace id as exemplar;
+//! - on an HTTP handler with a `HeaderMap` argument it does the same from the headers (or the
+//!   [`trace::TraceLayer`]'s context);
+//! - on any other async fn it opens a child span of the current context.
+//!
+//! Options: `name = "..."` (the span name), `skip(arg, ..)` (arguments not recorded; the
+//! others are recorded with `Debug`), `level = "debug"`, and `service = "..."`.
+//!
+//! ```
+//! #[steadfast::traced(skip(password))]
+//! async fn login(user: String, password: String) -> Result<(), String> {
+//!     tracing::info!("checking"); // carries trace_id and span_id
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Misuse is a compile error:
+//!
+//! ```compile_fail
+//! #[steadfast::traced(skip(secret))] // no argument named `secret`
+//! async fn login(user: String) {}
+//! ```
+//!
 //! # Servers
 //!
 //! [`deadline::DeadlineLayer`] reads the caller's `grpc-timeout`, enforces it, and exposes the
@@ -90,6 +120,8 @@
 //! - [`deadline`]: the server-side deadline layer.
 //! - [`client`]: connection set-up ([`client::ClientConfig`]) and the generated clients' core.
 //! - [`tls`]: rustls TLS from PEM files, for clients and servers.
+//! - [`trace`]: W3C trace context and `X-Trace-ID` across gRPC, HTTP and tasks.
+//! - [`telemetry`]: JSON logs with `trace_id` and `span_id` on every line.
 //!
 //! # Errors
 //! Configuration and start-up problems are [`Error`]s that name the offending field. Call
@@ -114,7 +146,7 @@ pub mod trace;
 
 pub use context::Context;
 pub use error::Error;
-pub use steadfast_macros::{no_retry, resilient_client, retry, timeout};
+pub use steadfast_macros::{no_retry, resilient_client, retry, timeout, traced};
 pub use trace::spawn;
 
 /// Re-exports for generated code. Not public API: no stability guarantees.
@@ -128,4 +160,9 @@ pub mod __private {
     pub use ::tonic;
     pub use ::tonic::async_trait;
     pub use ::tracing;
+
+    /// What `#[traced]` calls.
+    pub mod trace {
+        pub use crate::trace::call::{Call, ok_code, result_code};
+    }
 }

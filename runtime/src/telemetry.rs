@@ -66,6 +66,7 @@ where
 struct Ids {
     trace_id: Option<String>,
     span_id: Option<String>,
+    parent_span_id: Option<String>,
 }
 
 impl Visit for Ids {
@@ -73,6 +74,7 @@ impl Visit for Ids {
         match field.name() {
             "trace_id" => self.trace_id = Some(format!("{value:?}")),
             "span_id" => self.span_id = Some(format!("{value:?}")),
+            "parent_span_id" => self.parent_span_id = Some(format!("{value:?}")),
             _ => {}
         }
     }
@@ -172,6 +174,9 @@ where
                     }
                     if let Some(s) = &ids.span_id {
                         line.insert("span_id".into(), s.clone().into());
+                    }
+                    if let Some(p) = &ids.parent_span_id {
+                        line.insert("parent_span_id".into(), p.clone().into());
                     }
                     break;
                 }

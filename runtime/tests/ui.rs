@@ -8,4 +8,5 @@ fn ui() {
     t.pass("tests/ui/pass/full-attribute.rs");
     t.pass("tests/ui/pass/shadowing.rs");
     t.pass("tests/ui/pass/async-trait.rs");
+    t.pass("tests/ui/pass/traced.rs");
 }

@@ -17,12 +17,14 @@
 //!   with `x-trace-id`.
 //! - HTTP: [`TraceLayer`] serves axum/hyper the same way; [`PropagateLayer`] and [`inject`]
 //!   propagate on outbound HTTP calls.
-//! - Tasks: the context lives in [`Context`](crate::Context) (a task-local) and in the current
+//! - Tasks: the context lives in [`Context`] (a task-local) and in the current
 //!   `tracing` span (fields `trace_id`, `span_id`). [`spawn`] and
 //!   [`InCurrentContext::in_current_context`] carry both into another task. A bare
 //!   `tokio::spawn` loses them: the new task has no context, and calls it makes start new
 //!   traces.
 
+#[doc(hidden)]
+pub mod call;
 mod ids;
 mod layer;
 mod traceparent;

@@ -1,0 +1,99 @@
+//! Expansion of `#[traced]`: the span is created here (so its call site is the user's), and
+//! everything else is a call into `::steadfast::__private::trace`.
+
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::quote;
+
+use super::valid::{Kind, Traced};
+
+pub(crate) fn expand(t: Traced) -> TokenStream {
+    let Traced {
+        item,
+        kind,
+        span_name,
+        method,
+        service,
+        level,
+        fields,
+        output,
+        returns_result,
+        async_trait_body,
+        has_receiver,
+    } = t;
+    let level = Ident::new(level, Span::call_site());
+    let service = match service {
+        Some(s) => quote!(#s),
+        None => quote!(::core::env!("CARGO_PKG_NAME")),
+    };
+    let call = match &kind {
+        Kind::Grpc { request } => {
+            let service_type = if has_receiver {
+                quote!(::core::any::type_name::<Self>())
+            } else {
+                quote!(::core::module_path!())
+            };
+            quote!(::steadfast::__private::trace::Call::grpc(&#request, #service_type, #method))
+        }
+        Kind::Http { headers } => {
+            quote!(::steadfast::__private::trace::Call::http(&#headers, #service, #method))
+        }
+        Kind::Plain => quote!(::steadfast::__private::trace::Call::child(#service, #method)),
+    };
+    let code = if returns_result {
+        quote!(::steadfast::__private::trace::result_code)
+    } else {
+        quote!(::steadfast::__private::trace::ok_code)
+    };
+    let body = match &async_trait_body {
+        Some(block) => quote!(#block),
+        None => {
+            let stmts = &item.block.stmts;
+            quote! {
+                async move {
+                    // Keeps the return type known to inference inside the block.
+                    #[allow(unreachable_code, clippy::diverging_sub_expression)]
+                    if false {
+                        let __steadfast_fake_return: #output = loop {};
+                        return __steadfast_fake_return;
+                    }
+                    #(#stmts)*
+                }
+            }
+        }
+    };
+    let run = match &kind {
+        Kind::Grpc { .. } => quote!(__steadfast_call.run_grpc(__steadfast_span, #body).await),
+        Kind::Http { .. } => {
+            quote!(__steadfast_call.run(__steadfast_span, #body, #code, true).await)
+        }
+        Kind::Plain => quote!(__steadfast_call.run(__steadfast_span, #body, #code, false).await),
+    };
+    let instrumented = quote! {
+        let __steadfast_call = #call;
+        let __steadfast_span = ::steadfast::__private::tracing::span!(
+            target: ::core::module_path!(),
+            ::steadfast::__private::tracing::Level::#level,
+            #span_name,
+            service = __steadfast_call.service(),
+            method = #method,
+            trace_id = ::steadfast::__private::tracing::field::display(__steadfast_call.trace_id()),
+            span_id = ::steadfast::__private::tracing::field::display(__steadfast_call.span_id()),
+            parent_span_id = ::steadfast::__private::tracing::field::Empty,
+            #(#fields = ::steadfast::__private::tracing::field::debug(&#fields),)*
+        );
+        __steadfast_call.record_parent(&__steadfast_span);
+        #run
+    };
+    let attrs = &item.attrs;
+    let vis = &item.vis;
+    let sig = &item.sig;
+    let block = if async_trait_body.is_some() {
+        quote!({ ::std::boxed::Box::pin(async move { #instrumented }) })
+    } else {
+        quote!({ #instrumented })
+    };
+    quote! {
+        #(#attrs)*
+        #vis #sig #block
+    }
+}

@@ -1,0 +1,6 @@
+#[steadfast::traced(fields(id = 1))]
+async fn lookup(id: u64) -> u64 {
+    id
+}
+
+fn main() {}

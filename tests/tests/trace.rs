@@ -1,0 +1,378 @@
+//! Trace context end to end: HTTP gateway -> order-svc -> user-svc on 127.0.0.1, with the
+//! JSON log lines of all three captured and joined by trace id.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::routing::{get, post};
+use serde_json::Value;
+use steadfast::client::{ClientConfig, Downstreams};
+use steadfast::deadline::DeadlineLayer;
+use steadfast::trace::TraceLayer;
+use steadfast_examples::pb::order::order_service_client::OrderServiceClient;
+use steadfast_examples::pb::order::order_service_server::{OrderService, OrderServiceServer};
+use steadfast_examples::pb::order::{CreateOrderRequest, GetOrderRequest, Order};
+use steadfast_examples::pb::user::user_service_client::UserServiceClient;
+use steadfast_examples::pb::user::user_service_server::{UserService, UserServiceServer};
+use steadfast_examples::pb::user::{
+    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+// ---------- log capture ----------
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+    fn with_message(&self, needle: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .collect()
+    }
+}
+
+// ---------- user-svc ----------
+
+struct UserSvc;
+
+#[tonic::async_trait]
+impl UserService for UserSvc {
+    #[steadfast::traced]
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserReply>, Status> {
+        let id = request.get_ref().id;
+        tracing::info!(id, "looking up user");
+        if id == 0 {
+            return Err(Status::not_found("no user 0"));
+        }
+        Ok(Response::new(GetUserReply {
+            id,
+            name: format!("user-{id}"),
+            served_by: "u1".into(),
+        }))
+    }
+
+    #[steadfast::traced(skip(request))]
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserReply>, Status> {
+        let _ = request;
+        Err(Status::unimplemented("not used"))
+    }
+}
+
+// ---------- order-svc ----------
+
+#[steadfast::resilient_client(service = "user-svc", client = UserServiceClient)]
+trait Users {
+    async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, Status>;
+}
+
+struct OrderSvc {
+    users: UsersClient,
+}
+
+/// A plain async fn: its span is a child of the handler's.
+#[steadfast::traced]
+async fn audit(order_id: u64) {
+    tracing::info!(order_id, "audit record written");
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderSvc {
+    #[steadfast::traced]
+    async fn create_order(
+        &self,
+        request: Request<CreateOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let req = request.into_inner();
+        let user = self
+            .users
+            .get_user(GetUserRequest { id: req.user_id })
+            .await?;
+        // A spawned task keeps the trace through steadfast::spawn.
+        steadfast::spawn(async { tracing::info!("spawned task ran") })
+            .await
+            .unwrap();
+        audit(7).await;
+        tracing::info!(user = %user.name, "order created");
+        Ok(Response::new(Order {
+            id: 7,
+            user_id: req.user_id,
+            user_name: user.name,
+            item: req.item,
+            quantity: req.quantity,
+        }))
+    }
+
+    #[steadfast::traced]
+    async fn get_order(
+        &self,
+        _request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        Err(Status::unimplemented("not used"))
+    }
+}
+
+// ---------- gateway ----------
+
+#[steadfast::resilient_client(service = "order-svc", client = OrderServiceClient)]
+trait Orders {
+    async fn create_order(&self, req: CreateOrderRequest) -> Result<Order, Status>;
+}
+
+#[steadfast::traced(service = "gateway", skip(orders))]
+async fn post_order(
+    orders: axum::extract::State<OrdersClient>,
+    headers: axum::http::HeaderMap,
+) -> Result<String, axum::http::StatusCode> {
+    let _ = headers;
+    tracing::info!("gateway handling order");
+    let order = orders
+        .create_order(CreateOrderRequest {
+            user_id: 42,
+            item: "book".into(),
+            quantity: 1,
+        })
+        .await
+        .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
+    Ok(format!("order {} for {}", order.id, order.user_name))
+}
+
+async fn metrics() -> String {
+    steadfast::metrics::render()
+}
+
+// ---------- plumbing ----------
+
+async fn serve_grpc<S>(svc: S) -> String
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(TraceLayer::new())
+            .layer(DeadlineLayer::new())
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    url
+}
+
+async fn http(addr: SocketAddr, request: String) -> (u16, Vec<(String, String)>, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+fn post_request(addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "POST /orders HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test]
+async fn one_trace_id_across_gateway_order_and_user_services() {
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let _guard =
+        tracing::subscriber::set_default(steadfast::telemetry::subscriber(move || writer.clone()));
+
+    let user_url = serve_grpc(UserServiceServer::new(UserSvc)).await;
+    let cfg = |url: String| {
+        ClientConfig::endpoints([url])
+            .unwrap()
+            .downstreams(Downstreams::new())
+    };
+    let users = UsersClient::connect(cfg(user_url)).await.unwrap();
+    let order_url = serve_grpc(OrderServiceServer::new(OrderSvc { users })).await;
+    let orders = OrdersClient::connect(cfg(order_url)).await.unwrap();
+    let app = axum::Router::new()
+        .route("/orders", post(post_order))
+        .route("/metrics", get(metrics))
+        .with_state(orders)
+        .layer(TraceLayer::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // 1. No trace from the caller: the gateway starts one and returns it.
+    let (status, headers, body) = http(addr, post_request(addr, "")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "order 7 for user-42");
+    let trace_id = header(&headers, "x-trace-id").expect("x-trace-id on the response");
+    assert_eq!(trace_id.len(), 32);
+
+    let one = |msg: &str| {
+        let lines = logs.with_message(msg);
+        assert_eq!(lines.len(), 1, "one `{msg}` line in {:#?}", logs.lines());
+        lines.into_iter().next().unwrap()
+    };
+    let gateway = one("gateway handling order");
+    let order = one("order created");
+    let user = one("looking up user");
+    let spawned = one("spawned task ran");
+    let audit = one("audit record written");
+    for line in [&gateway, &order, &user, &spawned, &audit] {
+        assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
+    }
+    // Each hop's parent is the caller's span.
+    assert_eq!(
+        order["parent_span_id"], gateway["span_id"],
+        "order-svc's parent is the gateway"
+    );
+    assert_eq!(
+        user["parent_span_id"], order["span_id"],
+        "user-svc's parent is order-svc"
+    );
+    assert_ne!(order["span_id"], user["span_id"]);
+    // A plain fn's span is a child of the handler's span; a spawned task stays in the span.
+    assert_eq!(audit["parent_span_id"], order["span_id"]);
+    assert_eq!(spawned["span_id"], order["span_id"]);
+    // The tonic handler logged its end with a code.
+    let finished: Vec<_> = logs.with_message("get_user finished");
+    assert!(
+        finished
+            .iter()
+            .any(|l| l["trace_id"] == trace_id.as_str() && l["fields"]["code"] == "Ok"),
+        "{finished:#?}"
+    );
+
+    // 2. A caller-supplied X-Trace-ID (a UUID) is continued by all three services.
+    let uuid = "123e4567-e89b-12d3-a456-426614174000";
+    let (status, headers, _) =
+        http(addr, post_request(addr, &format!("x-trace-id: {uuid}\r\n"))).await;
+    assert_eq!(status, 200);
+    let continued = uuid.replace('-', "");
+    assert_eq!(
+        header(&headers, "x-trace-id").as_deref(),
+        Some(continued.as_str())
+    );
+    let with_id: Vec<_> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["trace_id"] == continued.as_str())
+        .collect();
+    for msg in ["gateway handling order", "order created", "looking up user"] {
+        assert!(
+            with_id.iter().any(|l| l["message"] == msg),
+            "`{msg}` carries the caller's id"
+        );
+    }
+
+    // 3. An invalid traceparent starts a new trace and is logged escaped, never raw.
+    let (status, headers, _) = http(
+        addr,
+        post_request(addr, "traceparent: 00-zz\u{e9}vil-01\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let fresh = header(&headers, "x-trace-id").unwrap();
+    assert_ne!(fresh, trace_id);
+    let warned = logs.with_message("ignoring invalid traceparent");
+    assert!(!warned.is_empty());
+    assert!(
+        warned.iter().all(|l| !l.to_string().contains('\u{e9}')),
+        "raw bytes never reach a log line"
+    );
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.to_string().contains("\\\\xc3\\\\xa9")),
+        "shown escaped: {warned:?}"
+    );
+
+    // 4. /metrics has the trace id as an exemplar, never as a label.
+    let (_, _, text) = http(
+        addr,
+        format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        text.contains(&format!("trace_id=\"{trace_id}\""))
+            || text.contains(&format!("trace_id=\"{continued}\""))
+            || text.contains(&format!("trace_id=\"{fresh}\"")),
+        "{text}"
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let labels = line.split(" # ").next().unwrap();
+        assert!(
+            !labels.contains("trace_id"),
+            "trace_id must not be a label: {line}"
+        );
+        if line.contains(" # {trace_id=") {
+            assert!(line.starts_with("steadfast_"), "{line}");
+        }
+    }
+    assert!(
+        text.contains(
+            "steadfast_server_calls_total{service=\"OrderSvc\",method=\"create_order\",code=\"Ok\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "steadfast_client_calls_total{service=\"user-svc\",method=\"GetUser\",code=\"Ok\"}"
+        ),
+        "{text}"
+    );
+}
