@@ -69,19 +69,19 @@ pub(crate) fn expand(t: Traced) -> TokenStream {
         Kind::Plain => quote!(__steadfast_call.run(__steadfast_span, #body, #code, false).await),
     };
     let instrumented = quote! {
-        let __steadfast_call = #call;
+        let mut __steadfast_call = #call;
         let __steadfast_span = ::steadfast::__private::tracing::span!(
             target: ::core::module_path!(),
             ::steadfast::__private::tracing::Level::#level,
             #span_name,
             service = __steadfast_call.service(),
             method = #method,
-            trace_id = ::steadfast::__private::tracing::field::display(__steadfast_call.trace_id()),
-            span_id = ::steadfast::__private::tracing::field::display(__steadfast_call.span_id()),
+            trace_id = ::steadfast::__private::tracing::field::Empty,
+            span_id = ::steadfast::__private::tracing::field::Empty,
             parent_span_id = ::steadfast::__private::tracing::field::Empty,
             #(#fields = ::steadfast::__private::tracing::field::debug(&#fields),)*
         );
-        __steadfast_call.record_parent(&__steadfast_span);
+        __steadfast_call.bind(&__steadfast_span);
         #run
     };
     let attrs = &item.attrs;

@@ -16,6 +16,9 @@ use crate::deadline::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
 #[derive(Debug)]
 pub struct Call {
     ctx: Context,
+    /// Whether this call opened the hop itself (no server layer did): then its span is bound
+    /// to the trace context (and, with `otel`, gets its OpenTelemetry parent).
+    own: bool,
     service: &'static str,
     method: &'static str,
     started: Instant,
@@ -40,7 +43,8 @@ impl Call {
             .get::<Context>()
             .cloned()
             .unwrap_or_default();
-        if ctx.trace().is_none() {
+        let own = ctx.trace().is_none();
+        if own {
             ctx = ctx.with_trace(extract_metadata(req.metadata()));
         }
         if ctx.deadline().is_none()
@@ -49,26 +53,28 @@ impl Call {
         {
             ctx = ctx.with_timeout(t);
         }
-        Call::new(ctx, short_type_name(service_type), method)
+        Call::new(ctx, own, short_type_name(service_type), method)
     }
 
     /// An HTTP handler with the request headers: the trace layer's context, or else the
     /// trace from the headers.
     pub fn http(headers: &http::HeaderMap, service: &'static str, method: &'static str) -> Call {
         let mut ctx = Context::current();
-        if ctx.trace().is_none() {
+        let own = ctx.trace().is_none();
+        if own {
             ctx = ctx.with_trace(extract(headers));
         }
-        Call::new(ctx, service, method)
+        Call::new(ctx, own, service, method)
     }
 
     /// Any other async fn: the current hop's context (set by a server layer), or a new trace.
     pub fn handler(service: &'static str, method: &'static str) -> Call {
         let mut ctx = Context::current();
-        if ctx.trace().is_none() {
+        let own = ctx.trace().is_none();
+        if own {
             ctx = ctx.with_trace(TraceContext::new_root());
         }
-        Call::new(ctx, service, method)
+        Call::new(ctx, own, service, method)
     }
 
     /// A plain async fn: a child span of the current context (or a new trace).
@@ -78,12 +84,13 @@ impl Call {
             Some(t) => t.child(),
             None => TraceContext::new_root(),
         };
-        Call::new(ctx.with_trace(trace), service, method)
+        Call::new(ctx.with_trace(trace), true, service, method)
     }
 
-    fn new(ctx: Context, service: &'static str, method: &'static str) -> Call {
+    fn new(ctx: Context, own: bool, service: &'static str, method: &'static str) -> Call {
         Call {
             ctx,
+            own,
             service,
             method,
             started: Instant::now(),
@@ -105,11 +112,21 @@ impl Call {
     pub fn service(&self) -> &'static str {
         self.service
     }
-    /// Records `parent_span_id` on `span` when there is a parent.
-    pub fn record_parent(&self, span: &tracing::Span) {
-        if let Some(parent) = self.trace().parent_id() {
-            span.record("parent_span_id", tracing::field::display(parent));
-        }
+    /// Records the ids on `span`; when this call opened the hop, binds the span to the trace
+    /// context first (with `otel`: sets its OpenTelemetry parent and adopts its ids).
+    pub fn bind(&mut self, span: &tracing::Span) {
+        let trace = self.trace().clone();
+        let trace = if self.own {
+            trace.bind_span(span)
+        } else {
+            span.record("trace_id", tracing::field::display(trace.trace_id()));
+            span.record("span_id", tracing::field::display(trace.span_id()));
+            if let Some(parent) = trace.parent_id() {
+                span.record("parent_span_id", tracing::field::display(parent));
+            }
+            trace
+        };
+        self.ctx = self.ctx.clone().with_trace(trace);
     }
 
     /// Runs a tonic handler's body: inside the context and span, bounded by the incoming

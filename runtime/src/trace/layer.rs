@@ -77,7 +77,8 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let trace = extract(req.headers());
+        let span = request_span(&req);
+        let trace = extract(req.headers()).bind_span(&span);
         let ctx = req
             .extensions()
             .get::<Context>()
@@ -85,7 +86,6 @@ where
             .unwrap_or_default()
             .with_trace(trace.clone());
         req.extensions_mut().insert(ctx.clone());
-        let span = request_span(&trace, &req);
         let fut = {
             let _entered = span.enter();
             CURRENT.sync_scope(ctx.clone(), || self.inner.call(req))
@@ -97,19 +97,15 @@ where
     }
 }
 
-fn request_span<B>(trace: &TraceContext, req: &http::Request<B>) -> tracing::Span {
-    let span = tracing::info_span!(
+fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+    tracing::info_span!(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
-        trace_id = %trace.trace_id(),
-        span_id = %trace.span_id(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         parent_span_id = tracing::field::Empty,
-    );
-    if let Some(parent) = trace.parent_id() {
-        span.record("parent_span_id", tracing::field::display(parent));
-    }
-    span
+    )
 }
 
 pin_project! {

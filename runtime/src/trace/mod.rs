@@ -27,6 +27,8 @@
 pub mod call;
 mod ids;
 mod layer;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod traceparent;
 mod tracestate;
 
@@ -114,6 +116,30 @@ impl TraceContext {
             flags: TraceFlags::SAMPLED,
             state: TraceState::EMPTY,
         }
+    }
+
+    /// The same context with other ids (used when OpenTelemetry assigns them).
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub(crate) fn with_ids(mut self, trace_id: TraceId, span_id: SpanId) -> TraceContext {
+        self.trace_id = trace_id;
+        self.span_id = span_id;
+        self
+    }
+
+    /// Records this context's ids on `span` (fields `trace_id`, `span_id`, `parent_span_id`)
+    /// and, with the `otel` feature, binds the span's OpenTelemetry parent and adopts the ids
+    /// OpenTelemetry assigns. Returns the context to run the hop in.
+    pub fn bind_span(self, span: &tracing::Span) -> TraceContext {
+        #[cfg(feature = "otel")]
+        let this = otel::bind(span, self);
+        #[cfg(not(feature = "otel"))]
+        let this = self;
+        span.record("trace_id", tracing::field::display(this.trace_id));
+        span.record("span_id", tracing::field::display(this.span_id));
+        if let Some(parent) = this.parent_id {
+            span.record("parent_span_id", tracing::field::display(parent));
+        }
+        this
     }
 
     /// The trace id.
