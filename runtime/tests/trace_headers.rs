@@ -117,3 +117,33 @@ fn x_trace_id_forms() {
         assert_eq!(got.as_deref(), want, "{input}");
     }
 }
+
+#[tokio::test]
+async fn propagate_layer_injects_the_current_context_into_outbound_http() {
+    use steadfast::trace::{PropagateLayer, TraceContext};
+    use tower::{Layer, ServiceExt};
+
+    let echo = tower::service_fn(|req: http::Request<()>| async move {
+        Ok::<_, std::convert::Infallible>(req.headers().clone())
+    });
+    let svc = PropagateLayer::new().layer(echo);
+    let ctx = TraceContext::new_root();
+    let sent = steadfast::Context::new()
+        .with_trace(ctx.clone())
+        .scope(svc.clone().oneshot(http::Request::new(())))
+        .await
+        .unwrap();
+    assert_eq!(extract(&sent).trace_id(), ctx.trace_id());
+    assert_eq!(
+        extract(&sent).parent_id(),
+        Some(ctx.span_id()),
+        "our span is the callee's parent"
+    );
+    assert_eq!(
+        sent["x-trace-id"].to_str().unwrap(),
+        ctx.trace_id().to_string()
+    );
+    // Outside any request: a new trace is started, never an empty header.
+    let sent = svc.oneshot(http::Request::new(())).await.unwrap();
+    assert!(Traceparent::parse(sent["traceparent"].as_bytes()).is_ok());
+}

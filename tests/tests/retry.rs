@@ -68,6 +68,14 @@ async fn two_unavailable_then_success_takes_exactly_three_attempts() {
         .map(|s| s.previous_attempts)
         .collect();
     assert_eq!(previous, [None, Some("1".into()), Some("2".into())]);
+    // Every attempt carries the same trace context.
+    let parents: Vec<_> = svc
+        .seen()
+        .into_iter()
+        .map(|s| s.traceparent.expect("traceparent on every attempt"))
+        .collect();
+    assert!(parents.iter().all(|p| p == &parents[0]), "{parents:?}");
+    assert!(steadfast::trace::Traceparent::parse(parents[0].as_bytes()).is_ok());
 }
 
 #[tokio::test]

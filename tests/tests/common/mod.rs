@@ -33,6 +33,7 @@ pub struct Seen {
     pub at: Instant,
     pub previous_attempts: Option<String>,
     pub grpc_timeout: Option<Duration>,
+    pub traceparent: Option<String>,
 }
 
 /// A user service whose answers follow a script; when the script runs out it repeats the
@@ -79,6 +80,9 @@ pub fn record<T>(req: &Request<T>) -> Seen {
         grpc_timeout: md
             .get("grpc-timeout")
             .and_then(|v| steadfast::deadline::parse_grpc_timeout(v.as_bytes()).ok()),
+        traceparent: md
+            .get("traceparent")
+            .map(|v| v.to_str().unwrap().to_owned()),
     }
 }
 
