@@ -1,74 +1,162 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
 use pin_project_lite::pin_project;
+use tower::ServiceExt;
 
-use crate::retry::CommitMarker;
+use crate::discovery::{Health, Pool};
+use crate::retry::{Avoid, CommitMarker};
 
-/// The transport of every steadfast client: a tonic channel (one endpoint or a balanced set)
-/// that also tells the retry logic when a call is committed.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The transport of every steadfast client: a tonic channel to fixed endpoints, or a pool
+/// that follows a service's live instances in a registry (see the discovery rules in
+/// [`ClientConfig::discover`](super::ClientConfig::discover)).
 ///
-/// A response whose headers arrive without `grpc-status` has started: from then on, per
-/// gRFC A6, the call is committed and is not retried. A "trailers-only" error response does
-/// not commit, so it stays retryable.
+/// It also tells the retry logic two things about each attempt: whether response headers
+/// arrived (a response that started, HTTP 200 without `grpc-status`, commits the call per
+/// gRFC A6, so it is not retried; a trailers-only error or a proxy's 503 does not), and which
+/// endpoint served it, so that a retry can go elsewhere.
 ///
-/// Use it as the transport of any tonic-generated client:
-/// `UserServiceClient::new(channel)`.
+/// Use it as the transport of any tonic-generated client: `UserServiceClient::new(channel)`.
 #[derive(Clone, Debug)]
 pub struct Channel {
-    inner: tonic::transport::Channel,
+    inner: Transport,
+}
+
+#[derive(Clone, Debug)]
+enum Transport {
+    Fixed(tonic::transport::Channel),
+    Discovered(Arc<Pool>),
 }
 
 impl Channel {
     /// Wraps a tonic channel.
     pub fn new(inner: tonic::transport::Channel) -> Self {
-        Channel { inner }
+        Channel {
+            inner: Transport::Fixed(inner),
+        }
     }
-    /// The tonic channel.
-    pub fn get_ref(&self) -> &tonic::transport::Channel {
-        &self.inner
+
+    pub(crate) fn discovered(pool: Arc<Pool>) -> Self {
+        Channel {
+            inner: Transport::Discovered(pool),
+        }
     }
-    /// Unwraps the tonic channel.
-    pub fn into_inner(self) -> tonic::transport::Channel {
-        self.inner
+
+    /// The ids of the instances currently in a discovered pool (empty for fixed endpoints).
+    pub fn discovered_ids(&self) -> Vec<String> {
+        match &self.inner {
+            Transport::Fixed(_) => Vec::new(),
+            Transport::Discovered(pool) => pool.ids(),
+        }
     }
 }
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
     type Response = http::Response<tonic::body::Body>;
-    type Error = tonic::transport::Error;
+    type Error = BoxError;
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        tower_service::Service::poll_ready(&mut self.inner, cx)
+        match &mut self.inner {
+            Transport::Fixed(ch) => tower_service::Service::poll_ready(ch, cx).map_err(Into::into),
+            // Each call picks its endpoint and waits for it to be ready.
+            Transport::Discovered(_) => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let commit = req.extensions().get::<CommitMarker>().cloned();
-        ResponseFuture {
-            inner: tower_service::Service::call(&mut self.inner, req),
-            commit,
+        match &mut self.inner {
+            Transport::Fixed(ch) => ResponseFuture {
+                inner: Inner::Fixed {
+                    fut: tower_service::Service::call(ch, req),
+                },
+                commit,
+            },
+            Transport::Discovered(pool) => {
+                let avoid = req.extensions().get::<Avoid>().map(|a| a.0.clone());
+                let Some(slot) = pool.pick(avoid.as_deref()) else {
+                    let status = tonic::Status::unavailable(format!(
+                        "no live instances of `{}` in the registry",
+                        pool.service()
+                    ));
+                    return ResponseFuture {
+                        inner: Inner::Failed {
+                            status: Some(status),
+                        },
+                        commit,
+                    };
+                };
+                if let Some(c) = &commit {
+                    c.set_endpoint(slot.id.clone());
+                }
+                let pool = pool.clone();
+                let fut = async move {
+                    let result = slot.channel.clone().oneshot(req).await;
+                    let health = match &result {
+                        Err(_) => Health::TransportFailure,
+                        Ok(r) if r.headers().get("grpc-status").is_some_and(|v| v == "14") => {
+                            Health::Unavailable
+                        }
+                        Ok(_) => Health::Ok,
+                    };
+                    pool.report(&slot, health);
+                    result.map_err(BoxError::from)
+                };
+                ResponseFuture {
+                    inner: Inner::Discovered { fut: Box::pin(fut) },
+                    commit,
+                }
+            }
         }
+    }
+}
+
+type DiscoveredFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, BoxError>> + Send>>;
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Fixed { #[pin] fut: tonic::transport::channel::ResponseFuture },
+        Discovered { fut: DiscoveredFuture },
+        Failed { status: Option<tonic::Status> },
     }
 }
 
 pin_project! {
     /// Response future of [`Channel`].
-    #[derive(Debug)]
     pub struct ResponseFuture {
         #[pin]
-        inner: tonic::transport::channel::ResponseFuture,
+        inner: Inner,
         commit: Option<CommitMarker>,
     }
 }
 
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
 impl Future for ResponseFuture {
-    type Output = Result<http::Response<tonic::body::Body>, tonic::transport::Error>;
+    type Output = Result<http::Response<tonic::body::Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let out = ready!(this.inner.poll(cx));
+        let out = match this.inner.project() {
+            InnerProj::Fixed { fut } => ready!(fut.poll(cx)).map_err(BoxError::from),
+            InnerProj::Discovered { fut } => ready!(fut.as_mut().poll(cx)),
+            InnerProj::Failed { status } => Err(Box::new(
+                status
+                    .take()
+                    .unwrap_or_else(|| tonic::Status::unavailable("no live instances")),
+            ) as BoxError),
+        };
         // Committed: a real gRPC response started (HTTP 200 without `grpc-status` in the
         // headers). A proxy's plain 503 or a trailers-only error is not committed.
         if let (Ok(response), Some(commit)) = (&out, this.commit.as_ref())

@@ -30,6 +30,7 @@ use crate::tls::ClientTls;
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     endpoints: Vec<Uri>,
+    pub(crate) registry: Option<std::sync::Arc<dyn crate::registry::Registry>>,
     connect_timeout: Duration,
     keepalive_interval: Duration,
     keepalive_timeout: Duration,
@@ -61,6 +62,7 @@ impl ClientConfig {
         }
         Ok(ClientConfig {
             endpoints,
+            registry: None,
             connect_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
@@ -70,6 +72,32 @@ impl ClientConfig {
             service_config: None,
             downstreams: Downstreams::global(),
         })
+    }
+
+    /// Discovers the service's endpoints in `registry` and follows them as instances come and
+    /// go. Calls are balanced round-robin over live instances; an instance whose connection
+    /// fails, or that answers `UNAVAILABLE` three times in a row, is ejected for 5 s (doubling
+    /// on repeat, up to 60 s); a retry goes to another instance than the one that just failed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadfast::Error> {
+    /// let registry = steadfast::registry::from_url("memory://").await?;
+    /// let config = steadfast::client::ClientConfig::discover(registry);
+    /// # let _ = config; Ok(()) }
+    /// ```
+    pub fn discover(registry: std::sync::Arc<dyn crate::registry::Registry>) -> Self {
+        ClientConfig {
+            endpoints: Vec::new(),
+            registry: Some(registry),
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            tcp_nodelay: true,
+            eager: false,
+            tls: None,
+            service_config: None,
+            downstreams: Downstreams::global(),
+        }
     }
 
     /// The time allowed to establish one connection (default 5 s; must be > 0).

@@ -215,6 +215,10 @@ where
 }
 
 async fn connect(service: &str, config: &ClientConfig) -> Result<Channel, Error> {
+    if let Some(registry) = &config.registry {
+        let pool = crate::discovery::Pool::start(service, registry, config.clone()).await?;
+        return Ok(Channel::discovered(pool));
+    }
     let endpoints = config
         .endpoint_uris()
         .iter()

@@ -228,6 +228,7 @@ impl CallPolicy {
         };
         let (metadata, extensions, message) = request.into_parts();
         let per_attempt = self.retry.and_then(|r| r.per_attempt_timeout());
+        let mut avoid: Option<Arc<str>> = None;
         let mut backoff_n = 0u32;
         let mut attempts = 0u32;
         loop {
@@ -255,6 +256,9 @@ impl CallPolicy {
             crate::trace::inject_metadata(trace, req.metadata_mut());
             let commit = CommitMarker::default();
             req.extensions_mut().insert(commit.clone());
+            if let Some(avoid) = &avoid {
+                req.extensions_mut().insert(Avoid(avoid.clone()));
+            }
 
             // The breaker sits inside the retry loop (each attempt is recorded) and outside
             // the timeout (timeouts count as failures). A rejection fails fast, unretried.
@@ -319,6 +323,7 @@ impl CallPolicy {
             if breaker::is_open_rejection(&status) {
                 return Err(status); // a breaker further in rejected it: fail fast
             }
+            avoid = commit.endpoint();
             if commit.is_committed() {
                 return Err(status);
             }
@@ -407,19 +412,39 @@ fn is_transport_timeout(status: &Status) -> bool {
     false
 }
 
-/// Set by the client channel when response headers arrive: from then on the call is
-/// committed and is not retried.
+/// What the client channel reports about one attempt: whether response headers arrived
+/// (from then on the call is committed and is not retried), and which endpoint served it.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct CommitMarker(Arc<AtomicBool>);
+pub(crate) struct CommitMarker(Arc<AttemptInfo>);
+
+#[derive(Debug, Default)]
+pub(crate) struct AttemptInfo {
+    committed: AtomicBool,
+    endpoint: std::sync::Mutex<Option<Arc<str>>>,
+}
 
 impl CommitMarker {
     pub(crate) fn commit(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.committed.store(true, Ordering::Release);
     }
     pub(crate) fn is_committed(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.committed.load(Ordering::Acquire)
+    }
+    pub(crate) fn set_endpoint(&self, id: Arc<str>) {
+        *self.0.endpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    }
+    pub(crate) fn endpoint(&self) -> Option<Arc<str>> {
+        self.0
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
+
+/// Asks the channel to send this attempt to another endpoint than the one that just failed.
+#[derive(Clone, Debug)]
+pub(crate) struct Avoid(pub(crate) Arc<str>);
 
 /// Retries calls to a typed unary gRPC service under a [`CallPolicy`].
 ///

@@ -1,0 +1,212 @@
+//! Service registration: where instances announce themselves, and where clients watch the live
+//! set of a service.
+//!
+//! Backends, chosen by URL with [`from_url`]:
+//! - `memory://`: [`MemoryRegistry`], in-process, no server; the default for demos and tests;
+//! - `static://host:port,host:port`: [`StaticRegistry`], a fixed list served for every
+//!   service name;
+//! - `etcd://host:port[,host:port...]`: [`EtcdRegistry`], etcd v3 with one TTL lease per
+//!   process. Options as query parameters: `prefix`, `user`, `password`, `ttl` (e.g. `10s`),
+//!   `tls_ca` (a PEM file; with it, etcd is reached over TLS).
+//!
+//! # etcd layout
+//! Key `/steadfast/services/{service}/{instance_id}` (the prefix is configurable), value the
+//! JSON of [`Instance`]:
+//! `{"id","service","addr":"http://127.0.0.1:50051","version","zone","weight","metadata":{},"registered_at"}`.
+//! A client in another language discovers our services by listing the prefix and watching
+//! it; the key lives only while the lease of the process that wrote it does.
+//!
+//! # Writing another backend
+//! Implement [`Registry`]: `register` must make the instance visible to `watch`ers until
+//! `deregister` or `shutdown` (or the process's death, for a backend with liveness such as a
+//! lease or a session); `watch` returns a [`watch::Receiver`] of the full live set, updated
+//! on every change and kept at its last value while the backend is unreachable. A Consul
+//! backend would map the lease to a session with a TTL health check and the watch to blocking
+//! queries; a Nacos backend to ephemeral instances with heartbeats and a subscription. Test it
+//! against the real server, as `EtcdRegistry` is.
+
+mod etcd;
+mod fixed;
+mod memory;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use self::etcd::{EtcdConfig, EtcdRegistry};
+pub use self::fixed::StaticRegistry;
+pub use self::memory::MemoryRegistry;
+
+use crate::Error;
+
+/// One running instance of a service, as stored in the registry.
+///
+/// ```
+/// use steadfast::registry::Instance;
+/// let i = Instance::new("user-svc", "user-1", "http://127.0.0.1:50051");
+/// let json = serde_json::to_string(&i).unwrap();
+/// assert!(json.contains(r#""addr":"http://127.0.0.1:50051""#));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Unique within the service (`--instance-id`).
+    pub id: String,
+    /// The service name (`user-svc`).
+    pub service: String,
+    /// Where to reach it: `http://host:port` or `https://host:port`.
+    pub addr: String,
+    /// The software version.
+    #[serde(default)]
+    pub version: String,
+    /// The zone or rack.
+    #[serde(default)]
+    pub zone: String,
+    /// Relative weight for balancing (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Anything else.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// When it registered (RFC 3339).
+    #[serde(default)]
+    pub registered_at: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Instance {
+    /// An instance with the given identity and address.
+    pub fn new(service: impl Into<String>, id: impl Into<String>, addr: impl Into<String>) -> Self {
+        Instance {
+            id: id.into(),
+            service: service.into(),
+            addr: addr.into(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            zone: String::new(),
+            weight: 1,
+            metadata: BTreeMap::new(),
+            registered_at: crate::time::rfc3339_millis(std::time::SystemTime::now()),
+        }
+    }
+
+    /// Checks the fields a client relies on.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.service.is_empty() || self.service.contains('/') {
+            return Err(Error::config(
+                "instance.service",
+                "must be non-empty, without '/'",
+            ));
+        }
+        if self.id.is_empty() || self.id.contains('/') {
+            return Err(Error::config(
+                "instance.id",
+                "must be non-empty, without '/'",
+            ));
+        }
+        match self.addr.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() =>
+            {
+                Ok(())
+            }
+            _ => Err(Error::config(
+                "instance.addr",
+                format!(
+                    "`{}` is not http://host:port or https://host:port",
+                    self.addr
+                ),
+            )),
+        }
+    }
+}
+
+/// The live set of one service, as a watch channel: the current value is the whole set.
+pub type Instances = watch::Receiver<Arc<[Instance]>>;
+
+/// Where services register and clients discover them.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync + fmt::Debug {
+    /// Makes `instance` visible to watchers of its service.
+    async fn register(&self, instance: &Instance) -> Result<(), Error>;
+    /// Removes an instance (its key disappears; other registrations stay).
+    async fn deregister(&self, service: &str, id: &str) -> Result<(), Error>;
+    /// Follows the live set of `service`.
+    async fn watch(&self, service: &str) -> Result<Instances, Error>;
+    /// Ends every registration of this process at once (for etcd: revokes the lease).
+    async fn shutdown(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Builds a registry from its URL: `memory://`, `static://host:port,...` or
+/// `etcd://host:port,...?prefix=..&user=..&password=..&ttl=10s&tls_ca=ca.pem`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let memory = steadfast::registry::from_url("memory://").await.unwrap();
+/// let err = steadfast::registry::from_url("zookeeper://x:1").await.unwrap_err();
+/// assert!(err.to_string().contains("registry"));
+/// # }
+/// ```
+pub async fn from_url(url: &str) -> Result<Arc<dyn Registry>, Error> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        Error::config(
+            "registry",
+            format!("`{url}` has no scheme; use memory://, static://host:port or etcd://host:port"),
+        )
+    })?;
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryRegistry::global())),
+        "static" => Ok(Arc::new(StaticRegistry::parse(rest)?)),
+        "etcd" => Ok(Arc::new(
+            EtcdRegistry::connect(EtcdConfig::parse(rest)?).await?,
+        )),
+        other => Err(Error::config(
+            "registry",
+            format!(
+                "unknown scheme `{other}`; use memory://, static://host:port or etcd://host:port"
+            ),
+        )),
+    }
+}
+
+/// The graceful part of shutting an instance down: remove it from discovery, then wait
+/// `drain` so clients notice before the server stops accepting calls. Call it from the
+/// shutdown future of `serve_with_shutdown`, which then finishes the calls in flight.
+pub async fn drain(registry: &dyn Registry, instance: &Instance, drain: Duration) {
+    if let Err(e) = registry.shutdown().await {
+        tracing::warn!(service = %instance.service, id = %instance.id, "deregistration failed: {e}");
+    }
+    if let Err(e) = registry.deregister(&instance.service, &instance.id).await {
+        tracing::debug!(service = %instance.service, id = %instance.id, "deregister after shutdown: {e}");
+    }
+    tokio::time::sleep(drain).await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
