@@ -285,26 +285,19 @@ impl CallPolicy {
             // ordinary status, retried only if listed.
             let expired =
                 |status: &Status| expired_our_timeout(status, bound, attempt_started.elapsed());
-            if let (Some(permit), Some(breaker)) = (permit, &self.breaker) {
-                let outcome = match &result {
-                    Some(Ok(_)) => Outcome::Success,
-                    Some(Err(status))
-                        if !expired(status) && !breaker.config().is_failure(status.code()) =>
-                    {
-                        Outcome::Success
-                    }
-                    _ => Outcome::Failure,
-                };
-                permit.record(outcome);
-            }
             let (status, timed_out) = match result {
                 Some(Ok(response)) => {
+                    if let Some(permit) = permit {
+                        permit.record(Outcome::Success);
+                    }
                     if let Some(throttle) = &self.throttle {
                         throttle.on_success();
                     }
                     return Ok(response);
                 }
-                Some(Err(status)) if !expired(&status) => (status, false),
+                Some(Err(status)) if !expired(&status) => {
+                    (connection_failure_as_unavailable(status), false)
+                }
                 _ => (
                     Status::deadline_exceeded(format!(
                         "attempt timed out after {:?}",
@@ -313,6 +306,15 @@ impl CallPolicy {
                     true,
                 ),
             };
+            if let (Some(permit), Some(breaker)) = (permit, &self.breaker) {
+                // Our own timeouts always count; otherwise the per-service table decides.
+                let failed = timed_out || breaker.config().is_failure(status.code());
+                permit.record(if failed {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                });
+            }
 
             if timed_out && is_deadline {
                 return Err(self.exhausted(attempts, Some(&status)));
@@ -385,6 +387,23 @@ impl CallPolicy {
             self.service, self.method
         ))
     }
+}
+
+/// A connection that failed or closed under a call (tonic reports some of these as
+/// `Cancelled`) is `UNAVAILABLE`, as gRPC defines it: the caller did not cancel anything, and
+/// another attempt, on another connection, may well succeed.
+fn connection_failure_as_unavailable(status: Status) -> Status {
+    if status.code() == tonic::Code::Unavailable {
+        return status;
+    }
+    let mut cur = std::error::Error::source(&status);
+    while let Some(e) = cur {
+        if e.is::<tonic::transport::Error>() {
+            return Status::unavailable(format!("connection failed: {}", status.message()));
+        }
+        cur = e.source();
+    }
+    status
 }
 
 /// Whether `status` reports that the `grpc-timeout` we sent (`bound`) expired.
