@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
 
+# The registry tests start a real etcd (Debian's etcd-server).
+if ! command -v etcd >/dev/null 2>&1; then
+  echo "== installing etcd-server"
+  apt_install etcd-server
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

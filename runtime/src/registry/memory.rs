@@ -6,6 +6,9 @@ use tokio::sync::watch;
 use super::{Instance, Instances, Registry};
 use crate::Error;
 
+/// The publishing side of one service's live set.
+type LiveSet = watch::Sender<Arc<[Instance]>>;
+
 /// The embedded registry: in-process, no server. Every registry made by
 /// [`MemoryRegistry::global`] (and `memory://`) shares one table, so services started in one
 /// process find each other.
@@ -22,7 +25,7 @@ use crate::Error;
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct MemoryRegistry {
-    services: Arc<Mutex<HashMap<String, watch::Sender<Arc<[Instance]>>>>>,
+    services: Arc<Mutex<HashMap<String, LiveSet>>>,
 }
 
 impl MemoryRegistry {
@@ -37,7 +40,7 @@ impl MemoryRegistry {
         GLOBAL.get_or_init(MemoryRegistry::new).clone()
     }
 
-    fn with<R>(&self, service: &str, f: impl FnOnce(&watch::Sender<Arc<[Instance]>>) -> R) -> R {
+    fn with<R>(&self, service: &str, f: impl FnOnce(&LiveSet) -> R) -> R {
         let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
         let tx = map
             .entry(service.to_owned())

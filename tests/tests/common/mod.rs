@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+pub mod replicas;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
