@@ -254,6 +254,41 @@ impl EtcdRegistry {
     }
 }
 
+/// Runs an etcd request, retrying connection failures a few times (with several endpoints,
+/// the next attempt may reach a live member).
+async fn retrying<T, F, Fut>(what: &str, mut op: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1.. {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 6 && is_transient(&e) => {
+                tracing::debug!("etcd {what} failed (attempt {attempt}), retrying: {e}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(etcd_err(what, e)),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn is_transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            )
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
 fn etcd_err(what: &str, e: etcd_client::Error) -> Error {
     Error::Connect {
         service: "etcd".into(),
@@ -265,23 +300,23 @@ fn etcd_err(what: &str, e: etcd_client::Error) -> Error {
 impl Inner {
     /// Grants a new lease and puts every key under it.
     async fn regrant(&self, lease: &mut Lease) -> Result<i64, Error> {
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let ttl = self.config.ttl.as_secs().max(2) as i64;
-        let id = client
-            .lease_grant(ttl, None)
-            .await
-            .map_err(|e| etcd_err("lease grant", e))?
-            .id();
+        let id = retrying("lease grant", || {
+            let mut c = client.clone();
+            async move { c.lease_grant(ttl, None).await }
+        })
+        .await?
+        .id();
         for (key, value) in &lease.keys {
-            client
-                .put(
-                    key.clone(),
-                    value.clone(),
-                    Some(PutOptions::new().with_lease(id)),
-                )
-                .await
-                .map_err(|e| etcd_err("put", e))?;
+            retrying("put", || {
+                let mut c = client.clone();
+                let (k, v) = (key.clone(), value.clone());
+                async move { c.put(k, v, Some(PutOptions::new().with_lease(id))).await }
+            })
+            .await?;
         }
+        let mut client = client;
         if let Some(old) = lease.id.replace(id) {
             let _ = client.lease_revoke(old).await; // best effort; it may be gone already
         }
@@ -365,12 +400,13 @@ impl Registry for EtcdRegistry {
             Some(id) => id,
             None => self.inner.regrant(&mut lease.0).await?,
         };
-        self.inner
-            .client
-            .clone()
-            .put(key, value, Some(PutOptions::new().with_lease(id)))
-            .await
-            .map_err(|e| etcd_err("put", e))?;
+        let client = self.inner.client.clone();
+        retrying("put", || {
+            let mut c = client.clone();
+            let (k, v) = (key.clone(), value.clone());
+            async move { c.put(k, v, Some(PutOptions::new().with_lease(id))).await }
+        })
+        .await?;
         drop(lease);
         self.ensure_keeper();
         Ok(())
@@ -379,12 +415,13 @@ impl Registry for EtcdRegistry {
     async fn deregister(&self, service: &str, id: &str) -> Result<(), Error> {
         let key = self.key(service, id);
         self.inner.lease.lock().await.0.keys.remove(&key);
-        self.inner
-            .client
-            .clone()
-            .delete(key, None)
-            .await
-            .map_err(|e| etcd_err("delete", e))?;
+        let client = self.inner.client.clone();
+        retrying("delete", || {
+            let mut c = client.clone();
+            let k = key.clone();
+            async move { c.delete(k, None).await }
+        })
+        .await?;
         Ok(())
     }
 
