@@ -138,6 +138,7 @@ pub mod deadline;
 mod discovery;
 pub mod duration;
 mod error;
+pub mod health;
 pub mod metrics;
 pub mod registry;
 pub mod retry;

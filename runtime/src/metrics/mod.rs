@@ -13,6 +13,8 @@
 //! | `steadfast_client_call_duration_seconds` | histogram, exemplars `trace_id` | `service`, `method`, `code` |
 //! | `steadfast_server_calls_total` | counter, exemplar `trace_id` | `service`, `method`, `code` |
 //! | `steadfast_server_call_duration_seconds` | histogram, exemplars `trace_id` | `service`, `method`, `code` |
+//! | `steadfast_health_check_latency_seconds` | gauge | `check` |
+//! | `steadfast_health_check_up` | gauge: 1 passed, 0 failed | `check` |
 //!
 //! # Trace ids are exemplars, never labels
 //! Every distinct label value creates a time series. A `trace_id` label would create one
@@ -48,6 +50,13 @@ struct CallLabels {
 struct MethodLabels {
     service: String,
     method: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabel {
+    check: String,
 }
 
 /// The exemplar label set: one trace id.
@@ -90,6 +99,8 @@ pub struct Metrics {
         HistogramWithExemplars<TraceLabel>,
         fn() -> HistogramWithExemplars<TraceLabel>,
     >,
+    health_latency: Family<CheckLabel, FloatGauge>,
+    health_up: Family<CheckLabel, Gauge>,
     breaker_state: Family<ServiceLabel, Gauge>,
     breaker_transitions: Family<TransitionLabels, Counter>,
     breaker_rejections: Family<ServiceLabel, Counter>,
@@ -152,8 +163,22 @@ impl Metrics {
             "Duration of calls handled by #[traced] handlers",
             server_duration.clone(),
         );
+        let health_latency = Family::<CheckLabel, FloatGauge>::default();
+        let health_up = Family::<CheckLabel, Gauge>::default();
+        registry.register(
+            "health_check_latency_seconds",
+            "Latency of the last run of each health check",
+            health_latency.clone(),
+        );
+        registry.register(
+            "health_check_up",
+            "Whether the last run of each health check passed (1) or failed (0)",
+            health_up.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            health_latency,
+            health_up,
             client_calls,
             client_retries,
             client_duration,
@@ -291,3 +316,30 @@ pub fn server_call(
 
 /// The OpenMetrics content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Records one health check run.
+pub(crate) fn health_check(check: &str, latency: std::time::Duration, ok: bool) {
+    let m = global();
+    let label = CheckLabel {
+        check: check.to_owned(),
+    };
+    m.health_latency
+        .get_or_create(&label)
+        .set(latency.as_secs_f64());
+    m.health_up.get_or_create(&label).set(i64::from(ok));
+}
+
+/// An axum router serving [`render`] at `/metrics` with the OpenMetrics content type.
+pub fn router() -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            let mut r = axum::response::IntoResponse::into_response(render());
+            r.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static(CONTENT_TYPE),
+            );
+            r
+        }),
+    )
+}

@@ -221,6 +221,26 @@ impl EtcdRegistry {
         })
     }
 
+    /// Checks that etcd answers (a read of the prefix).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let client = self.inner.client.clone();
+        let prefix = self.inner.config.prefix.clone();
+        tokio::time::timeout(Duration::from_secs(2), async move {
+            client
+                .clone()
+                .get(prefix, Some(GetOptions::new().with_count_only()))
+                .await
+        })
+        .await
+        .map_err(|_| Error::Connect {
+            service: "etcd".into(),
+            endpoint: self.inner.config.endpoints.join(","),
+            reason: "no answer within 2s".into(),
+        })?
+        .map(drop)
+        .map_err(|e| etcd_err("get", e))
+    }
+
     /// The key of an instance.
     pub fn key(&self, service: &str, id: &str) -> String {
         format!("{}/{service}/{id}", self.inner.config.prefix)

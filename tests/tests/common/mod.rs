@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod http;
 pub mod replicas;
 
 use std::collections::VecDeque;
