@@ -11,3 +11,7 @@ pub mod pb {
         tonic::include_proto!("order");
     }
 }
+
+pub mod demo;
+pub mod run;
+pub mod services;

@@ -299,6 +299,14 @@ impl HealthBuilder {
         for (name, check) in self.checks {
             tokio::spawn(run_check(Arc::downgrade(&health.inner), name, check));
         }
+        if initially && let Some((registry, instance)) = health.inner.registration.clone() {
+            // No critical check to wait for: SERVING from the start, so register now.
+            tokio::spawn(async move {
+                if let Err(e) = registry.register(&instance).await {
+                    tracing::warn!(service = %instance.service, id = %instance.id, "registration failed: {e}");
+                }
+            });
+        }
         Ok(health)
     }
 }

@@ -1,0 +1,140 @@
+//! Running one service of the example system: listeners, health, registration while
+//! healthy, trace and deadline layers, and a graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use steadfast::deadline::DeadlineLayer;
+use steadfast::health::{Health, HealthBuilder};
+use steadfast::registry::{Instance, Registry};
+use steadfast::trace::TraceLayer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A service that is running.
+#[derive(Debug)]
+pub struct Running {
+    /// Its registration.
+    pub instance: Instance,
+    /// The gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The HTTP address (`/health`, `/metrics`).
+    pub http_addr: SocketAddr,
+    /// Its health.
+    pub health: Health,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Kills it at once, like SIGKILL: connections reset, nothing deregistered.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+
+    /// Shuts it down gracefully and waits until it has stopped.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Where and how to run a gRPC service.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The service name (`user-svc`).
+    pub service: String,
+    /// The instance id.
+    pub id: String,
+    /// Where to listen for gRPC.
+    pub grpc_addr: String,
+    /// Where to listen for HTTP.
+    pub http_addr: String,
+    /// How long to drain on shutdown.
+    pub drain: Duration,
+    /// The gRPC service name reported by grpc.health.v1.
+    pub grpc_service: &'static str,
+}
+
+/// Binds, starts health (the service registers once SERVING), and serves `svc` until
+/// stopped; `signal` (if given) also triggers the graceful shutdown.
+pub async fn serve<S>(
+    opts: Options,
+    registry: Arc<dyn Registry>,
+    health: HealthBuilder,
+    svc: S,
+) -> Result<Running, BoxError>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let grpc = TcpListener::bind(&opts.grpc_addr).await?;
+    let http = TcpListener::bind(&opts.http_addr).await?;
+    let grpc_addr = grpc.local_addr()?;
+    let http_addr = http.local_addr()?;
+    let instance = Instance::new(&opts.service, &opts.id, format!("http://{grpc_addr}"));
+    let health = health
+        .grpc_service(opts.grpc_service)
+        .registration(registry.clone(), instance.clone())
+        .build()?;
+    let router = health.router().merge(steadfast::metrics::router());
+    tokio::spawn(async move {
+        let _ = axum::serve(http, router).await;
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (h, r, i, drain) = (health.clone(), registry, instance.clone(), opts.drain);
+    let health_svc = health.grpc_service();
+    let task = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .layer(TraceLayer::new())
+            .layer(DeadlineLayer::new())
+            .add_service(health_svc)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move {
+                    let _ = stopped.await;
+                    steadfast::registry::graceful_shutdown(Some(&h), &*r, &i, drain).await;
+                },
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::error!("server failed: {e}");
+        }
+    });
+    Ok(Running {
+        instance,
+        grpc_addr,
+        http_addr,
+        health,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// Waits until `f` holds, checking every 10 ms, for at most `within`.
+pub async fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while !f() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}

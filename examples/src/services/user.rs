@@ -1,0 +1,126 @@
+//! user-svc: user lookups, with injectable faults for demos and tests.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::pb::user::user_service_server::UserService;
+use crate::pb::user::{CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest};
+
+/// A fault injected into user-svc: `none`, `slow:DURATION`, `fail:RATE` (0..=1) or `down`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Healthy.
+    None,
+    /// Every call takes this long.
+    Slow(Duration),
+    /// This fraction of calls fail with UNAVAILABLE.
+    Fail(f64),
+    /// Every call fails with UNAVAILABLE.
+    Down,
+}
+
+impl FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fault, String> {
+        match s.split_once(':') {
+            None if s == "none" => Ok(Fault::None),
+            None if s == "down" => Ok(Fault::Down),
+            Some(("slow", d)) => steadfast::duration::parse(d).map(Fault::Slow),
+            Some(("fail", r)) => match r.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(Fault::Fail(r)),
+                _ => Err(format!("fail:RATE needs a rate in 0..=1, got `{r}`")),
+            },
+            _ => Err(format!(
+                "unknown fault `{s}`; use none, slow:DURATION, fail:RATE or down"
+            )),
+        }
+    }
+}
+
+/// The user service. Users 1..=1_000_000 exist; user N is named `user-N`.
+#[derive(Clone, Debug)]
+pub struct UserSvc {
+    instance: String,
+    fault: Arc<RwLock<Fault>>,
+    calls: Arc<AtomicU64>,
+}
+
+impl UserSvc {
+    /// A replica named `instance` with `fault`.
+    pub fn new(instance: impl Into<String>, fault: Fault) -> Self {
+        UserSvc {
+            instance: instance.into(),
+            fault: Arc::new(RwLock::new(fault)),
+            calls: Arc::default(),
+        }
+    }
+    /// Changes the fault at run time.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.fault.write().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+    /// The current fault.
+    pub fn fault(&self) -> Fault {
+        *self.fault.read().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Calls received.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    async fn apply_fault(&self) -> Result<(), Status> {
+        match self.fault() {
+            Fault::None => Ok(()),
+            Fault::Down => Err(Status::unavailable("user-svc is down (injected fault)")),
+            Fault::Fail(rate) if fastrand::f64() < rate => {
+                Err(Status::unavailable("user-svc failed (injected fault)"))
+            }
+            Fault::Fail(_) => Ok(()),
+            Fault::Slow(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UserSvc {
+    #[steadfast::traced]
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserReply>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.apply_fault().await?;
+        let id = request.into_inner().id;
+        if id == 0 || id > 1_000_000 {
+            return Err(Status::not_found(format!("no user {id}")));
+        }
+        tracing::info!(id, "user found");
+        Ok(Response::new(GetUserReply {
+            id,
+            name: format!("user-{id}"),
+            served_by: self.instance.clone(),
+        }))
+    }
+
+    #[steadfast::traced]
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserReply>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.apply_fault().await?;
+        let name = request.into_inner().name;
+        if name.trim().is_empty() {
+            return Err(Status::invalid_argument("name is empty"));
+        }
+        Ok(Response::new(CreateUserReply {
+            id: 1_000_000 + name.len() as u64,
+        }))
+    }
+}
