@@ -12,6 +12,7 @@ pub mod pb {
     }
 }
 
+pub mod cli;
 pub mod demo;
 pub mod run;
 pub mod services;

@@ -32,6 +32,7 @@ async fn user_svc_registers_in_etcd_serves_and_leaves_on_sigterm() {
         .read_line(&mut first)
         .unwrap();
     assert!(first.starts_with("user-svc u7 grpc=127.0.0.1:"), "{first}");
+    assert!(first.contains(" http=127.0.0.1:"), "{first}");
     let grpc = first
         .split("grpc=")
         .nth(1)

@@ -1,0 +1,46 @@
+//! gateway: the HTTP API (axum) in front of order-svc.
+//!
+//! Run: `cargo run -p steadfast-examples --bin gateway -- --registry etcd://127.0.0.1:2379 --http-addr 127.0.0.1:8080`
+//! then `curl -XPOST localhost:8080/orders -d '{"user_id":1,"item":"book","quantity":1}'`.
+//!
+//! Serves `POST /orders`, `GET /orders/{id}`, `/health` and `/metrics` on `--http-addr`.
+
+use clap::Parser;
+use steadfast::client::ClientConfig;
+use steadfast::health::Health;
+use steadfast_examples::cli::Common;
+use steadfast_examples::services::gateway::{self, OrdersClient};
+
+#[derive(Parser, Debug)]
+#[command(name = "gateway", about = "HTTP API for orders")]
+struct Args {
+    #[command(flatten)]
+    common: Common,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let args = Args::parse();
+    steadfast::telemetry::init()?;
+    let registry = steadfast::registry::from_url(&args.common.registry_url()).await?;
+    let orders = OrdersClient::connect(ClientConfig::discover(registry)).await?;
+    let health = Health::builder().build()?;
+    let router = gateway::router(orders)
+        .merge(health.router())
+        .merge(steadfast::metrics::router());
+    let listener = tokio::net::TcpListener::bind(&args.common.http_addr).await?;
+    println!(
+        "gateway {} http={}",
+        args.common.id("gateway"),
+        listener.local_addr()?
+    );
+    let h = health.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            steadfast::registry::shutdown_signal().await;
+            h.set_not_serving().await;
+            tokio::time::sleep(args.common.drain).await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! The three example binaries as separate processes over a real etcd: gateway -> order-svc
+//! -> user-svc, each started with the command-line contract.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[allow(dead_code)]
+#[path = "../../tests/tests/common/etcd.rs"]
+mod etcd;
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `bin` and returns it with the first line it prints.
+fn start(bin: &str, args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Proc(child), line)
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split(&format!("{key}="))
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn gateway_order_and_user_binaries_work_together_over_etcd() {
+    let etcd = etcd::Etcd::start().await;
+    let registry = etcd.url("");
+    let data = tempfile::tempdir().unwrap();
+    let common = [
+        "--registry",
+        registry.as_str(),
+        "--lease-ttl",
+        "3s",
+        "--drain",
+        "100ms",
+    ];
+
+    let (_user, line) = start(
+        env!("CARGO_BIN_EXE_user-svc"),
+        &[&common[..], &["--instance-id", "u1"]].concat(),
+    );
+    assert!(line.starts_with("user-svc u1 grpc=127.0.0.1:"), "{line}");
+    let data_dir = data.path().to_str().unwrap();
+    let (_order, line) = start(
+        env!("CARGO_BIN_EXE_order-svc"),
+        &[
+            &common[..],
+            &["--instance-id", "o1", "--data-dir", data_dir],
+        ]
+        .concat(),
+    );
+    assert!(line.starts_with("order-svc o1 grpc=127.0.0.1:"), "{line}");
+    let (_gateway, line) = start(env!("CARGO_BIN_EXE_gateway"), &common);
+    let gateway: SocketAddr = field(&line, "http").parse().unwrap();
+
+    // Wait until the chain is discovered end to end (registration happens once healthy).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let created = loop {
+        let (code, body) = http(
+            gateway,
+            "POST",
+            "/orders",
+            r#"{"user_id": 1, "item": "book", "quantity": 2}"#,
+        )
+        .await;
+        if code == 201 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached 201: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let order: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(order["user_name"], "user-1");
+    assert_eq!(order["quantity"], 2);
+    let id = order["id"].as_u64().unwrap();
+
+    // Read it back from SQLite through the chain.
+    let (code, body) = http(gateway, "GET", &format!("/orders/{id}"), "").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"item\":\"book\""), "{body}");
+
+    // The caller's mistakes are 4xx with a JSON error, never a 500.
+    for (method, path, body, want) in [
+        ("POST", "/orders", "{not json", 400),
+        (
+            "POST",
+            "/orders",
+            r#"{"user_id": 1, "item": "", "quantity": 1}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/orders",
+            r#"{"user_id": 0, "item": "book", "quantity": 1}"#,
+            422,
+        ),
+        ("GET", "/orders/999999", "", 404),
+        ("GET", "/orders/abc", "", 400),
+    ] {
+        let (code, body) = http(gateway, method, path, body).await;
+        assert_eq!(code, want, "{method} {path}: {body}");
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON error body: {body}"));
+        assert!(v["error"].is_string(), "{body}");
+    }
+}
