@@ -46,6 +46,15 @@ impl Channel {
         }
     }
 
+    /// Attempts sent so far to the discovered instance `id` (`None` when it is not in the
+    /// pool, or the endpoints are fixed).
+    pub fn attempts_to(&self, id: &str) -> Option<u64> {
+        match &self.inner {
+            Transport::Fixed(_) => None,
+            Transport::Discovered(pool) => pool.attempts_to(id),
+        }
+    }
+
     /// The ids of the instances currently in a discovered pool (empty for fixed endpoints).
     pub fn discovered_ids(&self) -> Vec<String> {
         match &self.inner {

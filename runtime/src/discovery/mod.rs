@@ -35,6 +35,8 @@ pub(crate) struct Slot {
     ejected_until_ms: AtomicU64,
     ejections: AtomicU32,
     unavailable_in_a_row: AtomicU32,
+    /// Attempts sent to this endpoint (for benchmarks and dashboards).
+    pub(crate) attempts: AtomicU64,
 }
 
 /// The live endpoints of one service.
@@ -94,6 +96,7 @@ impl Pool {
                     ejected_until_ms: AtomicU64::new(0),
                     ejections: AtomicU32::new(0),
                     unavailable_in_a_row: AtomicU32::new(0),
+                    attempts: AtomicU64::new(0),
                 })),
                 Err(e) => {
                     tracing::warn!(service = %self.service, id = %i.id, "skipping instance: {e}")
@@ -117,6 +120,16 @@ impl Pool {
             .iter()
             .map(|s| s.id.to_string())
             .collect()
+    }
+
+    /// Attempts sent so far to the endpoint `id`, if it is in the pool.
+    pub(crate) fn attempts_to(&self, id: &str) -> Option<u64> {
+        self.slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|s| &*s.id == id)
+            .map(|s| s.attempts.load(Ordering::Relaxed))
     }
 
     /// Picks the endpoint for one attempt: round-robin over endpoints not ejected, other
@@ -143,6 +156,9 @@ impl Pool {
                     .min_by_key(|s| s.ejected_until_ms.load(Ordering::Acquire))
             })
             .cloned()
+            .inspect(|s| {
+                s.attempts.fetch_add(1, Ordering::Relaxed);
+            })
     }
 
     /// Reports one attempt's outcome on `slot`.
