@@ -31,11 +31,19 @@ fn instance(id: &str, addr: &str) -> Instance {
 async fn wait_key(etcd: &Etcd, key: &str, present: bool, within: Duration) -> Duration {
     let started = Instant::now();
     let mut c = etcd.client().await;
-    let mut stream = c.watch(key, None).await.unwrap();
-    let now_present = !c.get(key, None).await.unwrap().kvs().is_empty();
-    if now_present == present {
+    let now = c.get(key, None).await.unwrap();
+    if now.kvs().is_empty() != present {
         return started.elapsed();
     }
+    // Watch from just after the read, so no change between the two is missed.
+    let rev = now.header().unwrap().revision();
+    let mut stream = c
+        .watch(
+            key,
+            Some(etcd_client::WatchOptions::new().with_start_revision(rev + 1)),
+        )
+        .await
+        .unwrap();
     let want = if present {
         EventType::Put
     } else {
@@ -168,9 +176,31 @@ async fn an_externally_revoked_lease_leads_to_re_registration() {
         .unwrap();
     let old = reg.lease_id().await.unwrap();
     let mut c = etcd.client().await;
+    // Watch from the current revision, so neither event can be missed: the registry may put
+    // the key back within milliseconds of the revoke.
+    let rev = c.get(KEY, None).await.unwrap().header().unwrap().revision();
+    let mut stream = c
+        .watch(
+            KEY,
+            Some(etcd_client::WatchOptions::new().with_start_revision(rev + 1)),
+        )
+        .await
+        .unwrap();
     c.lease_revoke(old).await.unwrap();
-    wait_key(&etcd, KEY, false, Duration::from_secs(1)).await;
-    wait_key(&etcd, KEY, true, Duration::from_secs(6)).await;
+    timeout(Duration::from_secs(6), async {
+        let mut deleted = false;
+        while let Some(resp) = stream.message().await.unwrap() {
+            for e in resp.events() {
+                match e.event_type() {
+                    EventType::Delete => deleted = true,
+                    EventType::Put if deleted => return,
+                    EventType::Put => {}
+                }
+            }
+        }
+    })
+    .await
+    .expect("the key was deleted by the revoke, then put back");
     let resp = c.get(KEY, None).await.unwrap();
     assert_ne!(resp.kvs()[0].lease(), old, "put again under a new lease");
 }

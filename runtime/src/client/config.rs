@@ -60,9 +60,17 @@ impl ClientConfig {
                 "is empty; give at least one endpoint",
             ));
         }
-        Ok(ClientConfig {
+        Ok(ClientConfig::with_target(endpoints, None))
+    }
+
+    /// The documented defaults, for either kind of target.
+    fn with_target(
+        endpoints: Vec<Uri>,
+        registry: Option<std::sync::Arc<dyn crate::registry::Registry>>,
+    ) -> Self {
+        ClientConfig {
             endpoints,
-            registry: None,
+            registry,
             connect_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
@@ -71,7 +79,7 @@ impl ClientConfig {
             tls: None,
             service_config: None,
             downstreams: Downstreams::global(),
-        })
+        }
     }
 
     /// Discovers the service's endpoints in `registry` and follows them as instances come and
@@ -86,18 +94,7 @@ impl ClientConfig {
     /// # let _ = config; Ok(()) }
     /// ```
     pub fn discover(registry: std::sync::Arc<dyn crate::registry::Registry>) -> Self {
-        ClientConfig {
-            endpoints: Vec::new(),
-            registry: Some(registry),
-            connect_timeout: Duration::from_secs(5),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(20),
-            tcp_nodelay: true,
-            eager: false,
-            tls: None,
-            service_config: None,
-            downstreams: Downstreams::global(),
-        }
+        ClientConfig::with_target(Vec::new(), Some(registry))
     }
 
     /// The time allowed to establish one connection (default 5 s; must be > 0).
