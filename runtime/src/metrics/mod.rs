@@ -54,6 +54,13 @@ struct MethodLabels {
 
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
+/// Latency histograms by call labels, with trace-id exemplars.
+type LatencyFamily = Family<
+    CallLabels,
+    HistogramWithExemplars<TraceLabel>,
+    fn() -> HistogramWithExemplars<TraceLabel>,
+>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabel {
     check: String,
@@ -88,17 +95,9 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     client_calls: Family<CallLabels, CounterWithExemplar<TraceLabel>>,
     client_retries: Family<MethodLabels, CounterWithExemplar<TraceLabel>>,
-    client_duration: Family<
-        CallLabels,
-        HistogramWithExemplars<TraceLabel>,
-        fn() -> HistogramWithExemplars<TraceLabel>,
-    >,
+    client_duration: LatencyFamily,
     server_calls: Family<CallLabels, CounterWithExemplar<TraceLabel>>,
-    server_duration: Family<
-        CallLabels,
-        HistogramWithExemplars<TraceLabel>,
-        fn() -> HistogramWithExemplars<TraceLabel>,
-    >,
+    server_duration: LatencyFamily,
     health_latency: Family<CheckLabel, FloatGauge>,
     health_up: Family<CheckLabel, Gauge>,
     breaker_state: Family<ServiceLabel, Gauge>,
@@ -262,18 +261,15 @@ pub(crate) fn client_call(
     trace_id: Option<crate::trace::TraceId>,
 ) {
     let m = global();
-    let labels = CallLabels {
-        service: service.to_owned(),
-        method: method.to_owned(),
-        code: crate::code::code_name(code),
-    };
-    m.client_calls
-        .get_or_create(&labels)
-        .inc_by(1, exemplar(trace_id), None);
-    m.client_duration.get_or_create(&labels).observe(
-        elapsed.as_secs_f64(),
-        exemplar(trace_id),
-        None,
+    let code = crate::code::code_name(code);
+    record_call(
+        &m.client_calls,
+        &m.client_duration,
+        service,
+        method,
+        code,
+        elapsed,
+        trace_id,
     );
 }
 
@@ -299,19 +295,38 @@ pub fn server_call(
     trace_id: Option<crate::trace::TraceId>,
 ) {
     let m = global();
+    record_call(
+        &m.server_calls,
+        &m.server_duration,
+        service,
+        method,
+        code,
+        elapsed,
+        trace_id,
+    );
+}
+
+/// One call into a calls counter and a latency histogram, both with the trace id as exemplar.
+fn record_call(
+    calls: &Family<CallLabels, CounterWithExemplar<TraceLabel>>,
+    duration: &LatencyFamily,
+    service: &str,
+    method: &str,
+    code: &'static str,
+    elapsed: std::time::Duration,
+    trace_id: Option<crate::trace::TraceId>,
+) {
     let labels = CallLabels {
         service: service.to_owned(),
         method: method.to_owned(),
         code,
     };
-    m.server_calls
+    calls
         .get_or_create(&labels)
         .inc_by(1, exemplar(trace_id), None);
-    m.server_duration.get_or_create(&labels).observe(
-        elapsed.as_secs_f64(),
-        exemplar(trace_id),
-        None,
-    );
+    duration
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64(), exemplar(trace_id), None);
 }
 
 /// The OpenMetrics content type of [`render`]'s output.
