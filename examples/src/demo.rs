@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::pb::order::order_service_server::OrderServiceServer;
 use crate::pb::user::user_service_server::UserServiceServer;
-use crate::run::{Options, Running, serve, wait_until};
+use crate::run::{Options, Process, Running, serve, wait_until};
 use crate::services::gateway::{self, OrdersClient};
 use crate::services::order::{OrderSvc, Store, UsersClient};
 use crate::services::user::{Fault, UserSvc};
@@ -51,9 +51,14 @@ pub struct PhaseResult {
     pub calls: usize,
     /// Calls answered 201.
     pub ok: usize,
+    /// Calls finished in the second half of the phase.
+    pub second_half_calls: usize,
+    /// Of those, calls answered 201.
+    pub second_half_ok: usize,
     /// Retries made by order-svc and the gateway.
     pub retries: u64,
-    /// user-svc breaker transitions, e.g. `closed->open`.
+    /// Breaker transitions, e.g. `user-svc->open x2` (user-svc breakers in order-svc,
+    /// the order-svc breaker in the gateway).
     pub transitions: Vec<String>,
     /// Calls that reached any user-svc replica.
     pub downstream_calls: u64,
@@ -66,12 +71,30 @@ pub struct PhaseResult {
 impl PhaseResult {
     /// Successful calls, in percent.
     pub fn success_pct(&self) -> f64 {
-        if self.calls == 0 {
-            0.0
-        } else {
-            100.0 * self.ok as f64 / self.calls as f64
-        }
+        pct(self.ok, self.calls)
     }
+    /// Successful calls in the second half of the phase, in percent.
+    pub fn second_half_pct(&self) -> f64 {
+        pct(self.second_half_ok, self.second_half_calls)
+    }
+}
+
+fn pct(ok: usize, calls: usize) -> f64 {
+    if calls == 0 {
+        0.0
+    } else {
+        100.0 * ok as f64 / calls as f64
+    }
+}
+
+/// How long one hop took to recover after user-svc was restored.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// The hop, `caller -> callee`.
+    pub hop: &'static str,
+    /// From the restoration to the start of the first 250 ms slice from which every slice
+    /// of the phase had >= 95 % success at this hop; `None` if that never happened.
+    pub after: Option<Duration>,
 }
 
 /// The demo's outcome.
@@ -81,15 +104,40 @@ pub struct Report {
     pub phases: Vec<PhaseResult>,
     /// The trace id of one request, and the log lines of all services carrying it.
     pub trace: Option<(String, Vec<String>)>,
-    /// The user-svc breaker's state at the end.
-    pub final_breaker_states: Vec<String>,
+    /// Every breaker's state at the end: `(who, state)`.
+    pub final_breaker_states: Vec<(String, String)>,
+    /// Time to recovery per hop in the last phase.
+    pub recovery: Vec<Recovery>,
+    /// order-svc replicas the gateway ejected at any time.
+    pub order_ejections: Vec<String>,
 }
 
 struct Sample {
     phase: usize,
     ok: bool,
     latency: Duration,
+    done: Instant,
     trace_id: Option<String>,
+}
+
+/// The length of one slice in the recovery measure.
+const SLICE: Duration = Duration::from_millis(250);
+
+/// The start of the earliest slice from which every slice with calls has >= 95 % success,
+/// given `(calls, ok)` per slice.
+fn recovered_after(slices: &[(u64, u64)]) -> Option<Duration> {
+    let mut from = None;
+    for (i, &(calls, ok)) in slices.iter().enumerate().rev() {
+        if calls == 0 {
+            continue;
+        }
+        if ok * 100 >= 95 * calls {
+            from = Some(i);
+        } else {
+            break;
+        }
+    }
+    from.map(|i| SLICE * i as u32)
 }
 
 /// A log destination the demo can read back.
@@ -157,10 +205,25 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+struct UserProcess {
+    svc: UserSvc,
+    running: Running,
+    process: Process,
+}
+
+struct OrderProcess {
+    running: Running,
+    users: UsersClient,
+    _process: Process,
+}
+
 /// Runs the whole demo and returns what happened. Logs go wherever the global subscriber
 /// writes; pass the same buffer as `logs` so the demo can show one trace.
+///
+/// Every service runs as its own process (its own runtime and registry lease, see
+/// [`Process`]): the "kill" of phase 2 is a crash, and the killed replica stays registered
+/// until its lease expires.
 pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError> {
-    let registry: Arc<dyn Registry> = steadfast::registry::from_url(&opts.registry).await?;
     let data = std::env::temp_dir().join(format!("steadfast-demo-{}", std::process::id()));
     let opt = |service: &str, id: &str, grpc_service: &'static str| Options {
         service: service.into(),
@@ -173,47 +236,60 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
     let fast_health = || Health::builder().interval(Duration::from_millis(200));
 
     // Three user-svc replicas.
-    let mut users: Vec<(UserSvc, Running)> = Vec::new();
+    let mut users: Vec<UserProcess> = Vec::new();
     for id in ["user-1", "user-2", "user-3"] {
         let svc = UserSvc::new(id, Fault::None);
-        let running = serve(
+        let (url, options, server) = (
+            opts.registry.clone(),
             opt("user-svc", id, "user.UserService"),
-            registry.clone(),
-            fast_health(),
             UserServiceServer::new(svc.clone()),
-        )
-        .await?;
-        users.push((svc, running));
-    }
-    // Two order-svc replicas: each is its own "process" with its own breaker.
-    let mut orders = Vec::new();
-    let mut order_clients = Vec::new();
-    for (i, id) in ["order-1", "order-2"].into_iter().enumerate() {
-        let store = Store::open(&data.join(id))?;
-        let users_client = UsersClient::connect(
-            ClientConfig::discover(registry.clone()).downstreams(Downstreams::new()),
-        )
-        .await?;
-        let db = store.clone();
-        let health = fast_health().check(
-            "sqlite",
-            steadfast::health::Check::new(move || {
-                let db = db.clone();
-                async move { db.ping().await.map_err(|s| s.message().to_owned()) }
-            }),
         );
-        let running = serve(
-            opt("order-svc", id, "order.OrderService"),
-            registry.clone(),
-            health,
-            OrderServiceServer::new(OrderSvc::new(store, users_client.clone())),
-        )
+        let (process, running) = Process::start(id, move || async move {
+            let registry = steadfast::registry::from_url(&url).await?;
+            serve(options, registry, fast_health(), server).await
+        })
         .await?;
-        orders.push(running);
-        order_clients.push(users_client);
-        let _ = i;
+        users.push(UserProcess {
+            svc,
+            running,
+            process,
+        });
     }
-    // The gateway.
+    // Two order-svc replicas, each with its own user-svc client and breaker.
+    let mut orders: Vec<OrderProcess> = Vec::new();
+    for id in ["order-1", "order-2"] {
+        let store = Store::open(&data.join(id))?;
+        let (url, options) = (
+            opts.registry.clone(),
+            opt("order-svc", id, "order.OrderService"),
+        );
+        let (process, (running, users)) = Process::start(id, move || async move {
+            let registry = steadfast::registry::from_url(&url).await?;
+            let users = UsersClient::connect(
+                ClientConfig::discover(registry.clone()).downstreams(Downstreams::new()),
+            )
+            .await?;
+            let db = store.clone();
+            let health = fast_health().check(
+                "sqlite",
+                steadfast::health::Check::new(move || {
+                    let db = db.clone();
+                    async move { db.ping().await.map_err(|s| s.message().to_owned()) }
+                }),
+            );
+            let server = OrderServiceServer::new(OrderSvc::new(store, users.clone()));
+            let running = serve(options, registry, health, server).await?;
+            Ok((running, users))
+        })
+        .await?;
+        orders.push(OrderProcess {
+            running,
+            users,
+            _process: process,
+        });
+    }
+    // The gateway (in this process).
+    let registry: Arc<dyn Registry> = steadfast::registry::from_url(&opts.registry).await?;
     let orders_client = OrdersClient::connect(
         ClientConfig::discover(registry.clone()).downstreams(Downstreams::new()),
     )
@@ -231,9 +307,9 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
 
     // Everyone registered (once healthy) and discovered.
     let ready = wait_until(Duration::from_secs(10), || {
-        order_clients
+        orders
             .iter()
-            .all(|c| c.core().channel().discovered_ids().len() == 3)
+            .all(|o| o.users.core().channel().discovered_ids().len() == 3)
             && orders_client.core().channel().discovered_ids().len() == 2
     })
     .await;
@@ -262,6 +338,7 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
                         phase,
                         ok: status == 201,
                         latency: started.elapsed(),
+                        done: Instant::now(),
                         trace_id,
                     });
             }
@@ -278,44 +355,65 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let user_calls =
-        |users: &[(UserSvc, Running)]| users.iter().map(|(s, _)| s.calls()).sum::<u64>();
+    let user_counts = |users: &[UserProcess]| {
+        users.iter().fold((0u64, 0u64), |(c, o), u| {
+            (c + u.svc.calls(), o + u.svc.ok())
+        })
+    };
     let mut results = Vec::new();
+    let mut phase_starts = Vec::new();
+    let mut ejected_seen = std::collections::BTreeSet::new();
+    // (calls, ok) at user-svc per slice of the last phase.
+    let mut user_slices: Vec<(u64, u64)> = Vec::new();
     for (i, name) in PHASES.iter().enumerate() {
         match i {
-            1 => users[1].1.kill(),
+            1 => users[1].process.kill(),
             2 => users[0]
-                .0
+                .svc
                 .set_fault(Fault::Slow(Duration::from_millis(400))),
-            3 => users.iter().for_each(|(s, _)| s.set_fault(Fault::Down)),
-            4 => users.iter().for_each(|(s, _)| s.set_fault(Fault::None)),
+            3 => users.iter().for_each(|u| u.svc.set_fault(Fault::Down)),
+            4 => users.iter().for_each(|u| u.svc.set_fault(Fault::None)),
             _ => {}
         }
         bar.set_message(format!("phase {}: {name}", i + 1));
         let before_metrics = steadfast::metrics::render();
-        let before_user_calls = user_calls(&users);
+        let before_user_calls = user_counts(&users).0;
         phase_now.store(i, Ordering::Relaxed);
         let started = Instant::now();
+        phase_starts.push(started);
+        let mut slice_start = user_counts(&users);
+        let mut next_slice = started + SLICE;
         while started.elapsed() < opts.phase {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            bar.inc(100);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            ejected_seen.extend(orders_client.core().channel().ejected_ids());
+            if Instant::now() >= next_slice {
+                next_slice += SLICE;
+                let now = user_counts(&users);
+                if i == PHASES.len() - 1 {
+                    user_slices.push((now.0 - slice_start.0, now.1 - slice_start.1));
+                }
+                slice_start = now;
+                bar.inc(SLICE.as_millis() as u64);
+            }
         }
         let after = steadfast::metrics::render();
         let delta = |prefix: &str| counter(&after, prefix) - counter(&before_metrics, prefix);
         let mut transitions = Vec::new();
-        for to in ["open", "half_open", "closed"] {
-            let n = delta(&format!(
-                "steadfast_breaker_transitions_total{{service=\"user-svc\",to=\"{to}\"}}"
-            ));
-            if n > 0.0 {
-                transitions.push(format!("->{to} x{n}"));
+        for service in ["user-svc", "order-svc"] {
+            for to in ["open", "half_open", "closed"] {
+                let n = delta(&format!(
+                    "steadfast_breaker_transitions_total{{service=\"{service}\",to=\"{to}\"}}"
+                ));
+                if n > 0.0 {
+                    transitions.push(format!("{service}->{to} x{n}"));
+                }
             }
         }
         results.push(PhaseResult {
             name,
             retries: delta("steadfast_client_retries_total") as u64,
             transitions,
-            downstream_calls: user_calls(&users) - before_user_calls,
+            downstream_calls: user_counts(&users).0 - before_user_calls,
             ..PhaseResult::default()
         });
     }
@@ -335,9 +433,41 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
         lat.sort();
         r.calls = lat.len();
         r.ok = samples.iter().filter(|s| s.phase == i && s.ok).count();
+        let half = phase_starts[i] + opts.phase / 2;
+        let second: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.phase == i && s.done >= half)
+            .collect();
+        r.second_half_calls = second.len();
+        r.second_half_ok = second.iter().filter(|s| s.ok).count();
         r.p50_ms = percentile(&lat, 0.5);
         r.p99_ms = percentile(&lat, 0.99);
     }
+
+    // Time to recovery per hop, after user-svc was restored.
+    let last = PHASES.len() - 1;
+    let mut e2e = vec![(0u64, 0u64); user_slices.len().max(1)];
+    for s in samples.iter().filter(|s| s.phase == last) {
+        let k = (s
+            .done
+            .saturating_duration_since(phase_starts[last])
+            .as_millis()
+            / SLICE.as_millis()) as usize;
+        if let Some(slot) = e2e.get_mut(k) {
+            slot.0 += 1;
+            slot.1 += u64::from(s.ok);
+        }
+    }
+    let recovery = vec![
+        Recovery {
+            hop: "order-svc -> user-svc",
+            after: recovered_after(&user_slices),
+        },
+        Recovery {
+            hop: "gateway -> order-svc (end to end)",
+            after: recovered_after(&e2e),
+        },
+    ];
 
     // One request's log lines across the three services, joined by trace id.
     let trace = samples
@@ -364,22 +494,36 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
                 .collect();
             (id, lines)
         });
-    let final_breaker_states = order_clients
+    let mut final_breaker_states: Vec<(String, String)> = orders
         .iter()
-        .map(|c| c.core().breaker().state().to_string())
+        .enumerate()
+        .map(|(i, o)| {
+            (
+                format!("order-{} -> user-svc", i + 1),
+                o.users.core().breaker().state().to_string(),
+            )
+        })
         .collect();
+    final_breaker_states.push((
+        "gateway -> order-svc".into(),
+        orders_client.core().breaker().state().to_string(),
+    ));
 
     for o in orders {
-        o.shutdown().await;
+        o.running.shutdown().await;
     }
-    for (_, u) in users {
-        u.shutdown().await;
+    for u in users {
+        if u.process.is_alive() {
+            u.running.shutdown().await;
+        }
     }
     let _ = std::fs::remove_dir_all(&data);
     Ok(Report {
         phases: results,
         trace,
         final_breaker_states,
+        recovery,
+        order_ejections: ejected_seen.into_iter().collect(),
     })
 }
 
@@ -387,15 +531,16 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
 pub fn print(report: &Report) {
     println!();
     println!(
-        "{:<28} {:>6} {:>9} {:>8} {:>8} {:>9} {:>9}  breaker",
-        "phase", "calls", "success", "retries", "to user", "p50 ms", "p99 ms"
+        "{:<28} {:>6} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9}  breakers",
+        "phase", "calls", "success", "2nd half", "retries", "to user", "p50 ms", "p99 ms"
     );
     for (i, p) in report.phases.iter().enumerate() {
         println!(
-            "{:<28} {:>6} {:>8.1}% {:>8} {:>8} {:>9.1} {:>9.1}  {}",
+            "{:<28} {:>6} {:>8.1}% {:>8.1}% {:>8} {:>8} {:>9.1} {:>9.1}  {}",
             format!("{}. {}", i + 1, p.name),
             p.calls,
             p.success_pct(),
+            p.second_half_pct(),
             p.retries,
             p.downstream_calls,
             p.p50_ms,
@@ -403,9 +548,26 @@ pub fn print(report: &Report) {
             p.transitions.join(" ")
         );
     }
+    println!("time to recovery after user-svc was restored (>= 95 % success from then on):");
+    for r in &report.recovery {
+        match r.after {
+            Some(d) => println!("  {:<36} {:>6} ms", r.hop, d.as_millis()),
+            None => println!("  {:<36} not recovered", r.hop),
+        }
+    }
+    let states: Vec<String> = report
+        .final_breaker_states
+        .iter()
+        .map(|(who, state)| format!("{who}: {state}"))
+        .collect();
+    println!("breakers at the end: {}", states.join(", "));
     println!(
-        "user-svc breakers at the end (one per order-svc): {}",
-        report.final_breaker_states.join(", ")
+        "order-svc replicas ejected by the gateway: {}",
+        if report.order_ejections.is_empty() {
+            "none".to_owned()
+        } else {
+            report.order_ejections.join(", ")
+        }
     );
     if let Some((id, lines)) = &report.trace {
         println!("\none request across gateway, order-svc and user-svc (trace_id {id}):");

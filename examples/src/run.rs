@@ -127,6 +127,64 @@ where
     })
 }
 
+/// A service run as if it were its own process: its own tokio runtime (one worker thread),
+/// so that [`Process::kill`] ends every task it started at once (server, health checks,
+/// registry keepalive) with nothing deregistered, as SIGKILL would.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Process {
+    /// Starts a runtime named `name` and runs `start` on it; returns what `start` returned
+    /// (handles into the process, such as its [`Running`] and its clients).
+    pub async fn start<T, F, Fut>(name: &str, start: F) -> Result<(Process, T), BoxError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, BoxError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()?;
+        let out = runtime.spawn(start()).await??;
+        Ok((
+            Process {
+                name: name.to_owned(),
+                runtime: Some(runtime),
+            },
+            out,
+        ))
+    }
+
+    /// The process's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it still runs.
+    pub fn is_alive(&self) -> bool {
+        self.runtime.is_some()
+    }
+
+    /// Crashes it: every task stops where it is, sockets close, nothing is deregistered (its
+    /// registry lease expires after the TTL).
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Waits until `f` holds, checking every 10 ms, for at most `within`.
 pub async fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;

@@ -47,6 +47,7 @@ pub struct UserSvc {
     instance: String,
     fault: Arc<RwLock<Fault>>,
     calls: Arc<AtomicU64>,
+    ok: Arc<AtomicU64>,
 }
 
 impl UserSvc {
@@ -56,6 +57,7 @@ impl UserSvc {
             instance: instance.into(),
             fault: Arc::new(RwLock::new(fault)),
             calls: Arc::default(),
+            ok: Arc::default(),
         }
     }
     /// Changes the fault at run time.
@@ -69,6 +71,10 @@ impl UserSvc {
     /// Calls received.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+    /// Calls answered OK.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
     }
 
     async fn apply_fault(&self) -> Result<(), Status> {
@@ -101,6 +107,7 @@ impl UserService for UserSvc {
             return Err(Status::not_found(format!("no user {id}")));
         }
         tracing::info!(id, "user found");
+        self.ok.fetch_add(1, Ordering::Relaxed);
         Ok(Response::new(GetUserReply {
             id,
             name: format!("user-{id}"),

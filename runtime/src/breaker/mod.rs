@@ -47,6 +47,8 @@ use std::task::{Context as TaskContext, Poll};
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
+use crate::outcome::{AttemptOutcome, classify};
+
 pub use self::config::{BreakerConfig, BreakerConfigBuilder, DEFAULT_FAILURE_CODES};
 pub use self::layer::BreakerLayer;
 pub use self::registry::BreakerRegistry;
@@ -97,11 +99,36 @@ pub fn rejection_status(service: &str, rejected: &Rejected) -> Status {
     status
 }
 
+/// What one attempt's outcome means to the breaker of `config`: `None` records nothing
+/// (the request never reached a server, or the failure was passed through from a deeper
+/// hop). See the table in [`crate::outcome`].
+///
+/// ```
+/// use steadfast::breaker::{effect, BreakerConfig, Outcome};
+/// use steadfast::outcome::AttemptOutcome;
+/// use tonic::Code;
+///
+/// let c = BreakerConfig::default();
+/// assert_eq!(effect(&c, AttemptOutcome::Timeout), Some(Outcome::Failure));
+/// assert_eq!(effect(&c, AttemptOutcome::Remote(Code::NotFound)), Some(Outcome::Success));
+/// assert_eq!(effect(&c, AttemptOutcome::PassedThrough(Code::Unavailable)), None);
+/// assert_eq!(effect(&c, AttemptOutcome::NotSent), None);
+/// ```
+pub fn effect(config: &BreakerConfig, outcome: AttemptOutcome) -> Option<Outcome> {
+    match outcome {
+        AttemptOutcome::Success => Some(Outcome::Success),
+        AttemptOutcome::NotSent | AttemptOutcome::PassedThrough(_) => None,
+        AttemptOutcome::Transport | AttemptOutcome::Timeout => Some(Outcome::Failure),
+        AttemptOutcome::Remote(code) if config.is_failure(code) => Some(Outcome::Failure),
+        AttemptOutcome::Remote(_) => Some(Outcome::Success),
+    }
+}
+
 /// Classifies one call's result for the breaker of `config`.
-pub(crate) fn outcome<T>(config: &BreakerConfig, result: &Result<T, Status>) -> Outcome {
+fn outcome<T>(config: &BreakerConfig, result: &Result<T, Status>) -> Option<Outcome> {
     match result {
-        Err(status) if config.is_failure(status.code()) => Outcome::Failure,
-        _ => Outcome::Success,
+        Ok(_) => Some(Outcome::Success),
+        Err(status) => effect(config, classify(status, false)),
     }
 }
 
@@ -184,7 +211,10 @@ where
         let breaker = self.breaker.clone();
         Box::pin(async move {
             let result = fut.await;
-            permit.record(outcome(breaker.config(), &result));
+            match outcome(breaker.config(), &result) {
+                Some(o) => permit.record(o),
+                None => drop(permit), // nothing to record; frees a probe slot
+            }
             result
         })
     }

@@ -36,7 +36,7 @@ impl BreakerRegistry {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let breaker = map
             .entry(service.to_owned())
-            .or_insert_with(|| Arc::new(crate::metrics::observed_breaker(service, config)))
+            .or_insert_with(|| crate::metrics::observed_breaker(service, config))
             .clone();
         if *breaker.config() != config {
             tracing::warn!(

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -141,6 +141,9 @@ struct Slow {
 /// ```
 pub struct CircuitBreaker {
     name: Arc<str>,
+    /// Set when the breaker lives in an `Arc` made by [`CircuitBreaker::shared`]: lets the
+    /// open period end by timer, with no call needed.
+    me: Weak<CircuitBreaker>,
     config: BreakerConfig,
     word: AtomicU64,
     open_until_ms: AtomicU64,
@@ -184,13 +187,38 @@ impl CircuitBreaker {
         Self::with_observers(name, config, Vec::new())
     }
 
+    /// A closed breaker in an `Arc`, whose open period ends by timer: `state()` and the
+    /// metrics read `half_open` once `open_timeout` has passed, even with no call.
+    pub fn shared(name: impl Into<Arc<str>>, config: BreakerConfig) -> Arc<Self> {
+        Self::shared_with_observers(name, config, Vec::new())
+    }
+
+    pub(crate) fn shared_with_observers(
+        name: impl Into<Arc<str>>,
+        config: BreakerConfig,
+        observers: Vec<Observer>,
+    ) -> Arc<Self> {
+        let name = name.into();
+        Arc::new_cyclic(|me| Self::build(name, config, observers, me.clone()))
+    }
+
     pub(crate) fn with_observers(
         name: impl Into<Arc<str>>,
         config: BreakerConfig,
         observers: Vec<Observer>,
     ) -> Self {
+        Self::build(name.into(), config, observers, Weak::new())
+    }
+
+    fn build(
+        name: Arc<str>,
+        config: BreakerConfig,
+        observers: Vec<Observer>,
+        me: Weak<CircuitBreaker>,
+    ) -> Self {
         CircuitBreaker {
-            name: name.into(),
+            name,
+            me,
             word: AtomicU64::new(Word::new(0, BreakerState::Closed).0),
             open_until_ms: AtomicU64::new(0),
             base: Instant::now(),
@@ -213,10 +241,22 @@ impl CircuitBreaker {
         &self.config
     }
 
-    /// The current state (read-only; an expired open period shows as `Open` until the next
-    /// call moves it to half-open).
+    /// The current state. An open period that has ended reads `HalfOpen` (the breaker moves
+    /// there on this read if no call or timer has yet).
     pub fn state(&self) -> BreakerState {
-        Word(self.word.load(Ordering::Acquire)).state()
+        let word = Word(self.word.load(Ordering::Acquire));
+        if word.state() == BreakerState::Open
+            && self.now_ms() >= self.open_until_ms.load(Ordering::Acquire)
+        {
+            self.transition(word, BreakerState::HalfOpen);
+            return Word(self.word.load(Ordering::Acquire)).state();
+        }
+        word.state()
+    }
+
+    /// Moves an open breaker whose open period has ended to half-open.
+    fn advance(&self) {
+        let _ = self.state();
     }
 
     /// The counts of the rolling window now.
@@ -290,11 +330,11 @@ impl CircuitBreaker {
 
     #[inline]
     pub(crate) fn record(&self, ticket: Ticket, outcome: Outcome) {
-        if !ticket.probe
-            && outcome == Outcome::Success
-            && Word(self.word.load(Ordering::Acquire)).state() == BreakerState::Closed
-        {
-            return self.window.success();
+        if !ticket.probe && outcome == Outcome::Success {
+            let word = Word(self.word.load(Ordering::Acquire));
+            if word.state() == BreakerState::Closed && word.generation() == ticket.generation {
+                return self.window.success();
+            }
         }
         self.record_slow(ticket, outcome)
     }
@@ -305,8 +345,9 @@ impl CircuitBreaker {
             return self.record_probe(ticket, outcome);
         }
         let word = Word(self.word.load(Ordering::Acquire));
-        if word.state() != BreakerState::Closed {
-            // Admitted while closed, finished after a trip: the trip already happened.
+        if word.state() != BreakerState::Closed || word.generation() != ticket.generation {
+            // Admitted in an earlier period (before a trip, or before the last close): its
+            // result says nothing about this one.
             return;
         }
         match outcome {
@@ -405,6 +446,7 @@ impl CircuitBreaker {
                 self.open_until_ms
                     .store(self.now_ms() + d.as_millis() as u64, Ordering::Release);
                 open_for = Some(d);
+                self.end_open_period_after(d);
             }
             BreakerState::Closed => {
                 slow.backoff = backoff(&self.config);
@@ -442,6 +484,24 @@ impl CircuitBreaker {
         for observer in &self.observers {
             observer(&self.name, &transition);
         }
+    }
+}
+
+impl CircuitBreaker {
+    /// Moves to half-open by timer once the open period `d` has passed, so that the state,
+    /// the metrics and health read the truth without traffic.
+    fn end_open_period_after(&self, d: Duration) {
+        let Some(me) = self.me.upgrade() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = Arc::downgrade(&me);
+        rt.spawn(async move {
+            tokio::time::sleep(d).await;
+            if let Some(breaker) = me.upgrade() {
+                breaker.advance();
+            }
+        });
     }
 }
 
@@ -513,6 +573,9 @@ impl OwnedPermit {
         if let Some(ticket) = self.ticket.take() {
             self.breaker.record(ticket, outcome);
         }
+    }
+    pub(crate) fn is_probe(&self) -> bool {
+        self.ticket.is_some_and(|t| t.probe)
     }
 }
 

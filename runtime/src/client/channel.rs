@@ -6,8 +6,8 @@ use std::task::{Context as TaskContext, Poll, ready};
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 
-use crate::discovery::{Health, Pool};
-use crate::retry::{Avoid, CommitMarker};
+use crate::discovery::{Pool, classify_http};
+use crate::outcome::AttemptInfo;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -15,10 +15,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// that follows a service's live instances in a registry (see the discovery rules in
 /// [`ClientConfig::discover`](super::ClientConfig::discover)).
 ///
-/// It also tells the retry logic two things about each attempt: whether response headers
-/// arrived (a response that started, HTTP 200 without `grpc-status`, commits the call per
-/// gRFC A6, so it is not retried; a trailers-only error or a proxy's 503 does not), and which
-/// endpoint served it, so that a retry can go elsewhere.
+/// It reads and fills the attempt's [`AttemptInfo`] (a request extension) when the layer
+/// above put one there: whether response headers arrived (a response that started, HTTP 200
+/// without `grpc-status`, commits the call per gRFC A6, so it is not retried; a trailers-only
+/// error or a proxy's 503 does not), which endpoint served it (so that a retry can go
+/// elsewhere), and where to report the attempt's outcome for outlier detection. Without an
+/// `AttemptInfo` it classifies what it sees itself.
 ///
 /// Use it as the transport of any tonic-generated client: `UserServiceClient::new(channel)`.
 #[derive(Clone, Debug)]
@@ -62,6 +64,14 @@ impl Channel {
             Transport::Discovered(pool) => pool.ids(),
         }
     }
+
+    /// The ids of the discovered instances that outlier detection has ejected now.
+    pub fn ejected_ids(&self) -> Vec<String> {
+        match &self.inner {
+            Transport::Fixed(_) => Vec::new(),
+            Transport::Discovered(pool) => pool.ejected_ids(),
+        }
+    }
 }
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
@@ -78,7 +88,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let commit = req.extensions().get::<CommitMarker>().cloned();
+        let commit = req.extensions().get::<AttemptInfo>().cloned();
         match &mut self.inner {
             Transport::Fixed(ch) => ResponseFuture {
                 inner: Inner::Fixed {
@@ -87,8 +97,10 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 commit,
             },
             Transport::Discovered(pool) => {
-                let avoid = req.extensions().get::<Avoid>().map(|a| a.0.clone());
-                let Some(slot) = pool.pick(avoid.as_deref()) else {
+                let (avoid, probe) = commit
+                    .as_ref()
+                    .map_or((None, false), |i| (i.avoid(), i.is_probe()));
+                let Some(slot) = pool.pick(avoid, probe) else {
                     let status = tonic::Status::unavailable(format!(
                         "no live instances of `{}` in the registry",
                         pool.service()
@@ -100,20 +112,24 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                         commit,
                     };
                 };
-                if let Some(c) = &commit {
-                    c.set_endpoint(slot.id.clone());
-                }
-                let pool = pool.clone();
+                // The layer above reports the final outcome (it sees the trailers); without
+                // one, this channel classifies what it sees.
+                let self_report = match &commit {
+                    Some(info) => {
+                        let (pool, slot) = (pool.clone(), slot.clone());
+                        info.set_endpoint(
+                            slot.id.clone(),
+                            Box::new(move |outcome| pool.report(&slot, outcome)),
+                        );
+                        None
+                    }
+                    None => Some(pool.clone()),
+                };
                 let fut = async move {
                     let result = slot.channel.clone().oneshot(req).await;
-                    let health = match &result {
-                        Err(_) => Health::TransportFailure,
-                        Ok(r) if r.headers().get("grpc-status").is_some_and(|v| v == "14") => {
-                            Health::Unavailable
-                        }
-                        Ok(_) => Health::Ok,
-                    };
-                    pool.report(&slot, health);
+                    if let Some(pool) = self_report {
+                        pool.report(&slot, classify_http(&result));
+                    }
                     result.map_err(BoxError::from)
                 };
                 ResponseFuture {
@@ -142,7 +158,7 @@ pin_project! {
     pub struct ResponseFuture {
         #[pin]
         inner: Inner,
-        commit: Option<CommitMarker>,
+        commit: Option<AttemptInfo>,
     }
 }
 

@@ -5,6 +5,7 @@ use tonic::transport::Endpoint;
 
 use super::Downstreams;
 use crate::Error;
+use crate::discovery::OutlierDetection;
 use crate::retry::ServiceConfig;
 use crate::tls::ClientTls;
 
@@ -39,6 +40,8 @@ pub struct ClientConfig {
     tls: Option<ClientTls>,
     pub(crate) service_config: Option<ServiceConfig>,
     pub(crate) downstreams: Downstreams,
+    pub(crate) outlier_detection: OutlierDetection,
+    pub(crate) panic_threshold: u32,
 }
 
 impl ClientConfig {
@@ -79,13 +82,16 @@ impl ClientConfig {
             tls: None,
             service_config: None,
             downstreams: Downstreams::global(),
+            outlier_detection: OutlierDetection::default(),
+            panic_threshold: 50,
         }
     }
 
     /// Discovers the service's endpoints in `registry` and follows them as instances come and
-    /// go. Calls are balanced round-robin over live instances; an instance whose connection
-    /// fails, or that answers `UNAVAILABLE` three times in a row, is ejected for 5 s (doubling
-    /// on repeat, up to 60 s); a retry goes to another instance than the one that just failed.
+    /// go. Calls are balanced round-robin over instances in good standing; a retry goes to
+    /// another instance than the one that just failed; [`OutlierDetection`] ejects failing
+    /// instances (a refused connection at once); below the
+    /// [`panic_threshold`](Self::panic_threshold) calls spread over every instance.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadfast::Error> {
@@ -95,6 +101,45 @@ impl ClientConfig {
     /// ```
     pub fn discover(registry: std::sync::Arc<dyn crate::registry::Registry>) -> Self {
         ClientConfig::with_target(Vec::new(), Some(registry))
+    }
+
+    /// Sets outlier detection for discovered endpoints (see [`OutlierDetection`] for the
+    /// rules and defaults). The configuration is checked here.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadfast::client::ClientConfig;
+    /// use steadfast::discovery::OutlierDetection;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadfast::Error> {
+    /// let registry = steadfast::registry::from_url("memory://").await?;
+    /// let od = OutlierDetection { base_ejection_time: Duration::from_secs(5), ..Default::default() };
+    /// let config = ClientConfig::discover(registry.clone()).outlier_detection(od)?;
+    /// let bad = OutlierDetection { max_ejection_percent: 101, ..Default::default() };
+    /// let err = ClientConfig::discover(registry).outlier_detection(bad).unwrap_err();
+    /// assert!(err.to_string().contains("max_ejection_percent is 101"));
+    /// # let _ = config; Ok(()) }
+    /// ```
+    pub fn outlier_detection(mut self, od: OutlierDetection) -> Result<Self, Error> {
+        od.validate()?;
+        self.outlier_detection = od;
+        Ok(self)
+    }
+
+    /// Envoy's healthy panic threshold, in percent (default 50; 0 turns panic mode off):
+    /// when fewer endpoints than this share are in good standing, calls are balanced over
+    /// all endpoints, ejected or not.
+    pub fn panic_threshold(mut self, percent: u32) -> Result<Self, Error> {
+        if percent > 100 {
+            return Err(Error::config(
+                "panic_threshold",
+                format!(
+                    "panic_threshold is {percent}, but it is a percentage: write a value in 0..=100"
+                ),
+            ));
+        }
+        self.panic_threshold = percent;
+        Ok(self)
     }
 
     /// The time allowed to establish one connection (default 5 s; must be > 0).

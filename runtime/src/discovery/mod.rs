@@ -1,30 +1,33 @@
 //! Client-side discovery: a balanced pool over the live instances of a service, following a
-//! [`Registry`] watch, with passive ejection of failing endpoints.
+//! [`Registry`] watch, with outlier detection and panic mode.
 //!
 //! - Instances added to the registry become endpoints (connected lazily); removed ones are
 //!   dropped. Connections to instances that stay are kept across updates.
-//! - Calls go round-robin over endpoints that are not ejected.
-//! - Passive ejection: a transport failure (connection refused or reset) ejects the endpoint
-//!   at once; three `UNAVAILABLE` answers in a row eject it too. An ejection lasts 5 s,
-//!   doubling on each repeat up to 60 s; a success resets the count. Clients therefore stop
-//!   sending to a killed instance long before its registration expires.
-//! - A retry goes to a different endpoint than the one that just failed, when another exists.
-//! - When every endpoint is ejected, calls still go out (to the one whose ejection ends
-//!   first) rather than failing without trying.
+//! - Calls go round-robin over endpoints that are not ejected; a retry goes to another
+//!   endpoint than the one that just failed, when another exists; a breaker's half-open probe
+//!   goes to an endpoint in good standing.
+//! - [`OutlierDetection`] (gRFC A50 and Envoy) decides ejections from each attempt's
+//!   outcome as [`crate::outcome`] classifies it: a connection failure ejects at once; the
+//!   success-rate and failure-percentage rules run every interval; a failure every replica
+//!   shares ejects no one; statuses relayed from a deeper hop count for nothing.
+//! - Panic mode (Envoy's `healthy_panic_threshold`): when fewer than the threshold share of
+//!   endpoints (default 50 %) is in good standing, calls are balanced over all of them,
+//!   ejected or not, instead of piling onto the few that are left.
 
+mod outlier;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use self::outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
+
 use crate::Error;
 use crate::client::ClientConfig;
+use crate::outcome::{AttemptOutcome, EndpointEffect, PASSED_THROUGH_KEY};
 use crate::registry::{Instance, Instances, Registry};
-
-const EJECT_BASE: Duration = Duration::from_secs(5);
-const EJECT_MAX: Duration = Duration::from_secs(60);
-const UNAVAILABLE_IN_A_ROW: u32 = 3;
 
 /// One endpoint of the pool.
 #[derive(Debug)]
@@ -32,11 +35,22 @@ pub(crate) struct Slot {
     pub(crate) id: Arc<str>,
     addr: String,
     pub(crate) channel: tonic::transport::Channel,
+    /// Ejected while the pool's clock is below this (ms); 0 = never ejected.
     ejected_until_ms: AtomicU64,
-    ejections: AtomicU32,
-    unavailable_in_a_row: AtomicU32,
-    /// Attempts sent to this endpoint (for benchmarks and dashboards).
+    /// A50's ejection multiplier: up by one per ejection, down by one per healthy interval.
+    multiplier: AtomicU32,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    local_in_a_row: AtomicU32,
+    failures_in_a_row: AtomicU32,
+    /// Attempts sent to this endpoint (for tests, benchmarks and dashboards).
     pub(crate) attempts: AtomicU64,
+}
+
+impl Slot {
+    fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Acquire) > now_ms
+    }
 }
 
 /// The live endpoints of one service.
@@ -66,18 +80,29 @@ impl Pool {
         });
         pool.update(&rx.borrow_and_update());
         tokio::spawn(follow(Arc::downgrade(&pool), rx));
+        tokio::spawn(sweep_every_interval(Arc::downgrade(&pool)));
         Ok(pool)
+    }
+
+    fn od(&self) -> &OutlierDetection {
+        &self.config.outlier_detection
     }
 
     fn now_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
     }
 
+    fn snapshot(&self) -> Arc<[Arc<Slot>]> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn update(&self, instances: &[Instance]) {
-        let old = self.slots.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let old = self.snapshot();
+        let mut kept: HashMap<(&str, &str), &Arc<Slot>> =
+            old.iter().map(|s| ((&*s.id, s.addr.as_str()), s)).collect();
         let mut next = Vec::with_capacity(instances.len());
         for i in instances {
-            if let Some(s) = old.iter().find(|s| *s.id == *i.id && s.addr == i.addr) {
+            if let Some(s) = kept.remove(&(i.id.as_str(), i.addr.as_str())) {
                 next.push(s.clone());
                 continue;
             }
@@ -94,8 +119,11 @@ impl Pool {
                     addr: i.addr.clone(),
                     channel: ep.connect_lazy(),
                     ejected_until_ms: AtomicU64::new(0),
-                    ejections: AtomicU32::new(0),
-                    unavailable_in_a_row: AtomicU32::new(0),
+                    multiplier: AtomicU32::new(0),
+                    successes: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    local_in_a_row: AtomicU32::new(0),
+                    failures_in_a_row: AtomicU32::new(0),
                     attempts: AtomicU64::new(0),
                 })),
                 Err(e) => {
@@ -106,7 +134,6 @@ impl Pool {
         tracing::info!(
             service = %self.service,
             endpoints = next.len(),
-            ids = ?next.iter().map(|s| s.id.to_string()).collect::<Vec<_>>(),
             "discovered endpoints changed"
         );
         *self.slots.write().unwrap_or_else(|p| p.into_inner()) = next.into();
@@ -114,47 +141,46 @@ impl Pool {
 
     /// The live endpoints' ids.
     pub(crate) fn ids(&self) -> Vec<String> {
-        self.slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        self.snapshot().iter().map(|s| s.id.to_string()).collect()
+    }
+
+    /// The ids of the endpoints ejected now.
+    pub(crate) fn ejected_ids(&self) -> Vec<String> {
+        let now = self.now_ms();
+        self.snapshot()
             .iter()
+            .filter(|s| s.is_ejected(now))
             .map(|s| s.id.to_string())
             .collect()
     }
 
     /// Attempts sent so far to the endpoint `id`, if it is in the pool.
     pub(crate) fn attempts_to(&self, id: &str) -> Option<u64> {
-        self.slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        self.snapshot()
             .iter()
             .find(|s| &*s.id == id)
             .map(|s| s.attempts.load(Ordering::Relaxed))
     }
 
-    /// Picks the endpoint for one attempt: round-robin over endpoints not ejected, other
-    /// than `avoid` when possible.
-    pub(crate) fn pick(&self, avoid: Option<&str>) -> Option<Arc<Slot>> {
-        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner()).clone();
+    /// Picks the endpoint for one attempt: round-robin over endpoints in good standing (over
+    /// all of them in panic mode, except for probes), other than `avoid` when possible.
+    pub(crate) fn pick(&self, avoid: Option<&str>, probe: bool) -> Option<Arc<Slot>> {
+        let slots = self.snapshot();
         let n = slots.len();
         if n == 0 {
             return None;
         }
         let now = self.now_ms();
+        let healthy = slots.iter().filter(|s| !s.is_ejected(now)).count();
+        let panic = healthy * 100 < self.config.panic_threshold as usize * n;
+        let use_all = healthy == 0 || (panic && !probe);
+        let eligible = |s: &Slot| use_all || !s.is_ejected(now);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let live = |s: &Slot| s.ejected_until_ms.load(Ordering::Acquire) <= now;
         let order = (0..n).map(|k| &slots[(start + k) % n]);
         order
             .clone()
-            .find(|s| live(s) && avoid != Some(&*s.id))
-            .or_else(|| order.clone().find(|s| live(s)))
-            .or_else(|| {
-                // Everything is ejected: try the one whose ejection ends first.
-                slots
-                    .iter()
-                    .filter(|s| avoid != Some(&*s.id) || n == 1)
-                    .min_by_key(|s| s.ejected_until_ms.load(Ordering::Acquire))
-            })
+            .find(|s| eligible(s) && avoid != Some(&*s.id))
+            .or_else(|| order.clone().find(|s| eligible(s)))
             .cloned()
             .inspect(|s| {
                 s.attempts.fetch_add(1, Ordering::Relaxed);
@@ -162,39 +188,111 @@ impl Pool {
     }
 
     /// Reports one attempt's outcome on `slot`.
-    pub(crate) fn report(&self, slot: &Slot, outcome: Health) {
-        match outcome {
-            Health::Ok => {
-                slot.unavailable_in_a_row.store(0, Ordering::Release);
-                if slot.ejected_until_ms.load(Ordering::Acquire) <= self.now_ms() {
-                    slot.ejections.store(0, Ordering::Release);
-                }
+    pub(crate) fn report(&self, slot: &Slot, outcome: AttemptOutcome) {
+        let effect = outcome.endpoint_effect();
+        match effect {
+            EndpointEffect::Ignore => return,
+            EndpointEffect::Success => {
+                slot.successes.fetch_add(1, Ordering::Relaxed);
+                slot.local_in_a_row.store(0, Ordering::Relaxed);
+                slot.failures_in_a_row.store(0, Ordering::Relaxed);
+                return;
             }
-            Health::Unavailable => {
-                let n = slot.unavailable_in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
-                if n >= UNAVAILABLE_IN_A_ROW {
-                    self.eject(slot, "repeated UNAVAILABLE");
-                }
+            EndpointEffect::Failure | EndpointEffect::LocalFailure => {
+                slot.failures.fetch_add(1, Ordering::Relaxed);
             }
-            Health::TransportFailure => self.eject(slot, "connection failed"),
         }
+        let od = self.od();
+        let local = if effect == EndpointEffect::LocalFailure {
+            slot.local_in_a_row.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            0
+        };
+        let any = slot.failures_in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
+        let local_due = od
+            .consecutive_local_origin_failure
+            .is_some_and(|n| local >= n);
+        let any_due = od.consecutive_failure.is_some_and(|n| any >= n);
+        if !(local_due || any_due) {
+            return;
+        }
+        let now = self.now_ms();
+        if slot.is_ejected(now) {
+            return;
+        }
+        let slots = self.snapshot();
+        let ejected = slots.iter().filter(|s| s.is_ejected(now)).count();
+        if !od.may_eject(ejected, slots.len()) {
+            return;
+        }
+        // Failures that every endpoint shares (a common dependency is down) eject nobody:
+        // only eject while another endpoint in good standing answered its last call.
+        let others_answer = || {
+            slots.iter().any(|s| {
+                !std::ptr::eq(&**s, slot)
+                    && !s.is_ejected(now)
+                    && s.failures_in_a_row.load(Ordering::Relaxed) == 0
+            })
+        };
+        let why = if local_due {
+            "connection failed"
+        } else if others_answer() {
+            "consecutive failures"
+        } else {
+            return;
+        };
+        slot.local_in_a_row.store(0, Ordering::Relaxed);
+        slot.failures_in_a_row.store(0, Ordering::Relaxed);
+        self.eject(slot, now, why);
     }
 
-    fn eject(&self, slot: &Slot, why: &str) {
-        let now = self.now_ms();
-        if slot.ejected_until_ms.load(Ordering::Acquire) > now {
-            return; // already out
-        }
-        let k = slot.ejections.fetch_add(1, Ordering::AcqRel).min(16);
-        let d = EJECT_BASE.saturating_mul(1 << k).min(EJECT_MAX);
+    fn eject(&self, slot: &Slot, now: u64, why: &str) {
+        let multiplier = slot
+            .multiplier
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        let d = self.od().ejection_time(multiplier);
         slot.ejected_until_ms
             .store(now + d.as_millis() as u64, Ordering::Release);
-        slot.unavailable_in_a_row.store(0, Ordering::Release);
         tracing::warn!(
             service = %self.service, id = %slot.id, addr = %slot.addr,
             ejected_for_ms = d.as_millis() as u64,
             "ejecting endpoint: {why}"
         );
+    }
+
+    /// The interval sweep: runs the A50 rules over the interval's counts, ejects the
+    /// outliers, and lowers the multiplier of every endpoint that is not ejected.
+    fn sweep(&self) {
+        let now = self.now_ms();
+        let slots = self.snapshot();
+        let counts: Vec<outlier::Counts> = slots
+            .iter()
+            .map(|s| outlier::Counts {
+                successes: s.successes.swap(0, Ordering::AcqRel),
+                failures: s.failures.swap(0, Ordering::AcqRel),
+                ejected: s.is_ejected(now),
+            })
+            .collect();
+        let out = outlier::sweep(self.od(), &counts, || fastrand::u32(0..100));
+        for (i, s) in slots.iter().enumerate() {
+            if out.contains(&i) {
+                let c = counts[i];
+                self.eject(
+                    s,
+                    now,
+                    &format!(
+                        "outlier: {} of {} calls failed in the last interval",
+                        c.failures,
+                        c.successes + c.failures
+                    ),
+                );
+            } else if !s.is_ejected(now) {
+                let _ = s
+                    .multiplier
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| m.checked_sub(1));
+            }
+        }
     }
 
     /// The service name.
@@ -203,12 +301,42 @@ impl Pool {
     }
 }
 
-/// What one attempt says about its endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Health {
-    Ok,
-    Unavailable,
-    TransportFailure,
+/// Classifies an attempt from what the HTTP layer sees, for calls made without a retry layer
+/// (no [`crate::outcome::AttemptInfo`]): a transport error, or a trailers-only status.
+pub(crate) fn classify_http<E>(
+    result: &Result<http::Response<tonic::body::Body>, E>,
+) -> AttemptOutcome
+where
+    E: std::error::Error + 'static,
+{
+    match result {
+        Err(e) => {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+            while let Some(err) = cur {
+                if err.is::<tonic::ConnectError>() {
+                    return AttemptOutcome::NotSent;
+                }
+                cur = err.source();
+            }
+            AttemptOutcome::Transport
+        }
+        Ok(response) => {
+            let headers = response.headers();
+            match headers.get("grpc-status") {
+                None => AttemptOutcome::Success,
+                Some(v) => {
+                    let code = tonic::Code::from_bytes(v.as_bytes());
+                    if code == tonic::Code::Ok {
+                        AttemptOutcome::Success
+                    } else if headers.contains_key(PASSED_THROUGH_KEY) {
+                        AttemptOutcome::PassedThrough(code)
+                    } else {
+                        AttemptOutcome::Remote(code)
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn follow(pool: Weak<Pool>, mut rx: Instances) {
@@ -216,5 +344,18 @@ async fn follow(pool: Weak<Pool>, mut rx: Instances) {
         let Some(pool) = pool.upgrade() else { return };
         let set = rx.borrow_and_update().clone();
         pool.update(&set);
+    }
+}
+
+async fn sweep_every_interval(pool: Weak<Pool>) {
+    let Some(interval) = pool.upgrade().map(|p| p.od().interval) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.sweep();
     }
 }

@@ -217,10 +217,13 @@ fn service(name: &str) -> ServiceLabel {
 }
 
 /// A breaker whose state changes update the metrics.
-pub(crate) fn observed_breaker(name: &str, config: BreakerConfig) -> CircuitBreaker {
+pub(crate) fn observed_breaker(
+    name: &str,
+    config: BreakerConfig,
+) -> std::sync::Arc<CircuitBreaker> {
     let m = global();
     m.breaker_state.get_or_create(&service(name)).set(0);
-    CircuitBreaker::with_observers(
+    CircuitBreaker::shared_with_observers(
         name,
         config,
         vec![Box::new(|name, t| {

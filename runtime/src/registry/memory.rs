@@ -1,17 +1,29 @@
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use super::{Instance, Instances, Registry};
 use crate::Error;
 
-/// The publishing side of one service's live set.
-type LiveSet = watch::Sender<Arc<[Instance]>>;
+/// The shortest lease TTL a memory registry accepts.
+const MIN_TTL: Duration = Duration::from_millis(50);
+/// The default lease TTL, as for etcd.
+const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
-/// The embedded registry: in-process, no server. Every registry made by
-/// [`MemoryRegistry::global`] (and `memory://`) shares one table, so services started in one
-/// process find each other.
+/// The embedded registry: in-process, no server, with the liveness of etcd.
+///
+/// Every registry made by [`MemoryRegistry::global`] (and `memory://`) shares one table, so
+/// services started in one process find each other. Each such handle holds its own *lease*,
+/// like one etcd client: its registrations live while a keepalive task (started on the tokio
+/// runtime of the first `register`, renewing every TTL/3) runs. When that task dies with its
+/// runtime, or every clone of the handle is dropped without [`Registry::shutdown`], the
+/// registrations disappear within the TTL (default 10 s; `memory://?ttl=2s`). A crashed
+/// in-process service therefore leaves discovery as a crashed etcd-registered one does.
+/// Clones of a handle share its lease.
 ///
 /// ```
 /// use steadfast::registry::{Instance, MemoryRegistry, Registry};
@@ -23,67 +35,341 @@ type LiveSet = watch::Sender<Arc<[Instance]>>;
 /// assert_eq!(users.borrow()[0].id, "u1");
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemoryRegistry {
-    services: Arc<Mutex<HashMap<String, LiveSet>>>,
+    table: Arc<Table>,
+    lease: Arc<Lease>,
+}
+
+impl Default for MemoryRegistry {
+    fn default() -> Self {
+        MemoryRegistry::new()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    state: Mutex<State>,
+    next_lease: AtomicU64,
+    /// Whether a reaper task is alive; it dies with its runtime and is started again by the
+    /// next register, renewal or watch.
+    reaping: AtomicBool,
+    /// Wakes the reaper when a lease is granted or renewed.
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    services: HashMap<String, Service>,
+    /// Lease id -> when it expires.
+    leases: HashMap<u64, Instant>,
+}
+
+#[derive(Debug)]
+struct Service {
+    tx: watch::Sender<Arc<[Instance]>>,
+    /// Instance id -> (instance, lease id).
+    entries: BTreeMap<String, (Instance, u64)>,
+}
+
+impl Service {
+    fn new() -> Self {
+        Service {
+            tx: watch::channel(Arc::from(Vec::new())).0,
+            entries: BTreeMap::new(),
+        }
+    }
+    fn publish(&self) {
+        let set: Arc<[Instance]> = self.entries.values().map(|(i, _)| i.clone()).collect();
+        self.tx.send_replace(set);
+    }
+}
+
+#[derive(Debug)]
+struct Lease {
+    id: u64,
+    ttl: Duration,
+    keeping_alive: AtomicBool,
+    /// What this lease registered, to put back if it expired while its owner was frozen.
+    registered: Mutex<Vec<Instance>>,
+    table: Weak<Table>,
 }
 
 impl MemoryRegistry {
-    /// A new, empty table.
+    /// A new, empty table, with one lease of the default TTL.
     pub fn new() -> Self {
-        MemoryRegistry::default()
+        Self::on(Arc::new(Table::default()), DEFAULT_TTL)
     }
 
-    /// The process-wide table.
+    /// A handle on the process-wide table with a lease of its own.
     pub fn global() -> Self {
-        static GLOBAL: OnceLock<MemoryRegistry> = OnceLock::new();
-        GLOBAL.get_or_init(MemoryRegistry::new).clone()
+        static GLOBAL: OnceLock<Arc<Table>> = OnceLock::new();
+        Self::on(GLOBAL.get_or_init(Arc::default).clone(), DEFAULT_TTL)
     }
 
-    fn with<R>(&self, service: &str, f: impl FnOnce(&LiveSet) -> R) -> R {
-        let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = map
-            .entry(service.to_owned())
-            .or_insert_with(|| watch::channel(Arc::from(Vec::new())).0);
-        f(tx)
+    /// Another handle on the same table with a lease of its own: one per simulated process.
+    pub fn session(&self) -> Self {
+        Self::on(self.table.clone(), self.lease.ttl)
     }
+
+    /// This handle with a new lease of `ttl` (at least 50 ms).
+    pub fn with_ttl(self, ttl: Duration) -> Result<Self, Error> {
+        if ttl < MIN_TTL {
+            return Err(Error::config(
+                "registry.memory.ttl",
+                format!("ttl is {ttl:?}, under the 50ms minimum; write for example ttl=2s"),
+            ));
+        }
+        Ok(Self::on(self.table.clone(), ttl))
+    }
+
+    /// The lease TTL.
+    pub fn ttl(&self) -> Duration {
+        self.lease.ttl
+    }
+
+    /// Parses the part of `memory://...` after the scheme: empty, or `?ttl=2s`.
+    pub(crate) fn from_url_rest(rest: &str) -> Result<Self, Error> {
+        let mut reg = MemoryRegistry::global();
+        let query = rest
+            .strip_prefix('?')
+            .or_else(|| rest.split_once("/?").map(|(_, q)| q));
+        let Some(query) = query else {
+            if rest.is_empty() || rest == "/" {
+                return Ok(reg);
+            }
+            return Err(Error::config(
+                "registry",
+                format!("`memory://{rest}`: write memory:// or memory://?ttl=2s"),
+            ));
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("ttl", v)) => {
+                    let ttl = crate::duration::parse(v)
+                        .map_err(|e| Error::config("registry.memory.ttl", e))?;
+                    reg = reg.with_ttl(ttl)?;
+                }
+                _ => {
+                    return Err(Error::config(
+                        "registry",
+                        format!("unknown memory registry option `{pair}`; the only one is ttl"),
+                    ));
+                }
+            }
+        }
+        Ok(reg)
+    }
+
+    fn on(table: Arc<Table>, ttl: Duration) -> Self {
+        let id = table.next_lease.fetch_add(1, Ordering::Relaxed);
+        let lease = Arc::new(Lease {
+            id,
+            ttl,
+            keeping_alive: AtomicBool::new(false),
+            registered: Mutex::default(),
+            table: Arc::downgrade(&table),
+        });
+        MemoryRegistry { table, lease }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.table.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start_keepalive(&self) {
+        if self.lease.keeping_alive.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let lease = Arc::downgrade(&self.lease);
+        let every = self.lease.ttl / 3;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            loop {
+                ticks.tick().await;
+                let Some(lease) = lease.upgrade() else { return };
+                let Some(table) = lease.table.upgrade() else {
+                    return;
+                };
+                renew(&table, &lease);
+            }
+        });
+    }
+}
+
+impl Table {
+    /// Starts the reaper on the current runtime unless one is alive.
+    fn ensure_reaper(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err()
+            || self.reaping.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let table = Arc::downgrade(self);
+        tokio::spawn(async move {
+            struct Alive(Weak<Table>);
+            impl Drop for Alive {
+                fn drop(&mut self) {
+                    if let Some(t) = self.0.upgrade() {
+                        t.reaping.store(false, Ordering::Release);
+                    }
+                }
+            }
+            let _alive = Alive(table.clone());
+            // The reaper keeps its table alive while it waits: it is one task per table and
+            // runtime, and it ends with the runtime.
+            let Some(t) = table.upgrade() else { return };
+            loop {
+                let wake = t.wake.notified();
+                let next = t.reap(Instant::now());
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at) => {}
+                            _ = wake => {}
+                        }
+                    }
+                    None => wake.await,
+                }
+            }
+        });
+    }
+
+    /// Ends every lease that expired by `now`; returns the next expiry.
+    fn reap(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let expired: Vec<u64> = state
+            .leases
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            state.leases.remove(id);
+            tracing::warn!(
+                lease = id,
+                "memory registry: lease expired; removing its instances"
+            );
+        }
+        if !expired.is_empty() {
+            for svc in state.services.values_mut() {
+                let before = svc.entries.len();
+                svc.entries.retain(|_, (_, lease)| !expired.contains(lease));
+                if svc.entries.len() != before {
+                    svc.publish();
+                }
+            }
+        }
+        state.leases.values().min().copied()
+    }
+}
+
+/// Pushes the lease's expiry out by its TTL; re-registers its instances if it had expired
+/// (its owner was frozen for longer than the TTL).
+fn renew(table: &Arc<Table>, lease: &Lease) {
+    let expires = Instant::now() + lease.ttl;
+    let lost = {
+        let mut state = table.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.leases.insert(lease.id, expires).is_none()
+    };
+    if lost {
+        let instances = lease
+            .registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !instances.is_empty() {
+            tracing::warn!(
+                lease = lease.id,
+                "memory registry: lease had expired; registering again"
+            );
+        }
+        let mut state = table.state.lock().unwrap_or_else(|p| p.into_inner());
+        for i in instances {
+            put(&mut state, i, lease.id);
+        }
+    }
+    table.wake.notify_one();
+    table.ensure_reaper();
+}
+
+fn put(state: &mut State, instance: Instance, lease: u64) {
+    let svc = state
+        .services
+        .entry(instance.service.clone())
+        .or_insert_with(Service::new);
+    svc.entries.insert(instance.id.clone(), (instance, lease));
+    svc.publish();
 }
 
 #[async_trait::async_trait]
 impl Registry for MemoryRegistry {
     async fn register(&self, instance: &Instance) -> Result<(), Error> {
         instance.validate()?;
-        self.with(&instance.service, |tx| {
-            tx.send_modify(|set| {
-                let mut v: Vec<Instance> = set
-                    .iter()
-                    .filter(|i| i.id != instance.id)
-                    .cloned()
-                    .collect();
-                v.push(instance.clone());
-                v.sort_by(|a, b| a.id.cmp(&b.id));
-                *set = v.into();
-            })
-        });
+        {
+            let mut reg = self
+                .lease
+                .registered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            reg.retain(|i| !(i.service == instance.service && i.id == instance.id));
+            reg.push(instance.clone());
+        }
+        {
+            let mut state = self.state();
+            let expires = Instant::now() + self.lease.ttl;
+            state.leases.entry(self.lease.id).or_insert(expires);
+            put(&mut state, instance.clone(), self.lease.id);
+        }
+        self.table.wake.notify_one();
+        self.table.ensure_reaper();
+        self.start_keepalive();
         Ok(())
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<(), Error> {
-        self.with(service, |tx| {
-            tx.send_if_modified(|set| {
-                let before = set.len();
-                let v: Vec<Instance> = set.iter().filter(|i| i.id != id).cloned().collect();
-                let changed = v.len() != before;
-                if changed {
-                    *set = v.into();
-                }
-                changed
-            })
-        });
+        self.lease
+            .registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|i| !(i.service == service && i.id == id));
+        let mut state = self.state();
+        if let Some(svc) = state.services.get_mut(service)
+            && svc.entries.remove(id).is_some()
+        {
+            svc.publish();
+        }
         Ok(())
     }
 
     async fn watch(&self, service: &str) -> Result<Instances, Error> {
-        Ok(self.with(service, |tx| tx.subscribe()))
+        self.table.ensure_reaper();
+        let mut state = self.state();
+        Ok(state
+            .services
+            .entry(service.to_owned())
+            .or_insert_with(Service::new)
+            .tx
+            .subscribe())
+    }
+
+    /// Revokes this handle's lease: its registrations vanish at once.
+    async fn shutdown(&self) -> Result<(), Error> {
+        self.lease
+            .registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let mut state = self.state();
+        state.leases.remove(&self.lease.id);
+        let id = self.lease.id;
+        for svc in state.services.values_mut() {
+            let before = svc.entries.len();
+            svc.entries.retain(|_, (_, lease)| *lease != id);
+            if svc.entries.len() != before {
+                svc.publish();
+            }
+        }
+        Ok(())
     }
 }

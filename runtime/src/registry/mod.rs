@@ -2,7 +2,8 @@
 //! set of a service.
 //!
 //! Backends, chosen by URL with [`from_url`]:
-//! - `memory://`: [`MemoryRegistry`], in-process, no server; the default for demos and tests;
+//! - `memory://[?ttl=10s]`: [`MemoryRegistry`], in-process, no server, with etcd's liveness
+//!   (each handle holds a lease renewed by a keepalive task); the default for demos and tests;
 //! - `static://host:port,host:port`: [`StaticRegistry`], a fixed list served for every
 //!   service name;
 //! - `etcd://host:port[,host:port...]`: [`EtcdRegistry`], etcd v3 with one TTL lease per
@@ -162,7 +163,7 @@ pub async fn from_url(url: &str) -> Result<Arc<dyn Registry>, Error> {
         )
     })?;
     match scheme {
-        "memory" => Ok(Arc::new(MemoryRegistry::global())),
+        "memory" => Ok(Arc::new(MemoryRegistry::from_url_rest(rest)?)),
         "static" => Ok(Arc::new(StaticRegistry::parse(rest)?)),
         "etcd" => Ok(Arc::new(
             EtcdRegistry::connect(EtcdConfig::parse(rest)?).await?,

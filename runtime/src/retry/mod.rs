@@ -28,7 +28,6 @@ mod throttle;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -43,8 +42,11 @@ pub use self::pushback::{PUSHBACK_KEY, Pushback};
 pub use self::throttle::RetryThrottle;
 
 use crate::Context;
-use crate::breaker::{self, CircuitBreaker, Outcome};
+use crate::breaker::{self, CircuitBreaker, Outcome, OwnedPermit};
 use crate::code::code_name;
+use crate::outcome::{
+    AttemptInfo, AttemptOutcome, MAX_TRANSPARENT_RETRIES, classify, mark_passed_through,
+};
 
 /// The metadata key that tells the server how many attempts came before this one.
 pub const PREVIOUS_ATTEMPTS_KEY: &str = "grpc-previous-rpc-attempts";
@@ -193,7 +195,10 @@ impl CallPolicy {
             .unwrap_or_else(crate::trace::TraceContext::new_root);
         let result = self
             .attempts(ctx.deadline(), &trace, request, attempt)
-            .await;
+            .await
+            // Whatever this client returns, a handler may relay: mark it so the next caller
+            // up does not blame the relaying service.
+            .map_err(|status| mark_passed_through(status, &self.service));
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
@@ -231,6 +236,7 @@ impl CallPolicy {
         let mut avoid: Option<Arc<str>> = None;
         let mut backoff_n = 0u32;
         let mut attempts = 0u32;
+        let mut transparent = 0u32;
         loop {
             attempts += 1;
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -244,6 +250,21 @@ impl CallPolicy {
                 (_, Some(r)) => (Some(r), true),
                 (None, None) => (None, false),
             };
+
+            // The breaker sits inside the retry loop (each attempt is recorded) and outside
+            // the timeout (timeouts count as failures). A rejection fails fast, unretried.
+            let permit = match &self.breaker {
+                Some(breaker) => match OwnedPermit::acquire(breaker) {
+                    Ok(permit) => Some(permit),
+                    Err(rejected) => {
+                        crate::metrics::breaker_rejected(breaker.name());
+                        return Err(breaker::rejection_status(breaker.name(), &rejected));
+                    }
+                },
+                None => None,
+            };
+            let probe = permit.as_ref().is_some_and(OwnedPermit::is_probe);
+
             let mut req =
                 tonic::Request::from_parts(metadata.clone(), extensions.clone(), message.clone());
             if attempts > 1 {
@@ -254,39 +275,21 @@ impl CallPolicy {
                 req.set_timeout(bound);
             }
             crate::trace::inject_metadata(trace, req.metadata_mut());
-            let commit = CommitMarker::default();
-            req.extensions_mut().insert(commit.clone());
-            if let Some(avoid) = &avoid {
-                req.extensions_mut().insert(Avoid(avoid.clone()));
-            }
+            let info = AttemptInfo::new(avoid.take(), probe);
+            req.extensions_mut().insert(info.clone());
 
-            // The breaker sits inside the retry loop (each attempt is recorded) and outside
-            // the timeout (timeouts count as failures). A rejection fails fast, unretried.
-            let permit = match &self.breaker {
-                Some(breaker) => match breaker.try_acquire() {
-                    Ok(permit) => Some(permit),
-                    Err(rejected) => {
-                        crate::metrics::breaker_rejected(breaker.name());
-                        return Err(breaker::rejection_status(breaker.name(), &rejected));
-                    }
-                },
-                None => None,
-            };
             let attempt_started = Instant::now();
             let fut = attempt(req);
             let result = match bound {
                 Some(bound) => tokio::time::timeout(bound, fut).await.ok(),
                 None => Some(fut.await),
             };
-            // The attempt timed out when our own timer fired, or when the `grpc-timeout` we
-            // sent expired elsewhere: in tonic's channel (which reports `Cancelled`) or in the
-            // server (DEADLINE_EXCEEDED marked by our deadline layer, or arriving once the
-            // bound has all but run out). Any other DEADLINE_EXCEEDED from the server is an
-            // ordinary status, retried only if listed.
-            let expired =
-                |status: &Status| expired_our_timeout(status, bound, attempt_started.elapsed());
-            let (status, timed_out) = match result {
+            // Classified once; the breaker, the balancer and the retry decision below all
+            // read this outcome.
+            let own_timer_fired = result.is_none();
+            let status = match result {
                 Some(Ok(response)) => {
+                    info.report(AttemptOutcome::Success);
                     if let Some(permit) = permit {
                         permit.record(Outcome::Success);
                     }
@@ -295,28 +298,61 @@ impl CallPolicy {
                     }
                     return Ok(response);
                 }
-                Some(Err(status)) if !expired(&status) => {
-                    (connection_failure_as_unavailable(status), false)
+                Some(Err(status)) => status,
+                None => Status::deadline_exceeded(format!(
+                    "attempt timed out after {:?}",
+                    bound.unwrap_or_default()
+                )),
+            };
+            // Our own timer fired, or the `grpc-timeout` we sent expired elsewhere (the
+            // server marks it; or it arrives once the bound has all but run out).
+            let timed_out =
+                own_timer_fired || expired_our_timeout(&status, bound, attempt_started.elapsed());
+            let outcome = classify(&status, timed_out);
+            info.report(outcome);
+            if let Some(permit) = permit {
+                match self
+                    .breaker
+                    .as_ref()
+                    .and_then(|b| breaker::effect(b.config(), outcome))
+                {
+                    Some(o) => permit.record(o),
+                    None => drop(permit), // nothing to record; frees a probe slot
                 }
-                _ => (
+            }
+            let status = match outcome {
+                AttemptOutcome::NotSent | AttemptOutcome::Transport
+                    if status.code() != tonic::Code::Unavailable =>
+                {
+                    Status::unavailable(format!("connection failed: {}", status.message()))
+                }
+                AttemptOutcome::Timeout if status.code() != tonic::Code::DeadlineExceeded => {
                     Status::deadline_exceeded(format!(
                         "attempt timed out after {:?}",
                         bound.unwrap_or_default()
-                    )),
-                    true,
-                ),
+                    ))
+                }
+                _ => status,
             };
-            if let (Some(permit), Some(breaker)) = (permit, &self.breaker) {
-                // Our own timeouts always count; otherwise the per-service table decides.
-                let failed = timed_out || breaker.config().is_failure(status.code());
-                permit.record(if failed {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                });
-            }
 
-            if timed_out && is_deadline {
+            match outcome {
+                // Relayed from a deeper hop: not this downstream's failure, and another try
+                // here cannot fix it.
+                AttemptOutcome::PassedThrough(_) => return Err(status),
+                // Never reached a server: send it again at once, elsewhere, uncounted.
+                AttemptOutcome::NotSent if transparent < MAX_TRANSPARENT_RETRIES => {
+                    transparent += 1;
+                    attempts -= 1;
+                    avoid = info.endpoint();
+                    tracing::debug!(
+                        service = %self.service, method = %self.method,
+                        "connection failed before the request was sent; sending it elsewhere"
+                    );
+                    continue;
+                }
+                _ => {}
+            }
+            if outcome == AttemptOutcome::Timeout && is_deadline {
                 return Err(self.exhausted(attempts, Some(&status)));
             }
             let Some(retry) = self.retry else {
@@ -325,8 +361,8 @@ impl CallPolicy {
             if breaker::is_open_rejection(&status) {
                 return Err(status); // a breaker further in rejected it: fail fast
             }
-            avoid = commit.endpoint();
-            if commit.is_committed() {
+            avoid = info.endpoint();
+            if info.is_committed() {
                 return Err(status);
             }
             let pushback = Pushback::from_metadata(status.metadata());
@@ -336,7 +372,11 @@ impl CallPolicy {
                 }
                 return Err(status);
             }
-            if !(timed_out || retry.retryable_codes().contains(status.code())) {
+            let retryable = match outcome {
+                AttemptOutcome::Timeout => true,
+                _ => retry.retryable_codes().contains(status.code()),
+            };
+            if !retryable {
                 return Err(status);
             }
             if let Some(throttle) = &self.throttle
@@ -389,23 +429,6 @@ impl CallPolicy {
     }
 }
 
-/// A connection that failed or closed under a call (tonic reports some of these as
-/// `Cancelled`) is `UNAVAILABLE`, as gRPC defines it: the caller did not cancel anything, and
-/// another attempt, on another connection, may well succeed.
-fn connection_failure_as_unavailable(status: Status) -> Status {
-    if status.code() == tonic::Code::Unavailable {
-        return status;
-    }
-    let mut cur = std::error::Error::source(&status);
-    while let Some(e) = cur {
-        if e.is::<tonic::transport::Error>() {
-            return Status::unavailable(format!("connection failed: {}", status.message()));
-        }
-        cur = e.source();
-    }
-    status
-}
-
 /// Whether `status` reports that the `grpc-timeout` we sent (`bound`) expired.
 fn expired_our_timeout(status: &Status, bound: Option<Duration>, elapsed: Duration) -> bool {
     if is_transport_timeout(status) {
@@ -430,40 +453,6 @@ fn is_transport_timeout(status: &Status) -> bool {
     }
     false
 }
-
-/// What the client channel reports about one attempt: whether response headers arrived
-/// (from then on the call is committed and is not retried), and which endpoint served it.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct CommitMarker(Arc<AttemptInfo>);
-
-#[derive(Debug, Default)]
-pub(crate) struct AttemptInfo {
-    committed: AtomicBool,
-    endpoint: std::sync::Mutex<Option<Arc<str>>>,
-}
-
-impl CommitMarker {
-    pub(crate) fn commit(&self) {
-        self.0.committed.store(true, Ordering::Release);
-    }
-    pub(crate) fn is_committed(&self) -> bool {
-        self.0.committed.load(Ordering::Acquire)
-    }
-    pub(crate) fn set_endpoint(&self, id: Arc<str>) {
-        *self.0.endpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
-    }
-    pub(crate) fn endpoint(&self) -> Option<Arc<str>> {
-        self.0
-            .endpoint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-/// Asks the channel to send this attempt to another endpoint than the one that just failed.
-#[derive(Clone, Debug)]
-pub(crate) struct Avoid(pub(crate) Arc<str>);
 
 /// Retries calls to a typed unary gRPC service under a [`CallPolicy`].
 ///

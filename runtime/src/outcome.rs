@@ -1,0 +1,289 @@
+//! How one attempt ended, classified once; retry, breaker, outlier detection and metrics all
+//! read this classification instead of re-deciding from the raw status.
+//!
+//! # Failure origin
+//! Every attempt ends in one [`AttemptOutcome`], classified by [`classify`]:
+//!
+//! | outcome | what happened | retry | breaker | outlier detection (endpoint) |
+//! | --- | --- | --- | --- | --- |
+//! | `Success` | the downstream answered OK | done | success | success |
+//! | `NotSent` (local) | the request never reached a server: connection refused, connect timeout, no connection | *transparent*: sent again at once to another endpoint, not counted as an attempt (at most [`MAX_TRANSPARENT_RETRIES`] per call, then it counts as `Transport`) | nothing | local-origin failure: ejects at once (`consecutive_local_origin_failure`) |
+//! | `Transport` (local) | the connection failed under the call (reset, closed, HTTP/2 error) | as `UNAVAILABLE` | failure | local-origin failure |
+//! | `Timeout` (local) | our own per-attempt timeout, or the `grpc-timeout` we sent expired at the server | retried (the attempt, not the call, ran out of time) | failure | failure (counts in the success rate; never an immediate ejection) |
+//! | `Remote(code)` | a status the downstream itself produced | if `code` is retryable | per the breaker's failure codes | failure if `code` is in [`ENDPOINT_FAILURE_CODES`], else success |
+//! | `PassedThrough(code)` | a status the downstream relayed from a deeper hop | never | nothing | nothing |
+//!
+//! # Passed-through statuses
+//! Every error a resilient client returns to its caller carries the metadata key
+//! [`PASSED_THROUGH_KEY`], whose value names the service where the failure began. A handler
+//! that returns that status (`?`, or `return Err(status)`) sends the key on in its trailers,
+//! so the next caller up sees that the failure came from further down: its breaker, its
+//! outlier detection and its retries leave the healthy relaying service alone. The key is
+//! kept as it is across further hops, so it always names the first failing service. A
+//! breaker's fail-fast rejection ([`crate::breaker::OPEN_REJECTION_KEY`]) and an exhausted
+//! overall deadline ("deadline exceeded upstream") are errors returned by a client, so they
+//! carry the key too.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::code::CodeSet;
+
+/// The metadata key that marks a status relayed from a deeper hop; its value is the service
+/// where the failure began.
+pub const PASSED_THROUGH_KEY: &str = "steadfast-passed-through";
+
+/// How many times one call is sent again, at once and uncounted, after attempts that never
+/// reached a server.
+pub const MAX_TRANSPARENT_RETRIES: u32 = 3;
+
+/// The remote codes that count against an endpoint in outlier detection: the same codes a
+/// breaker counts as failures by default (Unavailable, DeadlineExceeded, Internal, Unknown,
+/// ResourceExhausted, DataLoss). Any other code means the endpoint answered.
+pub const ENDPOINT_FAILURE_CODES: CodeSet = CodeSet::EMPTY
+    .with(Code::Unavailable)
+    .with(Code::DeadlineExceeded)
+    .with(Code::Internal)
+    .with(Code::Unknown)
+    .with(Code::ResourceExhausted)
+    .with(Code::DataLoss);
+
+/// Where a failure began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// In this process or on the wire: no connection, a broken connection, our own timeout.
+    Local,
+    /// In the downstream itself.
+    Remote,
+    /// Further down: the downstream relayed another service's failure.
+    PassedThrough,
+}
+
+/// How one attempt ended. See the [module docs](self) for what each one does.
+///
+/// ```
+/// use steadfast::outcome::{classify, AttemptOutcome, Origin};
+/// use tonic::{Code, Status};
+///
+/// assert_eq!(classify(&Status::not_found("no user"), false), AttemptOutcome::Remote(Code::NotFound));
+/// let relayed = steadfast::outcome::mark_passed_through(Status::unavailable("down"), "user-svc");
+/// assert_eq!(classify(&relayed, false).origin(), Some(Origin::PassedThrough));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    /// The downstream answered OK.
+    Success,
+    /// The request never reached a server.
+    NotSent,
+    /// The connection failed under the call.
+    Transport,
+    /// The attempt ran out of its own time.
+    Timeout,
+    /// A status the downstream produced.
+    Remote(Code),
+    /// A status the downstream relayed from a deeper hop.
+    PassedThrough(Code),
+}
+
+impl AttemptOutcome {
+    /// Where the failure began (`None` for a success).
+    pub fn origin(self) -> Option<Origin> {
+        match self {
+            AttemptOutcome::Success => None,
+            AttemptOutcome::NotSent | AttemptOutcome::Transport | AttemptOutcome::Timeout => {
+                Some(Origin::Local)
+            }
+            AttemptOutcome::Remote(_) => Some(Origin::Remote),
+            AttemptOutcome::PassedThrough(_) => Some(Origin::PassedThrough),
+        }
+    }
+
+    /// The gRPC code the caller sees for this outcome (local failures are `UNAVAILABLE`, or
+    /// `DEADLINE_EXCEEDED` for a timeout).
+    pub fn code(self) -> Code {
+        match self {
+            AttemptOutcome::Success => Code::Ok,
+            AttemptOutcome::NotSent | AttemptOutcome::Transport => Code::Unavailable,
+            AttemptOutcome::Timeout => Code::DeadlineExceeded,
+            AttemptOutcome::Remote(c) | AttemptOutcome::PassedThrough(c) => c,
+        }
+    }
+
+    /// What this outcome says about the endpoint that served it, for outlier detection.
+    pub fn endpoint_effect(self) -> EndpointEffect {
+        match self {
+            AttemptOutcome::Success => EndpointEffect::Success,
+            AttemptOutcome::NotSent | AttemptOutcome::Transport => EndpointEffect::LocalFailure,
+            AttemptOutcome::Timeout => EndpointEffect::Failure,
+            AttemptOutcome::Remote(c) if ENDPOINT_FAILURE_CODES.contains(c) => {
+                EndpointEffect::Failure
+            }
+            AttemptOutcome::Remote(_) => EndpointEffect::Success,
+            AttemptOutcome::PassedThrough(_) => EndpointEffect::Ignore,
+        }
+    }
+}
+
+/// What one attempt tells outlier detection about its endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointEffect {
+    /// It answered.
+    Success,
+    /// It failed (counts toward the success rate and the failure percentage).
+    Failure,
+    /// The connection to it failed (also counts consecutive local-origin failures).
+    LocalFailure,
+    /// Nothing: the failure was not its own.
+    Ignore,
+}
+
+/// Classifies a failed attempt's status. `timed_out` says whether our own per-attempt timer
+/// fired. Passed-through wins over everything else, then local failures, then the remote
+/// code.
+pub fn classify(status: &Status, timed_out: bool) -> AttemptOutcome {
+    if status.metadata().contains_key(PASSED_THROUGH_KEY) {
+        return AttemptOutcome::PassedThrough(status.code());
+    }
+    if timed_out {
+        return AttemptOutcome::Timeout;
+    }
+    let mut transport = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cur {
+        if e.is::<tonic::ConnectError>() {
+            return AttemptOutcome::NotSent;
+        }
+        if e.is::<tonic::TimeoutExpired>() {
+            return AttemptOutcome::Timeout;
+        }
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            transport = true;
+        }
+        cur = e.source();
+    }
+    if transport {
+        return AttemptOutcome::Transport;
+    }
+    if status.code() == Code::DeadlineExceeded
+        && status
+            .metadata()
+            .contains_key(crate::deadline::DEADLINE_EXPIRED_KEY)
+    {
+        return AttemptOutcome::Timeout;
+    }
+    AttemptOutcome::Remote(status.code())
+}
+
+/// Marks `status` as relayed from `service` (kept as it is when already marked, so the
+/// value names the first failing service).
+///
+/// ```
+/// use steadfast::outcome::{mark_passed_through, PASSED_THROUGH_KEY};
+/// let s = mark_passed_through(tonic::Status::unavailable("down"), "user-svc");
+/// let s = mark_passed_through(s, "order-svc");
+/// assert_eq!(s.metadata().get(PASSED_THROUGH_KEY).unwrap(), "user-svc");
+/// ```
+pub fn mark_passed_through(mut status: Status, service: &str) -> Status {
+    if !status.metadata().contains_key(PASSED_THROUGH_KEY) {
+        let value = MetadataValue::try_from(service)
+            .unwrap_or_else(|_| MetadataValue::from_static("unknown"));
+        status.metadata_mut().insert(PASSED_THROUGH_KEY, value);
+    }
+    status
+}
+
+type Reporter = Box<dyn Fn(AttemptOutcome) + Send + Sync>;
+
+/// What the layers of one attempt tell each other, carried as a request extension: the
+/// caller (retry) sets whether this is a breaker probe and which endpoint to avoid; the
+/// balancer records which endpoint it chose and how to report the outcome to it; the
+/// transport marks the attempt committed once response headers arrive.
+///
+/// ```
+/// use steadfast::outcome::{AttemptInfo, AttemptOutcome};
+/// let info = AttemptInfo::new(None, false);
+/// info.set_endpoint("u1".into(), Box::new(|o| assert_eq!(o, AttemptOutcome::Success)));
+/// assert_eq!(info.endpoint().as_deref(), Some("u1"));
+/// info.report(AttemptOutcome::Success);
+/// ```
+#[derive(Clone, Default)]
+pub struct AttemptInfo(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    avoid: Option<Arc<str>>,
+    probe: bool,
+    committed: AtomicBool,
+    endpoint: Mutex<Option<Arc<str>>>,
+    reporter: OnceLock<Reporter>,
+    reported: AtomicBool,
+}
+
+impl std::fmt::Debug for AttemptInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptInfo")
+            .field("avoid", &self.0.avoid)
+            .field("probe", &self.0.probe)
+            .field("committed", &self.is_committed())
+            .field("endpoint", &self.endpoint())
+            .finish()
+    }
+}
+
+impl AttemptInfo {
+    /// Info for one attempt that should avoid the endpoint `avoid` when another exists, and
+    /// that is (or is not) a breaker's half-open probe.
+    pub fn new(avoid: Option<Arc<str>>, probe: bool) -> Self {
+        AttemptInfo(Arc::new(Inner {
+            avoid,
+            probe,
+            ..Inner::default()
+        }))
+    }
+    /// The endpoint to avoid.
+    pub fn avoid(&self) -> Option<&str> {
+        self.0.avoid.as_deref()
+    }
+    /// Whether the attempt is a half-open probe (it should go to an endpoint in good
+    /// standing).
+    pub fn is_probe(&self) -> bool {
+        self.0.probe
+    }
+    /// Marks the attempt committed: response headers arrived (gRFC A6).
+    pub fn commit(&self) {
+        self.0.committed.store(true, Ordering::Release);
+    }
+    /// Whether the attempt is committed.
+    pub fn is_committed(&self) -> bool {
+        self.0.committed.load(Ordering::Acquire)
+    }
+    /// Records the chosen endpoint and how to tell it the outcome (set by the balancer).
+    pub fn set_endpoint(&self, id: Arc<str>, reporter: Reporter) {
+        *self.0.endpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        let _ = self.0.reporter.set(reporter);
+    }
+    /// The endpoint that served the attempt, if a balancer chose one.
+    pub fn endpoint(&self) -> Option<Arc<str>> {
+        self.0
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// Whether a balancer is waiting for [`report`](Self::report).
+    pub fn wants_report(&self) -> bool {
+        self.0.reporter.get().is_some()
+    }
+    /// Tells the endpoint's outlier detection how the attempt ended. Only the first report
+    /// counts.
+    pub fn report(&self, outcome: AttemptOutcome) {
+        if let Some(r) = self.0.reporter.get()
+            && !self.0.reported.swap(true, Ordering::AcqRel)
+        {
+            r(outcome);
+        }
+    }
+}
