@@ -33,6 +33,9 @@ pub struct DemoOptions {
     pub progress: bool,
 }
 
+/// The length of each phase in the full demo (`--quick` uses 2 s).
+pub const FULL_PHASE: Duration = Duration::from_secs(6);
+
 /// The phases of the timeline.
 pub const PHASES: [&str; 5] = [
     "steady",

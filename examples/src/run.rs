@@ -170,6 +170,15 @@ impl Process {
         self.runtime.is_some()
     }
 
+    /// Freezes it for `d`, like SIGSTOP then SIGCONT: its only worker thread is blocked, so
+    /// none of its tasks (server, health, registry keepalive) runs until `d` has passed.
+    /// Resolves when it is thawed.
+    pub async fn freeze(&self, d: Duration) {
+        if let Some(rt) = &self.runtime {
+            let _ = rt.spawn(async move { std::thread::sleep(d) }).await;
+        }
+    }
+
     /// Crashes it: every task stops where it is, sockets close, nothing is deregistered (its
     /// registry lease expires after the TTL).
     pub fn kill(&mut self) {

@@ -112,8 +112,22 @@
 //! deadline as [`Context`]. Resilient clients called inside the handler bound their calls by
 //! what is left, so a deadline shrinks from hop to hop.
 //!
+//! # Failure origin: who gets blamed
+//! Every attempt's outcome is classified once ([`outcome::classify`]) as *local* (no
+//! connection, a broken connection, our own timeout), *remote* (a status the downstream
+//! produced) or *passed-through* (a status the downstream relayed from a deeper hop, marked
+//! with [`outcome::PASSED_THROUGH_KEY`], which every resilient client puts on the errors it
+//! returns). Retry, breaker, outlier detection and metrics all read that one classification;
+//! the table of what each outcome does is in [`outcome`]. A passed-through failure is never
+//! retried and never counts against the service that relayed it, so an outage deep in the
+//! call graph opens the breakers next to it and nowhere else, and every hop recovers as soon
+//! as the failing service does.
+//!
 //! # Modules
 //! - [`retry`](mod@retry): gRFC A6 retries, also usable as a plain tower [`retry::RetryLayer`].
+//! - [`outcome`]: the classification of attempts and the passed-through marker.
+//! - [`discovery`]: outlier detection (gRFC A50, Envoy) and panic mode for discovered
+//!   endpoints.
 //! - [`breaker`]: one circuit breaker per downstream service, also a plain tower
 //!   [`breaker::BreakerLayer`].
 //! - [`metrics`]: Prometheus metrics in OpenMetrics text.
@@ -143,6 +157,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod registry;
 pub mod retry;
+mod spec;
 pub mod telemetry;
 mod time;
 pub mod tls;

@@ -445,3 +445,75 @@ fn a_breaker_outlives_the_runtime_it_was_made_in() {
         );
     });
 }
+
+/// Closes `b` again after a trip: waits out the open period and feeds successful probes.
+async fn reclose(b: &CircuitBreaker) {
+    tokio::time::advance(b.config().open_timeout()).await;
+    feed(b, &[false; 3]);
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_result_from_an_earlier_closed_period_changes_nothing() {
+    let b = breaker(BreakerConfig::default());
+    // Admitted while closed, still running while the breaker trips, reopens and recloses.
+    let slow_success = b.try_acquire().unwrap();
+    let slow_failures: Vec<_> = (0..4).map(|_| b.try_acquire().unwrap()).collect();
+    feed(&b, &[true; 4]);
+    assert_eq!(b.state(), BreakerState::Open);
+    reclose(&b).await;
+    let before = b.counts();
+    // Four late failures would trip a fresh window (4 >= min_failures, ratio 1.0).
+    for p in slow_failures {
+        p.failure();
+    }
+    slow_success.success();
+    assert_eq!(
+        b.counts(),
+        before,
+        "results of an older generation are dropped"
+    );
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_result_does_not_decide_a_half_open_probe_period() {
+    let b = breaker(BreakerConfig::default());
+    let late = b.try_acquire().unwrap();
+    feed(&b, &[true; 4]);
+    tokio::time::advance(b.config().open_timeout()).await;
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    // A call admitted before the trip fails now: it is not a probe of this period.
+    late.failure();
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    feed(&b, &[false; 3]);
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_open_period_ends_by_time_without_any_call() {
+    let registry = BreakerRegistry::new();
+    let b = registry.get_or_insert("idle-svc", BreakerConfig::default());
+    let gauge = |v: i64| format!("steadfast_breaker_state{{service=\"idle-svc\"}} {v}");
+    feed(&b, &[true; 4]);
+    assert!(steadfast::metrics::render().contains(&gauge(1)));
+    tokio::time::sleep(b.config().open_timeout() - Duration::from_millis(1)).await;
+    assert!(
+        steadfast::metrics::render().contains(&gauge(1)),
+        "still open"
+    );
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    // No call, no state() read: the timer moved it, and the gauge shows it.
+    let text = steadfast::metrics::render();
+    assert!(text.contains(&gauge(2)), "{text}");
+    assert_eq!(
+        registry.states(),
+        [("idle-svc".to_owned(), BreakerState::HalfOpen)]
+    );
+
+    // A breaker not made by a registry has no timer, but its state still reads the truth.
+    let plain = breaker(BreakerConfig::default());
+    feed(&plain, &[true; 4]);
+    tokio::time::advance(plain.config().open_timeout()).await;
+    assert_eq!(plain.state(), BreakerState::HalfOpen);
+}

@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         phase: if args.quick {
             Duration::from_secs(2)
         } else {
-            Duration::from_secs(6)
+            demo::FULL_PHASE
         },
         workers: args.workers,
         registry: args.registry,

@@ -16,7 +16,12 @@
 //! | --- | --- |
 //! | failure | Unavailable, DeadlineExceeded (our per-attempt timeouts included), Internal, Unknown, ResourceExhausted, DataLoss |
 //! | success (the downstream answered) | Ok, InvalidArgument, NotFound, AlreadyExists, PermissionDenied, Unauthenticated, FailedPrecondition, OutOfRange, Unimplemented, Aborted, Cancelled |
-//! | nothing | a call the caller cancels (its future dropped) |
+//! | nothing | a call the caller cancels (its future dropped); a status relayed from a deeper hop ([`crate::outcome::PASSED_THROUGH_KEY`]); an attempt that never reached a server |
+//!
+//! A result counts only in the period that admitted it: a call admitted before a trip (or
+//! before the last close) that finishes later changes nothing. An open period ends by timer
+//! for breakers made by a [`BreakerRegistry`] or [`CircuitBreaker::shared`], so the state and
+//! its gauge read `half_open` with no traffic.
 //!
 //! The table is configurable per service ([`BreakerConfigBuilder::failure_codes`]).
 //!

@@ -199,7 +199,12 @@ impl ClientConfig {
     /// Overrides per-method timeouts and retry policies, and the retry throttle, from gRPC
     /// service config. Entries are matched on the client's `grpc_service` name (or on its
     /// steadfast service name when the client has none) and the method's gRPC name.
+    ///
+    /// Its `loadBalancingConfig` outlier detection, if any, replaces the client's.
     pub fn service_config(mut self, config: ServiceConfig) -> Self {
+        if let Some(od) = config.outlier_detection() {
+            self.outlier_detection = *od;
+        }
         self.service_config = Some(config);
         self
     }

@@ -7,9 +7,14 @@
 //!   endpoint than the one that just failed, when another exists; a breaker's half-open probe
 //!   goes to an endpoint in good standing.
 //! - [`OutlierDetection`] (gRFC A50 and Envoy) decides ejections from each attempt's
-//!   outcome as [`crate::outcome`] classifies it: a connection failure ejects at once; the
-//!   success-rate and failure-percentage rules run every interval; a failure every replica
-//!   shares ejects no one; statuses relayed from a deeper hop count for nothing.
+//!   outcome as [`crate::outcome`] classifies it: a connection failure ejects at once, five
+//!   failures in a row while another endpoint answers eject at once; the success-rate and
+//!   failure-percentage rules run every interval; a failure every replica shares ejects no
+//!   one; our own timeouts count as failures but are not connection failures; statuses
+//!   relayed from a deeper hop count for nothing. Ejections grow with repeats and shrink
+//!   back once the endpoint is healthy.
+//! - An attempt that never reached a server (connection refused) is sent again at once to
+//!   another endpoint, not counted as an attempt (see [`crate::outcome`]).
 //! - Panic mode (Envoy's `healthy_panic_threshold`): when fewer than the threshold share of
 //!   endpoints (default 50 %) is in good standing, calls are balanced over all of them,
 //!   ejected or not, instead of piling onto the few that are left.
@@ -22,7 +27,7 @@ use std::sync::{Arc, RwLock, Weak};
 
 use tokio::time::Instant;
 
-pub use self::outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
+pub use crate::spec::outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 
 use crate::Error;
 use crate::client::ClientConfig;

@@ -9,11 +9,15 @@ use super::policy::{MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, validate_codes};
 use super::{RetryPolicy, RetryThrottle};
 use crate::Error;
 use crate::code::CodeSet;
+use crate::spec::outlier::OutlierDetection;
 
 /// A parsed gRPC service config: per-method timeouts and retry policies, and throttling.
 ///
-/// Fields that steadfast does not use (`loadBalancingConfig`, `waitForReady`, ...) are
-/// ignored, so the same file can configure clients in other languages. Values follow gRFC A6:
+/// `loadBalancingConfig` may hold gRFC A50's `outlier_detection` (or
+/// `outlier_detection_experimental`) entry, which configures the client's
+/// [`OutlierDetection`](crate::discovery::OutlierDetection). Fields that steadfast does not
+/// use (`waitForReady`, ...) are ignored, so the same file can configure clients in other
+/// languages. Values follow gRFC A6:
 /// `maxAttempts` above 5 is clamped to 5 with a warning; a never-retryable code in
 /// `retryableStatusCodes`, a missing field or a non-positive backoff is an error that names
 /// the field.
@@ -49,6 +53,7 @@ use crate::code::CodeSet;
 pub struct ServiceConfig {
     methods: Vec<MethodConfig>,
     throttling: Option<(u32, f64)>,
+    outlier_detection: Option<OutlierDetection>,
 }
 
 /// The settings of one `methodConfig` entry.
@@ -79,6 +84,7 @@ struct RawConfig {
     #[serde(default)]
     method_config: Vec<RawMethodConfig>,
     retry_throttling: Option<RawThrottling>,
+    load_balancing_config: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -144,9 +150,14 @@ impl ServiceConfig {
                 Ok::<_, Error>((max, ratio))
             })
             .transpose()?;
+        let outlier_detection = match &raw.load_balancing_config {
+            Some(list) => OutlierDetection::from_lb_config(list)?,
+            None => None,
+        };
         Ok(ServiceConfig {
             methods,
             throttling,
+            outlier_detection,
         })
     }
 
@@ -169,6 +180,11 @@ impl ServiceConfig {
         find(&|n| n.service == service && n.method == method)
             .or_else(|| find(&|n| n.service == service && n.method.is_empty()))
             .or_else(|| find(&|n| n.service.is_empty() && n.method.is_empty()))
+    }
+
+    /// The outlier detection of `loadBalancingConfig`, if the config has one.
+    pub fn outlier_detection(&self) -> Option<&OutlierDetection> {
+        self.outlier_detection.as_ref()
     }
 
     /// A fresh throttle from `retryThrottling`, if the config has one.
