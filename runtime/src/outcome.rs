@@ -287,3 +287,74 @@ impl AttemptInfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_timeouts_are_not_connection_failures() {
+        let timeout = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(classify(&timeout, false), AttemptOutcome::Timeout);
+        assert_eq!(
+            classify(&Status::cancelled("x"), true),
+            AttemptOutcome::Timeout
+        );
+        assert_eq!(
+            AttemptOutcome::Timeout.endpoint_effect(),
+            EndpointEffect::Failure
+        );
+
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let unsent = Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert_eq!(unsent.code(), Code::Unavailable);
+        assert_eq!(classify(&unsent, false), AttemptOutcome::NotSent);
+        assert_eq!(
+            AttemptOutcome::NotSent.endpoint_effect(),
+            EndpointEffect::LocalFailure
+        );
+
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let broken = Status::from_error(Box::new(reset));
+        assert_eq!(classify(&broken, false), AttemptOutcome::Transport);
+    }
+
+    #[test]
+    fn the_server_marked_deadline_is_ours_and_a_relay_wins_over_everything() {
+        let mut expired = Status::deadline_exceeded("deadline");
+        expired.metadata_mut().insert(
+            crate::deadline::DEADLINE_EXPIRED_KEY,
+            MetadataValue::from_static("1"),
+        );
+        assert_eq!(classify(&expired, false), AttemptOutcome::Timeout);
+        let relayed = mark_passed_through(expired, "user-svc");
+        assert_eq!(
+            classify(&relayed, true),
+            AttemptOutcome::PassedThrough(Code::DeadlineExceeded)
+        );
+        assert_eq!(
+            AttemptOutcome::PassedThrough(Code::Unavailable).endpoint_effect(),
+            EndpointEffect::Ignore
+        );
+        assert_eq!(
+            classify(&Status::not_found("no"), false).endpoint_effect(),
+            EndpointEffect::Success
+        );
+        assert_eq!(
+            classify(&Status::internal("bug"), false).endpoint_effect(),
+            EndpointEffect::Failure
+        );
+    }
+
+    #[test]
+    fn only_the_first_report_counts() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let info = AttemptInfo::new(Some("e1".into()), true);
+        let s = seen.clone();
+        info.set_endpoint("e2".into(), Box::new(move |o| s.lock().unwrap().push(o)));
+        info.report(AttemptOutcome::Timeout);
+        info.report(AttemptOutcome::Success);
+        assert_eq!(*seen.lock().unwrap(), [AttemptOutcome::Timeout]);
+        assert!(info.is_probe() && info.avoid() == Some("e1"));
+    }
+}

@@ -280,6 +280,7 @@ impl Pool {
             })
             .collect();
         let out = outlier::sweep(self.od(), &counts, || fastrand::u32(0..100));
+        let interval_ms = self.od().interval.as_millis() as u64;
         for (i, s) in slots.iter().enumerate() {
             if out.contains(&i) {
                 let c = counts[i];
@@ -292,7 +293,8 @@ impl Pool {
                         c.successes + c.failures
                     ),
                 );
-            } else if !s.is_ejected(now) {
+            } else if s.ejected_until_ms.load(Ordering::Acquire) + interval_ms <= now {
+                // Healthy for a whole interval since its last ejection ended.
                 let _ = s
                     .multiplier
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| m.checked_sub(1));
@@ -362,5 +364,144 @@ async fn sweep_every_interval(pool: Weak<Pool>) {
         ticks.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         pool.sweep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::registry::MemoryRegistry;
+
+    async fn pool(n: usize, od: OutlierDetection) -> Arc<Pool> {
+        let registry = MemoryRegistry::new();
+        for i in 0..n {
+            // Connected lazily and never called: only the bookkeeping runs.
+            let instance = Instance::new(
+                "svc",
+                format!("e{i}"),
+                format!("http://127.0.0.1:{}", 1 + i),
+            );
+            registry.register(&instance).await.unwrap();
+        }
+        let registry: Arc<dyn Registry> = Arc::new(registry);
+        let config = ClientConfig::discover(registry.clone())
+            .outlier_detection(od)
+            .unwrap();
+        Pool::start("svc", &registry, config).await.unwrap()
+    }
+
+    fn slot(pool: &Pool, id: &str) -> Arc<Slot> {
+        pool.snapshot()
+            .iter()
+            .find(|s| &*s.id == id)
+            .unwrap()
+            .clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_grow_with_repeats_and_the_multiplier_decays_once_healthy() {
+        let od = OutlierDetection {
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            ..OutlierDetection::default()
+        };
+        let pool = pool(3, od).await;
+        let e0 = slot(&pool, "e0");
+        // A refused connection ejects at once, for the base time.
+        pool.report(&e0, AttemptOutcome::NotSent);
+        assert_eq!(pool.ejected_ids(), ["e0"]);
+        tokio::time::sleep(Duration::from_millis(29_900)).await;
+        assert_eq!(pool.ejected_ids(), ["e0"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(pool.ejected_ids().is_empty(), "back after 30 s");
+        // Failing again at once: twice the base.
+        pool.report(&e0, AttemptOutcome::NotSent);
+        assert_eq!(e0.multiplier.load(Ordering::Relaxed), 2);
+        tokio::time::sleep(Duration::from_millis(59_900)).await;
+        assert_eq!(pool.ejected_ids(), ["e0"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(pool.ejected_ids().is_empty(), "back after 60 s");
+        // Healthy for whole intervals after the ejection: the multiplier drops one per
+        // interval, back to zero, and the next ejection is short again.
+        for _ in 0..3 {
+            pool.report(&e0, AttemptOutcome::Success);
+            tokio::time::sleep(od.interval).await;
+        }
+        assert_eq!(e0.multiplier.load(Ordering::Relaxed), 0);
+        pool.report(&e0, AttemptOutcome::NotSent);
+        tokio::time::sleep(Duration::from_millis(30_100)).await;
+        assert!(
+            pool.ejected_ids().is_empty(),
+            "a base-length ejection again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_and_relayed_failures_never_eject_at_once() {
+        let pool = pool(3, OutlierDetection::default()).await;
+        let e0 = slot(&pool, "e0");
+        for _ in 0..4 {
+            pool.report(&e0, AttemptOutcome::Timeout);
+        }
+        for _ in 0..100 {
+            pool.report(&e0, AttemptOutcome::PassedThrough(tonic::Code::Unavailable));
+        }
+        assert!(pool.ejected_ids().is_empty());
+        assert_eq!(
+            e0.failures.load(Ordering::Relaxed),
+            4,
+            "relayed failures count for nothing"
+        );
+        // The fifth failure in a row, while the others answer, ejects it.
+        pool.report(&slot(&pool, "e1"), AttemptOutcome::Success);
+        pool.report(&e0, AttemptOutcome::Timeout);
+        assert_eq!(pool.ejected_ids(), ["e0"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_every_endpoint_shares_ejects_nobody_at_once() {
+        let pool = pool(3, OutlierDetection::default()).await;
+        for _ in 0..20 {
+            for id in ["e0", "e1", "e2"] {
+                pool.report(
+                    &slot(&pool, id),
+                    AttemptOutcome::Remote(tonic::Code::Unavailable),
+                );
+            }
+        }
+        assert!(pool.ejected_ids().is_empty());
+        // The interval sweep agrees: everybody above the threshold is a shared failure.
+        tokio::time::sleep(OutlierDetection::default().interval).await;
+        assert!(pool.ejected_ids().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn panic_mode_spreads_calls_but_probes_go_to_endpoints_in_good_standing() {
+        let od = OutlierDetection {
+            max_ejection_percent: 100,
+            ..OutlierDetection::default()
+        };
+        let pool = pool(3, od).await;
+        pool.report(&slot(&pool, "e0"), AttemptOutcome::NotSent);
+        pool.report(&slot(&pool, "e1"), AttemptOutcome::NotSent);
+        assert_eq!(pool.ejected_ids().len(), 2);
+        let picks = |probe: bool| {
+            let mut ids: Vec<String> = (0..30)
+                .map(|_| pool.pick(None, probe).unwrap().id.to_string())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        // 1 of 3 in good standing is under the 50 % threshold: every endpoint gets calls.
+        assert_eq!(picks(false), ["e0", "e1", "e2"]);
+        assert_eq!(picks(true), ["e2"]);
+        // A retry avoids the endpoint that just failed.
+        for _ in 0..10 {
+            assert_ne!(&*pool.pick(Some("e2"), false).unwrap().id, "e2");
+        }
     }
 }

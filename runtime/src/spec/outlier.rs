@@ -24,8 +24,8 @@ use crate::Error;
 ///   endpoint is failing, the failure is shared and nobody is ejected;
 /// - an ejection lasts `base_ejection_time * multiplier`, capped at
 ///   `max(base_ejection_time, max_ejection_time)`; the multiplier grows by one per ejection
-///   and shrinks by one per interval in which the endpoint is not ejected, so a restored
-///   endpoint is soon back to short ejections;
+///   and shrinks by one per whole interval the endpoint spends back in service, so a
+///   restored endpoint is soon back to short ejections;
 /// - never more than `max_ejection_percent` of the endpoints are ejected at once, but at least
 ///   one may be (Envoy).
 ///
