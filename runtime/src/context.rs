@@ -108,6 +108,26 @@ impl Context {
     pub fn trace(&self) -> Option<&crate::trace::TraceContext> {
         self.trace.as_ref()
     }
+
+    /// The context of one outgoing call, kept in its request's extensions: the one already
+    /// there (put by an outer layer, or by the caller when the call was made), else the
+    /// running task's. A call made outside any trace starts a new one. Every layer of the
+    /// client stack reads it from here, so all attempts share one deadline and one trace.
+    pub fn of_call(extensions: &mut http::Extensions) -> &Context {
+        if extensions
+            .get::<Context>()
+            .is_none_or(|c| c.trace.is_none())
+        {
+            let mut ctx = extensions
+                .remove::<Context>()
+                .unwrap_or_else(Context::current);
+            if ctx.trace.is_none() {
+                ctx.trace = Some(crate::trace::TraceContext::new_root());
+            }
+            extensions.insert(ctx);
+        }
+        extensions.get::<Context>().expect("inserted above")
+    }
 }
 
 /// About 30 years from now: "no deadline" for arithmetic that needs an instant.

@@ -215,7 +215,9 @@ pub struct AttemptInfo(Arc<Inner>);
 #[derive(Default)]
 struct Inner {
     avoid: Option<Arc<str>>,
-    probe: bool,
+    probe: AtomicBool,
+    timed_out: AtomicBool,
+    outcome: OnceLock<AttemptOutcome>,
     committed: AtomicBool,
     endpoint: Mutex<Option<Arc<str>>>,
     reporter: OnceLock<Reporter>,
@@ -226,7 +228,8 @@ impl std::fmt::Debug for AttemptInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AttemptInfo")
             .field("avoid", &self.0.avoid)
-            .field("probe", &self.0.probe)
+            .field("probe", &self.is_probe())
+            .field("outcome", &self.0.outcome.get())
             .field("committed", &self.is_committed())
             .field("endpoint", &self.endpoint())
             .finish()
@@ -239,9 +242,32 @@ impl AttemptInfo {
     pub fn new(avoid: Option<Arc<str>>, probe: bool) -> Self {
         AttemptInfo(Arc::new(Inner {
             avoid,
-            probe,
+            probe: AtomicBool::new(probe),
             ..Inner::default()
         }))
+    }
+    /// Marks the attempt as a half-open probe (set by the breaker layer).
+    pub fn set_probe(&self, probe: bool) {
+        self.0.probe.store(probe, Ordering::Release);
+    }
+    /// Records that our own per-attempt timer fired (set by the attempt-timeout layer).
+    pub fn set_timed_out(&self) {
+        self.0.timed_out.store(true, Ordering::Release);
+    }
+    /// How the attempt ended: classified once, by [`classify`], on the first call; every
+    /// later call (from any layer) returns the same outcome. The first call also reports it
+    /// to the endpoint's outlier detection.
+    pub fn outcome_of<T>(&self, result: &Result<T, Status>) -> AttemptOutcome {
+        let outcome = *self.0.outcome.get_or_init(|| match result {
+            Ok(_) => AttemptOutcome::Success,
+            Err(status) => classify(status, self.0.timed_out.load(Ordering::Acquire)),
+        });
+        self.report(outcome);
+        outcome
+    }
+    /// The outcome, once classified.
+    pub fn outcome(&self) -> Option<AttemptOutcome> {
+        self.0.outcome.get().copied()
     }
     /// The endpoint to avoid.
     pub fn avoid(&self) -> Option<&str> {
@@ -250,7 +276,7 @@ impl AttemptInfo {
     /// Whether the attempt is a half-open probe (it should go to an endpoint in good
     /// standing).
     pub fn is_probe(&self) -> bool {
-        self.0.probe
+        self.0.probe.load(Ordering::Acquire)
     }
     /// Marks the attempt committed: response headers arrived (gRFC A6).
     pub fn commit(&self) {
@@ -285,6 +311,109 @@ impl AttemptInfo {
         {
             r(outcome);
         }
+    }
+}
+
+/// Marks every error the client returns with [`PASSED_THROUGH_KEY`] (see
+/// [`mark_passed_through`]), so that a handler that relays it is not blamed by its own
+/// callers. The outermost layer of a resilient client, but for metrics.
+///
+/// ```
+/// use steadfast::outcome::{MarkRelayedLayer, PASSED_THROUGH_KEY};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(MarkRelayedLayer::new("user-svc"))
+///     .service_fn(|_: tonic::Request<()>| async {
+///         Err::<tonic::Response<()>, _>(tonic::Status::unavailable("down"))
+///     });
+/// let err = svc.oneshot(tonic::Request::new(())).await.unwrap_err();
+/// assert_eq!(err.metadata().get(PASSED_THROUGH_KEY).unwrap(), "user-svc");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct MarkRelayedLayer {
+    service: Arc<str>,
+}
+
+impl MarkRelayedLayer {
+    /// Marks errors as coming from `service`.
+    pub fn new(service: impl Into<Arc<str>>) -> Self {
+        MarkRelayedLayer {
+            service: service.into(),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for MarkRelayedLayer {
+    type Service = MarkRelayed<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MarkRelayed {
+            inner,
+            service: self.service.clone(),
+        }
+    }
+}
+
+/// The service of [`MarkRelayedLayer`].
+#[derive(Clone, Debug)]
+pub struct MarkRelayed<S> {
+    inner: S,
+    service: Arc<str>,
+}
+
+impl<S, M, R> tower_service::Service<tonic::Request<M>> for MarkRelayed<S>
+where
+    S: tower_service::Service<tonic::Request<M>, Response = tonic::Response<R>, Error = Status>,
+{
+    type Response = tonic::Response<R>;
+    type Error = Status;
+    type Future = MarkFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Status>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::Request<M>) -> Self::Future {
+        MarkFuture {
+            inner: self.inner.call(req),
+            service: self.service.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`MarkRelayed`].
+    pub struct MarkFuture<F> {
+        #[pin]
+        inner: F,
+        service: Arc<str>,
+    }
+}
+
+impl<F> std::fmt::Debug for MarkFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MarkFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, R> std::future::Future for MarkFuture<F>
+where
+    F: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+{
+    type Output = Result<tonic::Response<R>, Status>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        std::task::Poll::Ready(result.map_err(|s| mark_passed_through(s, this.service)))
     }
 }
 

@@ -368,7 +368,8 @@ async fn the_retry_layer_does_not_retry_an_open_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn transitions_update_the_state_gauge() {
-    let registry = BreakerRegistry::new();
+    // Metrics watch breakers through the observer hook, as `Downstreams` wires it.
+    let registry = BreakerRegistry::with_observer(steadfast::metrics::breaker_observer());
     let b = registry.get_or_insert("gauge-svc", BreakerConfig::default());
     let gauge = |v: i64| format!("steadfast_breaker_state{{service=\"gauge-svc\"}} {v}");
     assert!(steadfast::metrics::render().contains(&gauge(0)));
@@ -492,7 +493,7 @@ async fn a_stale_result_does_not_decide_a_half_open_probe_period() {
 
 #[tokio::test(start_paused = true)]
 async fn the_open_period_ends_by_time_without_any_call() {
-    let registry = BreakerRegistry::new();
+    let registry = BreakerRegistry::with_observer(steadfast::metrics::breaker_observer());
     let b = registry.get_or_insert("idle-svc", BreakerConfig::default());
     let gauge = |v: i64| format!("steadfast_breaker_state{{service=\"idle-svc\"}} {v}");
     feed(&b, &[true; 4]);

@@ -47,19 +47,22 @@ mod window;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+
 use std::task::{Context as TaskContext, Poll};
 
+use pin_project_lite::pin_project;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
-use crate::outcome::{AttemptOutcome, classify};
+use crate::outcome::{AttemptInfo, AttemptOutcome, classify};
 
 pub use self::config::{BreakerConfig, BreakerConfigBuilder, DEFAULT_FAILURE_CODES};
 pub use self::layer::BreakerLayer;
 pub use self::registry::BreakerRegistry;
 pub(crate) use self::state::OwnedPermit;
 pub use self::state::{
-    BreakerState, CircuitBreaker, Outcome, Permit, Rejected, Transition, WindowCounts,
+    BreakerEvent, BreakerObserver, BreakerState, CircuitBreaker, Outcome, Permit, Rejected,
+    Transition, WindowCounts,
 };
 
 /// The metadata key that marks a call rejected by an open breaker.
@@ -129,14 +132,6 @@ pub fn effect(config: &BreakerConfig, outcome: AttemptOutcome) -> Option<Outcome
     }
 }
 
-/// Classifies one call's result for the breaker of `config`.
-fn outcome<T>(config: &BreakerConfig, result: &Result<T, Status>) -> Option<Outcome> {
-    match result {
-        Ok(_) => Some(Outcome::Success),
-        Err(status) => effect(config, classify(status, false)),
-    }
-}
-
 /// Guards a typed gRPC service with a [`CircuitBreaker`].
 ///
 /// `S` is any `tower::Service<tonic::Request<M>>` answering `tonic::Response<R>` or a
@@ -185,19 +180,13 @@ impl<S> Breaker<S> {
     }
 }
 
-/// The response future of [`Breaker`].
-pub type ResponseFuture<R> =
-    Pin<Box<dyn Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static>>;
-
 impl<S, M, R> tower_service::Service<tonic::Request<M>> for Breaker<S>
 where
     S: tower_service::Service<tonic::Request<M>, Response = tonic::Response<R>, Error = Status>,
-    S::Future: Send + 'static,
-    R: Send + 'static,
 {
     type Response = tonic::Response<R>;
     type Error = Status;
-    type Future = ResponseFuture<R>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
@@ -207,20 +196,81 @@ where
         let permit = match OwnedPermit::acquire(&self.breaker) {
             Ok(permit) => permit,
             Err(rejected) => {
-                crate::metrics::breaker_rejected(self.breaker.name());
+                self.breaker.rejected();
                 let status = rejection_status(self.breaker.name(), &rejected);
-                return Box::pin(std::future::ready(Err(status)));
+                return ResponseFuture {
+                    state: State::Rejected {
+                        status: Some(status),
+                    },
+                };
             }
         };
-        let fut = self.inner.call(request);
-        let breaker = self.breaker.clone();
-        Box::pin(async move {
-            let result = fut.await;
-            match outcome(breaker.config(), &result) {
-                Some(o) => permit.record(o),
-                None => drop(permit), // nothing to record; frees a probe slot
+        let info = request.extensions().get::<AttemptInfo>().cloned();
+        if let Some(info) = &info {
+            // The balancer sends probes to endpoints in good standing.
+            info.set_probe(permit.is_probe());
+        }
+        ResponseFuture {
+            state: State::Called {
+                fut: self.inner.call(request),
+                permit: Some(permit),
+                info,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Breaker`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called { #[pin] fut: F, permit: Option<OwnedPermit>, info: Option<AttemptInfo> },
+        Rejected { status: Option<Status> },
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, R> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<tonic::Response<R>, Status>>,
+{
+    type Output = Result<tonic::Response<R>, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Rejected { status } => Poll::Ready(Err(status
+                .take()
+                .unwrap_or_else(|| Status::unavailable("circuit breaker open")))),
+            StateProj::Called { fut, permit, info } => {
+                let result = std::task::ready!(fut.poll(cx));
+                if let Some(permit) = permit.take() {
+                    // The attempt's one classification, when a layer inside made it.
+                    let outcome = match info {
+                        Some(info) => info.outcome_of(&result),
+                        None => match &result {
+                            Ok(_) => AttemptOutcome::Success,
+                            Err(status) => classify(status, false),
+                        },
+                    };
+                    match effect(permit.config(), outcome) {
+                        Some(o) => permit.record(o),
+                        None => drop(permit), // nothing to record; frees a probe slot
+                    }
+                }
+                Poll::Ready(result)
             }
-            result
-        })
+        }
     }
 }

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{BreakerConfig, BreakerState, CircuitBreaker};
+use super::{BreakerConfig, BreakerObserver, BreakerState, CircuitBreaker};
 
 /// Breakers keyed by downstream service name: every client of a service shares one.
 ///
@@ -19,9 +19,18 @@ use super::{BreakerConfig, BreakerState, CircuitBreaker};
 /// assert!(!std::sync::Arc::ptr_eq(&a, &c));
 /// assert_eq!(registry.states().len(), 2);
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct BreakerRegistry {
     inner: Arc<Mutex<HashMap<String, Arc<CircuitBreaker>>>>,
+    observer: Option<BreakerObserver>,
+}
+
+impl std::fmt::Debug for BreakerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakerRegistry")
+            .field("states", &self.states())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BreakerRegistry {
@@ -30,13 +39,25 @@ impl BreakerRegistry {
         BreakerRegistry::default()
     }
 
+    /// An empty registry whose breakers tell `observer` of their transitions and rejections
+    /// (this is how [`metrics`](crate::metrics) watches them).
+    pub fn with_observer(observer: BreakerObserver) -> Self {
+        BreakerRegistry {
+            inner: Arc::default(),
+            observer: Some(observer),
+        }
+    }
+
     /// The breaker of `service`, created with `config` on first use. Called when clients are
     /// built, never per call.
     pub fn get_or_insert(&self, service: &str, config: BreakerConfig) -> Arc<CircuitBreaker> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let breaker = map
             .entry(service.to_owned())
-            .or_insert_with(|| crate::metrics::observed_breaker(service, config))
+            .or_insert_with(|| match &self.observer {
+                Some(observer) => CircuitBreaker::observed(service, config, observer.clone()),
+                None => CircuitBreaker::shared(service, config),
+            })
             .clone();
         if *breaker.config() != config {
             tracing::warn!(

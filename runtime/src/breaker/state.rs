@@ -115,7 +115,22 @@ pub struct Transition {
     pub open_for: Option<Duration>,
 }
 
-type Observer = Box<dyn Fn(&str, &Transition) + Send + Sync>;
+/// Something that happened to a breaker, as passed to its observer.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum BreakerEvent<'a> {
+    /// The breaker was made (closed).
+    Created,
+    /// The breaker changed state.
+    Transition(&'a Transition),
+    /// A call was rejected (open, or half-open with every probe slot taken).
+    Rejected,
+}
+
+/// Watches a breaker's events (metrics, logs, health): called with the breaker's name.
+/// Set it with [`CircuitBreaker::observed`] or
+/// [`BreakerRegistry::with_observer`](super::BreakerRegistry::with_observer).
+pub type BreakerObserver = Arc<dyn Fn(&str, BreakerEvent<'_>) + Send + Sync>;
 
 struct Slow {
     backoff: Box<dyn Iterator<Item = Duration> + Send>,
@@ -150,7 +165,7 @@ pub struct CircuitBreaker {
     base: Instant,
     window: Arc<Window>,
     slow: Mutex<Slow>,
-    observers: Vec<Observer>,
+    observer: Option<BreakerObserver>,
 }
 
 impl fmt::Debug for CircuitBreaker {
@@ -184,36 +199,47 @@ pub(crate) struct Ticket {
 impl CircuitBreaker {
     /// A closed breaker named `name` (the downstream service).
     pub fn new(name: impl Into<Arc<str>>, config: BreakerConfig) -> Self {
-        Self::with_observers(name, config, Vec::new())
+        Self::build(name.into(), config, None, Weak::new())
     }
 
     /// A closed breaker in an `Arc`, whose open period ends by timer: `state()` and the
     /// metrics read `half_open` once `open_timeout` has passed, even with no call.
     pub fn shared(name: impl Into<Arc<str>>, config: BreakerConfig) -> Arc<Self> {
-        Self::shared_with_observers(name, config, Vec::new())
+        let name = name.into();
+        Arc::new_cyclic(|me| Self::build(name, config, None, me.clone()))
     }
 
-    pub(crate) fn shared_with_observers(
+    /// [`shared`](Self::shared), with `observer` told of every transition and rejection.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicU32, Ordering}};
+    /// use steadfast::breaker::{BreakerConfig, BreakerEvent, CircuitBreaker};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let rejections = Arc::new(AtomicU32::new(0));
+    /// let seen = rejections.clone();
+    /// let breaker = CircuitBreaker::observed("user-svc", BreakerConfig::default(), Arc::new(move |_, e| {
+    ///     if let BreakerEvent::Rejected = e { seen.fetch_add(1, Ordering::Relaxed); }
+    /// }));
+    /// for _ in 0..4 { breaker.try_acquire().unwrap().failure(); }
+    /// assert!(breaker.try_acquire().is_err());
+    /// assert_eq!(rejections.load(Ordering::Relaxed), 1);
+    /// # }
+    /// ```
+    pub fn observed(
         name: impl Into<Arc<str>>,
         config: BreakerConfig,
-        observers: Vec<Observer>,
+        observer: BreakerObserver,
     ) -> Arc<Self> {
         let name = name.into();
-        Arc::new_cyclic(|me| Self::build(name, config, observers, me.clone()))
-    }
-
-    pub(crate) fn with_observers(
-        name: impl Into<Arc<str>>,
-        config: BreakerConfig,
-        observers: Vec<Observer>,
-    ) -> Self {
-        Self::build(name.into(), config, observers, Weak::new())
+        observer(&name, BreakerEvent::Created);
+        Arc::new_cyclic(|me| Self::build(name, config, Some(observer), me.clone()))
     }
 
     fn build(
         name: Arc<str>,
         config: BreakerConfig,
-        observers: Vec<Observer>,
+        observer: Option<BreakerObserver>,
         me: Weak<CircuitBreaker>,
     ) -> Self {
         CircuitBreaker {
@@ -227,7 +253,7 @@ impl CircuitBreaker {
                 backoff: backoff(&config),
             }),
             config,
-            observers,
+            observer,
         }
     }
 
@@ -268,10 +294,24 @@ impl CircuitBreaker {
     /// it unreported (a cancelled call) records nothing and frees a half-open probe slot.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
-        self.acquire().map(|ticket| Permit {
-            breaker: self,
-            ticket: Some(ticket),
-        })
+        match self.acquire() {
+            Ok(ticket) => Ok(Permit {
+                breaker: self,
+                ticket: Some(ticket),
+            }),
+            Err(rejected) => {
+                self.rejected();
+                Err(rejected)
+            }
+        }
+    }
+
+    /// Tells the observer of a rejection.
+    #[inline(never)]
+    pub(crate) fn rejected(&self) {
+        if let Some(observer) = &self.observer {
+            observer(&self.name, BreakerEvent::Rejected);
+        }
     }
 
     /// The closed-state fast path inline; everything else out of line.
@@ -481,8 +521,8 @@ impl CircuitBreaker {
             open_for_ms = open_for.map(|d| d.as_millis() as u64),
             "circuit breaker {} -> {}", from.state(), to
         );
-        for observer in &self.observers {
-            observer(&self.name, &transition);
+        if let Some(observer) = &self.observer {
+            observer(&self.name, BreakerEvent::Transition(&transition));
         }
     }
 }
@@ -576,6 +616,9 @@ impl OwnedPermit {
     }
     pub(crate) fn is_probe(&self) -> bool {
         self.ticket.is_some_and(|t| t.probe)
+    }
+    pub(crate) fn config(&self) -> &BreakerConfig {
+        self.breaker.config()
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod channel;
 mod config;
+mod stack;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +14,7 @@ use tonic::Status;
 
 pub use self::channel::{Channel, ResponseFuture};
 pub use self::config::ClientConfig;
+pub use self::stack::{ClientStack, stack};
 
 use crate::Error;
 use crate::breaker::{BreakerConfig, BreakerRegistry};
@@ -33,16 +35,33 @@ use crate::retry::{CallPolicy, RetryPolicy, RetryThrottle};
 /// let b = d.throttle("user-svc", || RetryThrottle::new(50, 1.0).unwrap());
 /// assert!(std::sync::Arc::ptr_eq(&a, &b), "the first registration wins");
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Downstreams {
     inner: Arc<Mutex<HashMap<String, Arc<RetryThrottle>>>>,
     breakers: BreakerRegistry,
 }
 
+impl Default for Downstreams {
+    fn default() -> Self {
+        Downstreams::new()
+    }
+}
+
 impl Downstreams {
-    /// An empty, isolated set.
+    /// An empty, isolated set; its breakers report to the [`metrics`](crate::metrics).
     pub fn new() -> Self {
-        Downstreams::default()
+        Downstreams::with_breakers(BreakerRegistry::with_observer(
+            crate::metrics::breaker_observer(),
+        ))
+    }
+
+    /// An empty set whose breakers come from `breakers` (for example one with an observer
+    /// of your own, or none).
+    pub fn with_breakers(breakers: BreakerRegistry) -> Self {
+        Downstreams {
+            inner: Arc::default(),
+            breakers,
+        }
     }
 
     /// The process-wide set.
@@ -116,7 +135,7 @@ pub struct ClientCore {
 struct CoreInner {
     service: &'static str,
     channel: Channel,
-    methods: Box<[CallPolicy]>,
+    methods: Box<[Arc<CallPolicy>]>,
     breaker: Arc<crate::breaker::CircuitBreaker>,
 }
 
@@ -151,11 +170,13 @@ impl ClientCore {
                 let timeout = over.and_then(|o| o.timeout).or(m.timeout);
                 // A method marked `no_retry` is not idempotent: config cannot add retries.
                 let retry = m.retry.and(over.and_then(|o| o.retry).or(m.retry));
-                CallPolicy::new(spec.service, m.grpc_method)
-                    .timeout(timeout)
-                    .retry(retry)
-                    .throttle(Some(throttle.clone()))
-                    .breaker(Some(breaker.clone()))
+                Arc::new(
+                    CallPolicy::new(spec.service, m.grpc_method)
+                        .timeout(timeout)
+                        .retry(retry)
+                        .throttle(Some(throttle.clone()))
+                        .breaker(Some(breaker.clone())),
+                )
             })
             .collect();
         ClientCore {
@@ -184,12 +205,12 @@ impl ClientCore {
     }
 
     /// The resolved policy of each method, in declaration order.
-    pub fn policies(&self) -> &[CallPolicy] {
+    pub fn policies(&self) -> &[Arc<CallPolicy>] {
         &self.inner.methods
     }
 }
 
-/// Runs one unary call of method `index` under its policy. Called by generated code.
+/// Runs one unary call of method `index` through its [`stack`]. Called by generated code.
 #[doc(hidden)]
 pub fn unary<M, R, F, Fut>(
     core: &ClientCore,
@@ -200,15 +221,15 @@ pub fn unary<M, R, F, Fut>(
 where
     M: Clone + Send + 'static,
     R: Send + 'static,
-    F: FnMut(tonic::Request<M>) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send,
+    F: FnMut(tonic::Request<M>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
 {
-    let core = core.clone();
-    // Read now, not at first poll: a spawned call keeps its caller's deadline.
-    let ctx = crate::Context::current();
+    let mut request = tonic::Request::new(message);
+    // Read now, not at first poll: a spawned call keeps its caller's deadline and trace.
+    request.extensions_mut().insert(crate::Context::current());
+    let svc: stack::MethodStack<F> = stack(&core.inner.methods[index], tower::service_fn(attempt));
     async move {
-        core.inner.methods[index]
-            .call_in(ctx, tonic::Request::new(message), attempt)
+        tower::ServiceExt::oneshot(svc, request)
             .await
             .map(tonic::Response::into_inner)
     }

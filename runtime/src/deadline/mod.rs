@@ -1,11 +1,17 @@
-//! Server-side deadlines: enforce the caller's `grpc-timeout` and hand it to the handler.
+//! Deadlines across hops: on servers, enforce the caller's `grpc-timeout` and hand it to the
+//! handler ([`DeadlineLayer`]); on clients, set each call's overall deadline
+//! ([`CallDeadlineLayer`]) and bound each attempt by it ([`AttemptTimeoutLayer`]).
 
+mod client;
 mod future;
 mod grpc_timeout;
 mod layer;
 
 use std::task::{Context as TaskContext, Poll};
 
+pub use self::client::{
+    AttemptFuture, AttemptTimeout, AttemptTimeoutLayer, CallDeadline, CallDeadlineLayer,
+};
 pub use self::future::ResponseFuture;
 pub(crate) use self::grpc_timeout::sanitize;
 pub use self::grpc_timeout::{GRPC_TIMEOUT, parse_grpc_timeout};

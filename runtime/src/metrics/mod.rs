@@ -23,6 +23,8 @@
 //! bucket instead, so a dashboard can jump from a latency spike to one trace that shows it,
 //! at a fixed cost. Labels here have bounded values: service, method, status code.
 
+mod layer;
+
 use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -32,7 +34,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::breaker::{BreakerEvent, BreakerObserver};
+
+pub use self::layer::{CallMetrics, CallMetricsLayer, ResponseFuture};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
@@ -216,37 +220,38 @@ fn service(name: &str) -> ServiceLabel {
     }
 }
 
-/// A breaker whose state changes update the metrics.
-pub(crate) fn observed_breaker(
-    name: &str,
-    config: BreakerConfig,
-) -> std::sync::Arc<CircuitBreaker> {
-    let m = global();
-    m.breaker_state.get_or_create(&service(name)).set(0);
-    CircuitBreaker::shared_with_observers(
-        name,
-        config,
-        vec![Box::new(|name, t| {
-            let m = global();
-            m.breaker_state
-                .get_or_create(&service(name))
-                .set(t.to.as_gauge());
-            m.breaker_transitions
-                .get_or_create(&TransitionLabels {
-                    service: name.to_owned(),
-                    to: t.to.as_str(),
-                })
-                .inc();
-        })],
-    )
-}
-
-/// Counts one rejected call (cold path: the breaker is open).
-pub(crate) fn breaker_rejected(name: &str) {
-    global()
-        .breaker_rejections
-        .get_or_create(&service(name))
-        .inc();
+/// The breaker observer that keeps the breaker metrics: the state gauge, transitions and
+/// rejections. Give it to [`BreakerRegistry::with_observer`](crate::breaker::BreakerRegistry::with_observer).
+///
+/// ```
+/// use steadfast::breaker::{BreakerConfig, BreakerRegistry};
+/// let registry = BreakerRegistry::with_observer(steadfast::metrics::breaker_observer());
+/// registry.get_or_insert("doc-svc", BreakerConfig::default());
+/// assert!(steadfast::metrics::render().contains(r#"steadfast_breaker_state{service="doc-svc"} 0"#));
+/// ```
+pub fn breaker_observer() -> BreakerObserver {
+    std::sync::Arc::new(|name: &str, event: BreakerEvent<'_>| {
+        let m = global();
+        match event {
+            BreakerEvent::Created => {
+                m.breaker_state.get_or_create(&service(name)).set(0);
+            }
+            BreakerEvent::Transition(t) => {
+                m.breaker_state
+                    .get_or_create(&service(name))
+                    .set(t.to.as_gauge());
+                m.breaker_transitions
+                    .get_or_create(&TransitionLabels {
+                        service: name.to_owned(),
+                        to: t.to.as_str(),
+                    })
+                    .inc();
+            }
+            BreakerEvent::Rejected => {
+                m.breaker_rejections.get_or_create(&service(name)).inc();
+            }
+        }
+    })
 }
 
 fn exemplar(trace_id: Option<crate::trace::TraceId>) -> Option<TraceLabel> {

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use tower_layer::Layer;
 
 use super::{CallPolicy, Retry};
@@ -16,13 +18,18 @@ use super::{CallPolicy, Retry};
 /// ```
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
-    policy: CallPolicy,
+    policy: Arc<CallPolicy>,
 }
 
 impl RetryLayer {
-    /// A layer that retries under `policy`.
-    pub fn new(policy: CallPolicy) -> Self {
-        RetryLayer { policy }
+    /// A layer that retries under `policy` (its retry policy and throttle; the timeouts and
+    /// the breaker are the business of [`CallDeadlineLayer`](crate::deadline::CallDeadlineLayer),
+    /// [`AttemptTimeoutLayer`](crate::deadline::AttemptTimeoutLayer) and
+    /// [`BreakerLayer`](crate::breaker::BreakerLayer)).
+    pub fn new(policy: impl Into<Arc<CallPolicy>>) -> Self {
+        RetryLayer {
+            policy: policy.into(),
+        }
     }
 }
 

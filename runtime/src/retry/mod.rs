@@ -42,11 +42,9 @@ pub use self::pushback::{PUSHBACK_KEY, Pushback};
 pub use self::throttle::RetryThrottle;
 
 use crate::Context;
-use crate::breaker::{self, CircuitBreaker, Outcome, OwnedPermit};
+use crate::breaker::{self, CircuitBreaker};
 use crate::code::code_name;
-use crate::outcome::{
-    AttemptInfo, AttemptOutcome, MAX_TRANSPARENT_RETRIES, classify, mark_passed_through,
-};
+use crate::outcome::{AttemptInfo, AttemptOutcome, MAX_TRANSPARENT_RETRIES};
 
 /// The metadata key that tells the server how many attempts came before this one.
 pub const PREVIOUS_ATTEMPTS_KEY: &str = "grpc-previous-rpc-attempts";
@@ -143,6 +141,18 @@ impl CallPolicy {
     pub fn method(&self) -> &str {
         &self.method
     }
+    /// The service name, shared.
+    pub fn service_name(&self) -> Arc<str> {
+        self.service.clone()
+    }
+    /// The method name, shared.
+    pub fn method_name(&self) -> Arc<str> {
+        self.method.clone()
+    }
+    /// The per-attempt timeout of the retry policy, if any.
+    pub fn per_attempt_timeout(&self) -> Option<Duration> {
+        self.retry.and_then(|r| r.per_attempt_timeout())
+    }
     /// The overall timeout.
     pub fn get_timeout(&self) -> Option<Duration> {
         self.timeout
@@ -156,185 +166,146 @@ impl CallPolicy {
         self.retry.map_or(1, |r| r.max_attempts())
     }
 
-    /// Runs one call under this policy. `attempt` sends one attempt; it is called once per
-    /// attempt with a fresh copy of the request.
-    ///
-    /// The caller's deadline ([`Context::current`]) is read when `call` is invoked, so the
-    /// returned future keeps it even when it is spawned onto another task.
-    pub fn call<M, R, F, Fut>(
-        &self,
-        request: tonic::Request<M>,
-        attempt: F,
-    ) -> impl Future<Output = Result<tonic::Response<R>, Status>>
-    where
-        M: Clone,
-        F: FnMut(tonic::Request<M>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
-    {
-        self.call_in(Context::current(), request, attempt)
+    fn exhausted(&self, attempts: u32, last: Option<&Status>) -> Status {
+        let last = last
+            .map(|s| format!("; last error: {}: {}", code_name(s.code()), s.message()))
+            .unwrap_or_default();
+        Status::deadline_exceeded(format!(
+            "{}/{}: deadline exhausted after {attempts} attempt(s){last}",
+            self.service, self.method
+        ))
+    }
+}
+
+/// Retries calls to a typed unary gRPC service under a [`CallPolicy`].
+///
+/// `S` is any `tower::Service<tonic::Request<M>>` that answers `tonic::Response<R>` or a
+/// [`Status`], for example a `tower::service_fn` over a tonic client method.
+///
+/// ```
+/// use steadfast::retry::{CallPolicy, Retry, RetryPolicy};
+/// use tower::{Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+/// let counter = calls.clone();
+/// let flaky = tower::service_fn(move |req: tonic::Request<u32>| {
+///     let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+///     async move {
+///         if n == 0 { Err(tonic::Status::unavailable("warming up")) }
+///         else { Ok(tonic::Response::new(req.into_inner() * 2)) }
+///     }
+/// });
+/// let policy = CallPolicy::new("doubler", "Double").retry(Some(RetryPolicy::default()));
+/// let mut svc = Retry::new(flaky, policy);
+/// let reply = svc.ready().await.unwrap().call(tonic::Request::new(21)).await.unwrap();
+/// assert_eq!(reply.into_inner(), 42);
+/// assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+    policy: Arc<CallPolicy>,
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner` with `policy`.
+    pub fn new(inner: S, policy: impl Into<Arc<CallPolicy>>) -> Self {
+        Retry {
+            inner,
+            policy: policy.into(),
+        }
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// The response future of [`Retry`].
+pub type ResponseFuture<R> =
+    Pin<Box<dyn Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static>>;
+
+impl<S, M, R> tower_service::Service<tonic::Request<M>> for Retry<S>
+where
+    S: tower_service::Service<tonic::Request<M>, Response = tonic::Response<R>, Error = Status>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    M: Clone + Send + 'static,
+    R: Send + 'static,
+{
+    type Response = tonic::Response<R>;
+    type Error = Status;
+    type Future = ResponseFuture<R>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Status>> {
+        // Readiness is awaited per attempt on a clone of the inner service.
+        Poll::Ready(Ok(()))
     }
 
-    /// [`call`](Self::call) with the caller's [`Context`] given explicitly: its deadline
-    /// bounds the call and its trace is propagated on every attempt (a call made outside any
-    /// trace starts a new one).
-    pub async fn call_in<M, R, F, Fut>(
-        &self,
-        ctx: Context,
-        request: tonic::Request<M>,
-        attempt: F,
-    ) -> Result<tonic::Response<R>, Status>
-    where
-        M: Clone,
-        F: FnMut(tonic::Request<M>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
-    {
-        let started = Instant::now();
-        let trace = ctx
-            .trace()
-            .cloned()
-            .unwrap_or_else(crate::trace::TraceContext::new_root);
-        let result = self
-            .attempts(ctx.deadline(), &trace, request, attempt)
-            .await
-            // Whatever this client returns, a handler may relay: mark it so the next caller
-            // up does not blame the relaying service.
-            .map_err(|status| mark_passed_through(status, &self.service));
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        };
-        crate::metrics::client_call(
-            &self.service,
-            &self.method,
-            code,
-            started.elapsed(),
-            Some(trace.trace_id()),
-        );
-        result
+    fn call(&mut self, request: tonic::Request<M>) -> Self::Future {
+        let inner = self.inner.clone();
+        let policy = self.policy.clone();
+        Box::pin(async move { policy.attempts(inner, request).await })
     }
+}
 
-    async fn attempts<M, R, F, Fut>(
+impl CallPolicy {
+    /// The A6 loop: sends attempts through `inner` until one succeeds or the policy says
+    /// stop. Every decision reads the attempt's one classification
+    /// ([`AttemptInfo::outcome_of`]).
+    async fn attempts<S, M, R>(
         &self,
-        inherited: Option<Instant>,
-        trace: &crate::trace::TraceContext,
+        mut inner: S,
         request: tonic::Request<M>,
-        mut attempt: F,
     ) -> Result<tonic::Response<R>, Status>
     where
+        S: tower_service::Service<tonic::Request<M>, Response = tonic::Response<R>, Error = Status>,
         M: Clone,
-        F: FnMut(tonic::Request<M>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let started = Instant::now();
-        let own = self.timeout.and_then(|t| started.checked_add(t));
-        let deadline = match (own, inherited) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let (metadata, extensions, message) = request.into_parts();
-        let per_attempt = self.retry.and_then(|r| r.per_attempt_timeout());
+        let ctx = extensions.get::<Context>();
+        let deadline = ctx.and_then(Context::deadline);
+        let trace_id = ctx.and_then(Context::trace).map(|t| t.trace_id());
+        let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
         let mut avoid: Option<Arc<str>> = None;
         let mut backoff_n = 0u32;
         let mut attempts = 0u32;
         let mut transparent = 0u32;
         loop {
             attempts += 1;
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if remaining == Some(Duration::ZERO) {
+            if past_deadline() {
                 return Err(self.exhausted(attempts - 1, None));
             }
-            // The attempt's own bound, and whether that bound is the overall deadline.
-            let (bound, is_deadline) = match (per_attempt, remaining) {
-                (Some(p), Some(r)) if p < r => (Some(p), false),
-                (Some(p), None) => (Some(p), false),
-                (_, Some(r)) => (Some(r), true),
-                (None, None) => (None, false),
-            };
-
-            // The breaker sits inside the retry loop (each attempt is recorded) and outside
-            // the timeout (timeouts count as failures). A rejection fails fast, unretried.
-            let permit = match &self.breaker {
-                Some(breaker) => match OwnedPermit::acquire(breaker) {
-                    Ok(permit) => Some(permit),
-                    Err(rejected) => {
-                        crate::metrics::breaker_rejected(breaker.name());
-                        return Err(breaker::rejection_status(breaker.name(), &rejected));
-                    }
-                },
-                None => None,
-            };
-            let probe = permit.as_ref().is_some_and(OwnedPermit::is_probe);
-
             let mut req =
                 tonic::Request::from_parts(metadata.clone(), extensions.clone(), message.clone());
             if attempts > 1 {
                 req.metadata_mut()
                     .insert(PREVIOUS_ATTEMPTS_KEY, (attempts - 1).into());
             }
-            if let Some(bound) = bound {
-                req.set_timeout(bound);
-            }
-            crate::trace::inject_metadata(trace, req.metadata_mut());
-            let info = AttemptInfo::new(avoid.take(), probe);
+            let info = AttemptInfo::new(avoid.take(), false);
             req.extensions_mut().insert(info.clone());
-
-            let attempt_started = Instant::now();
-            let fut = attempt(req);
-            let result = match bound {
-                Some(bound) => tokio::time::timeout(bound, fut).await.ok(),
-                None => Some(fut.await),
+            let result = match inner.ready().await {
+                Ok(ready) => ready.call(req).await,
+                Err(status) => Err(status),
             };
-            // Classified once; the breaker, the balancer and the retry decision below all
-            // read this outcome.
-            let own_timer_fired = result.is_none();
+            let outcome = info.outcome_of(&result);
             let status = match result {
-                Some(Ok(response)) => {
-                    info.report(AttemptOutcome::Success);
-                    if let Some(permit) = permit {
-                        permit.record(Outcome::Success);
-                    }
+                Ok(response) => {
                     if let Some(throttle) = &self.throttle {
                         throttle.on_success();
                     }
                     return Ok(response);
                 }
-                Some(Err(status)) => status,
-                None => Status::deadline_exceeded(format!(
-                    "attempt timed out after {:?}",
-                    bound.unwrap_or_default()
-                )),
+                Err(status) => status,
             };
-            // Our own timer fired, or the `grpc-timeout` we sent expired elsewhere (the
-            // server marks it; or it arrives once the bound has all but run out).
-            let timed_out =
-                own_timer_fired || expired_our_timeout(&status, bound, attempt_started.elapsed());
-            let outcome = classify(&status, timed_out);
-            info.report(outcome);
-            if let Some(permit) = permit {
-                match self
-                    .breaker
-                    .as_ref()
-                    .and_then(|b| breaker::effect(b.config(), outcome))
-                {
-                    Some(o) => permit.record(o),
-                    None => drop(permit), // nothing to record; frees a probe slot
-                }
-            }
-            let status = match outcome {
-                AttemptOutcome::NotSent | AttemptOutcome::Transport
-                    if status.code() != tonic::Code::Unavailable =>
-                {
-                    Status::unavailable(format!("connection failed: {}", status.message()))
-                }
-                AttemptOutcome::Timeout if status.code() != tonic::Code::DeadlineExceeded => {
-                    Status::deadline_exceeded(format!(
-                        "attempt timed out after {:?}",
-                        bound.unwrap_or_default()
-                    ))
-                }
-                _ => status,
-            };
-
             match outcome {
                 // Relayed from a deeper hop: not this downstream's failure, and another try
                 // here cannot fix it.
@@ -352,15 +323,15 @@ impl CallPolicy {
                 }
                 _ => {}
             }
-            if outcome == AttemptOutcome::Timeout && is_deadline {
+            if breaker::is_open_rejection(&status) {
+                return Err(status); // a breaker rejected it: fail fast, never retried
+            }
+            if outcome == AttemptOutcome::Timeout && past_deadline() {
                 return Err(self.exhausted(attempts, Some(&status)));
             }
             let Some(retry) = self.retry else {
                 return Err(status);
             };
-            if breaker::is_open_rejection(&status) {
-                return Err(status); // a breaker further in rejected it: fail fast
-            }
             avoid = info.endpoint();
             if info.is_committed() {
                 return Err(status);
@@ -372,10 +343,8 @@ impl CallPolicy {
                 }
                 return Err(status);
             }
-            let retryable = match outcome {
-                AttemptOutcome::Timeout => true,
-                _ => retry.retryable_codes().contains(status.code()),
-            };
+            let retryable = outcome == AttemptOutcome::Timeout
+                || retry.retryable_codes().contains(status.code());
             if !retryable {
                 return Err(status);
             }
@@ -413,127 +382,8 @@ impl CallPolicy {
                 code = code_name(status.code()), delay_ms = delay.as_millis() as u64,
                 "retrying"
             );
-            crate::metrics::client_retry(&self.service, &self.method, Some(trace.trace_id()));
+            crate::metrics::client_retry(&self.service, &self.method, trace_id);
             tokio::time::sleep(delay).await;
         }
-    }
-
-    fn exhausted(&self, attempts: u32, last: Option<&Status>) -> Status {
-        let last = last
-            .map(|s| format!("; last error: {}: {}", code_name(s.code()), s.message()))
-            .unwrap_or_default();
-        Status::deadline_exceeded(format!(
-            "{}/{}: deadline exhausted after {attempts} attempt(s){last}",
-            self.service, self.method
-        ))
-    }
-}
-
-/// Whether `status` reports that the `grpc-timeout` we sent (`bound`) expired.
-fn expired_our_timeout(status: &Status, bound: Option<Duration>, elapsed: Duration) -> bool {
-    if is_transport_timeout(status) {
-        return true;
-    }
-    let Some(bound) = bound else { return false };
-    status.code() == tonic::Code::DeadlineExceeded
-        && (status
-            .metadata()
-            .contains_key(crate::deadline::DEADLINE_EXPIRED_KEY)
-            || elapsed >= bound.mul_f64(0.9))
-}
-
-/// Whether `status` is tonic's own report that the `grpc-timeout` it enforces expired.
-fn is_transport_timeout(status: &Status) -> bool {
-    let mut cur = std::error::Error::source(status);
-    while let Some(e) = cur {
-        if e.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
-/// Retries calls to a typed unary gRPC service under a [`CallPolicy`].
-///
-/// `S` is any `tower::Service<tonic::Request<M>>` that answers `tonic::Response<R>` or a
-/// [`Status`], for example a `tower::service_fn` over a tonic client method.
-///
-/// ```
-/// use steadfast::retry::{CallPolicy, Retry, RetryPolicy};
-/// use tower::{Service, ServiceExt};
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-/// let counter = calls.clone();
-/// let flaky = tower::service_fn(move |req: tonic::Request<u32>| {
-///     let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-///     async move {
-///         if n == 0 { Err(tonic::Status::unavailable("warming up")) }
-///         else { Ok(tonic::Response::new(req.into_inner() * 2)) }
-///     }
-/// });
-/// let policy = CallPolicy::new("doubler", "Double").retry(Some(RetryPolicy::default()));
-/// let mut svc = Retry::new(flaky, policy);
-/// let reply = svc.ready().await.unwrap().call(tonic::Request::new(21)).await.unwrap();
-/// assert_eq!(reply.into_inner(), 42);
-/// assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
-/// # }
-/// ```
-#[derive(Clone, Debug)]
-pub struct Retry<S> {
-    inner: S,
-    policy: Arc<CallPolicy>,
-}
-
-impl<S> Retry<S> {
-    /// Wraps `inner` with `policy`.
-    pub fn new(inner: S, policy: CallPolicy) -> Self {
-        Retry {
-            inner,
-            policy: Arc::new(policy),
-        }
-    }
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-/// The response future of [`Retry`].
-pub type ResponseFuture<R> =
-    Pin<Box<dyn Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static>>;
-
-impl<S, M, R> tower_service::Service<tonic::Request<M>> for Retry<S>
-where
-    S: tower_service::Service<tonic::Request<M>, Response = tonic::Response<R>, Error = Status>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    M: Clone + Send + Sync + 'static,
-    R: Send + 'static,
-{
-    type Response = tonic::Response<R>;
-    type Error = Status;
-    type Future = ResponseFuture<R>;
-
-    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Status>> {
-        // Readiness is awaited per attempt on a clone of the inner service.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: tonic::Request<M>) -> Self::Future {
-        let inner = self.inner.clone();
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            policy
-                .call(request, move |req| inner.clone().oneshot(req))
-                .await
-        })
     }
 }

@@ -27,6 +27,7 @@
 pub mod call;
 mod ids;
 mod layer;
+mod metadata;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod traceparent;
@@ -40,6 +41,7 @@ use tracing::Instrument;
 
 pub use self::ids::{SpanId, TraceId};
 pub use self::layer::{Propagate, PropagateLayer, Trace, TraceLayer};
+pub use self::metadata::{PropagateMetadata, PropagateMetadataLayer};
 pub use self::traceparent::{TraceFlags, Traceparent, TraceparentError};
 pub use self::tracestate::{TraceState, TraceStateError};
 
