@@ -109,7 +109,7 @@ where
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 async move {
                     let _ = stopped.await;
-                    steadfast::registry::graceful_shutdown(Some(&h), &*r, &i, drain).await;
+                    steadfast::server::graceful_shutdown(Some(&h), &*r, &i, drain).await;
                 },
             )
             .await;

@@ -131,8 +131,11 @@
 //! - [`breaker`]: one circuit breaker per downstream service, also a plain tower
 //!   [`breaker::BreakerLayer`].
 //! - [`metrics`]: Prometheus metrics in OpenMetrics text.
-//! - [`deadline`]: the server-side deadline layer.
-//! - [`client`]: connection set-up ([`client::ClientConfig`]) and the generated clients' core.
+//! - [`deadline`]: deadlines across hops: the server layer, the call deadline and the attempt
+//!   timeout of clients.
+//! - [`client`]: connection set-up ([`client::ClientConfig`]), the layered stack of every
+//!   generated client ([`client::stack`]), and the channel that balances discovered endpoints.
+//! - [`server`]: graceful shutdown and the runtime of `#[traced]`.
 //! - [`tls`]: rustls TLS from PEM files, for clients and servers.
 //! - [`trace`]: W3C trace context and `X-Trace-ID` across gRPC, HTTP and tasks.
 //! - [`telemetry`]: JSON logs with `trace_id` and `span_id` on every line.
@@ -147,7 +150,6 @@
 pub mod breaker;
 pub mod client;
 pub mod code;
-mod context;
 pub mod deadline;
 pub mod discovery;
 pub mod duration;
@@ -157,15 +159,17 @@ pub mod metrics;
 pub mod outcome;
 pub mod registry;
 pub mod retry;
+pub mod server;
 mod spec;
 pub mod telemetry;
 mod time;
 pub mod tls;
 pub mod trace;
+mod wire;
 
-pub use context::Context;
 pub use error::Error;
 pub use steadfast_macros::{no_retry, resilient_client, retry, timeout, traced};
+pub use trace::Context;
 pub use trace::spawn;
 
 /// Re-exports for generated code. Not public API: no stability guarantees.
@@ -182,6 +186,6 @@ pub mod __private {
 
     /// What `#[traced]` calls.
     pub mod trace {
-        pub use crate::trace::call::{Call, ok_code, result_code};
+        pub use crate::server::call::{Call, ok_code, result_code};
     }
 }

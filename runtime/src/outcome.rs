@@ -170,7 +170,7 @@ pub fn classify(status: &Status, timed_out: bool) -> AttemptOutcome {
     if status.code() == Code::DeadlineExceeded
         && status
             .metadata()
-            .contains_key(crate::deadline::DEADLINE_EXPIRED_KEY)
+            .contains_key(crate::wire::DEADLINE_EXPIRED_KEY)
     {
         return AttemptOutcome::Timeout;
     }
@@ -452,7 +452,7 @@ mod tests {
     fn the_server_marked_deadline_is_ours_and_a_relay_wins_over_everything() {
         let mut expired = Status::deadline_exceeded("deadline");
         expired.metadata_mut().insert(
-            crate::deadline::DEADLINE_EXPIRED_KEY,
+            crate::wire::DEADLINE_EXPIRED_KEY,
             MetadataValue::from_static("1"),
         );
         assert_eq!(classify(&expired, false), AttemptOutcome::Timeout);

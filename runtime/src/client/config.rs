@@ -236,6 +236,16 @@ impl ClientConfig {
         Ok(ep)
     }
 
+    /// What a discovery pool needs from this config.
+    pub(crate) fn pool_config(&self) -> crate::discovery::PoolConfig {
+        let me = self.clone();
+        crate::discovery::PoolConfig {
+            endpoint: std::sync::Arc::new(move |uri| me.tonic_endpoint(uri)),
+            outlier_detection: self.outlier_detection,
+            panic_threshold: self.panic_threshold,
+        }
+    }
+
     pub(crate) fn is_eager(&self) -> bool {
         self.eager
     }

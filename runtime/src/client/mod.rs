@@ -237,7 +237,7 @@ where
 
 async fn connect(service: &str, config: &ClientConfig) -> Result<Channel, Error> {
     if let Some(registry) = &config.registry {
-        let pool = crate::discovery::Pool::start(service, registry, config.clone()).await?;
+        let pool = crate::discovery::Pool::start(service, registry, config.pool_config()).await?;
         return Ok(Channel::discovered(pool));
     }
     let endpoints = config

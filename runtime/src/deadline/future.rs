@@ -8,7 +8,7 @@ use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Sleep;
 
 use crate::Context;
-use crate::context::CURRENT;
+use crate::trace::context::CURRENT;
 
 pin_project! {
     /// Response future of [`Deadline`](super::Deadline): runs the handler inside its

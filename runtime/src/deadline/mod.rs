@@ -4,7 +4,6 @@
 
 mod client;
 mod future;
-mod grpc_timeout;
 mod layer;
 
 use std::task::{Context as TaskContext, Poll};
@@ -13,14 +12,9 @@ pub use self::client::{
     AttemptFuture, AttemptTimeout, AttemptTimeoutLayer, CallDeadline, CallDeadlineLayer,
 };
 pub use self::future::ResponseFuture;
-pub(crate) use self::grpc_timeout::sanitize;
-pub use self::grpc_timeout::{GRPC_TIMEOUT, parse_grpc_timeout};
 pub use self::layer::DeadlineLayer;
-
-/// Metadata key on the DEADLINE_EXCEEDED that [`Deadline`] sends when the caller's
-/// `grpc-timeout` expires. A steadfast client that sees it knows its own per-attempt timeout
-/// expired (in the server, a hair before its own timer) and treats the attempt as timed out.
-pub const DEADLINE_EXPIRED_KEY: &str = "steadfast-deadline-expired";
+use crate::wire::sanitize;
+pub use crate::wire::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
 
 use crate::Context;
 

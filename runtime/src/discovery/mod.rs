@@ -30,7 +30,6 @@ use tokio::time::Instant;
 pub use crate::spec::outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 
 use crate::Error;
-use crate::client::ClientConfig;
 use crate::outcome::{AttemptOutcome, EndpointEffect, PASSED_THROUGH_KEY};
 use crate::registry::{Instance, Instances, Registry};
 
@@ -58,6 +57,28 @@ impl Slot {
     }
 }
 
+/// Builds the endpoint (connection settings, TLS) of a discovered address.
+pub(crate) type MakeEndpoint =
+    Arc<dyn Fn(&http::Uri) -> Result<tonic::transport::Endpoint, Error> + Send + Sync>;
+
+/// What a pool needs from its client: how to connect, and the balancing rules.
+#[derive(Clone)]
+pub(crate) struct PoolConfig {
+    pub(crate) endpoint: MakeEndpoint,
+    pub(crate) outlier_detection: OutlierDetection,
+    /// Envoy's healthy panic threshold, in percent.
+    pub(crate) panic_threshold: u32,
+}
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("outlier_detection", &self.outlier_detection)
+            .field("panic_threshold", &self.panic_threshold)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The live endpoints of one service.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -65,7 +86,7 @@ pub(crate) struct Pool {
     slots: RwLock<Arc<[Arc<Slot>]>>,
     next: AtomicUsize,
     base: Instant,
-    config: ClientConfig,
+    config: PoolConfig,
 }
 
 impl Pool {
@@ -73,7 +94,7 @@ impl Pool {
     pub(crate) async fn start(
         service: &str,
         registry: &Arc<dyn Registry>,
-        config: ClientConfig,
+        config: PoolConfig,
     ) -> Result<Arc<Pool>, Error> {
         let mut rx = registry.watch(service).await?;
         let pool = Arc::new(Pool {
@@ -118,7 +139,7 @@ impl Pool {
                     continue;
                 }
             };
-            match self.config.tonic_endpoint(&uri) {
+            match (self.config.endpoint)(&uri) {
                 Ok(ep) => next.push(Arc::new(Slot {
                     id: i.id.as_str().into(),
                     addr: i.addr.clone(),
@@ -386,9 +407,11 @@ mod tests {
             registry.register(&instance).await.unwrap();
         }
         let registry: Arc<dyn Registry> = Arc::new(registry);
-        let config = ClientConfig::discover(registry.clone())
-            .outlier_detection(od)
-            .unwrap();
+        let config = PoolConfig {
+            endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
+            outlier_detection: od,
+            panic_threshold: 50,
+        };
         Pool::start("svc", &registry, config).await.unwrap()
     }
 

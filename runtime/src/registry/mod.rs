@@ -177,23 +177,7 @@ pub async fn from_url(url: &str) -> Result<Arc<dyn Registry>, Error> {
     }
 }
 
-/// A graceful shutdown, in order: (1) health reports NOT_SERVING; (2) the registration
-/// ends (for etcd the lease is revoked, so the keys vanish at once); (3) wait `drain` so
-/// clients notice. Call it from the shutdown future of `serve_with_incoming_shutdown`, which
-/// then (4) finishes the calls in flight, after which (5) the process exits.
-pub async fn graceful_shutdown(
-    health: Option<&crate::health::Health>,
-    registry: &dyn Registry,
-    instance: &Instance,
-    drain_for: Duration,
-) {
-    if let Some(health) = health {
-        health.set_not_serving().await;
-    }
-    drain(registry, instance, drain_for).await;
-}
-
-/// Steps (2) and (3) of [`graceful_shutdown`]: remove the instance from discovery, then wait
+/// Steps (2) and (3) of [`graceful_shutdown`](crate::server::graceful_shutdown): remove the instance from discovery, then wait
 /// `drain` so clients notice before the server stops accepting calls.
 pub async fn drain(registry: &dyn Registry, instance: &Instance, drain: Duration) {
     if let Err(e) = registry.shutdown().await {

@@ -13,7 +13,7 @@ use tracing::instrument::Instrumented;
 
 use super::{TraceContext, X_TRACE_ID, extract, inject};
 use crate::Context;
-use crate::context::CURRENT;
+use crate::trace::context::CURRENT;
 
 /// Extracts the caller's trace context from each request, runs the handler inside it (as
 /// [`Context`] and as a `request` span with `trace_id` and `span_id`), and answers with

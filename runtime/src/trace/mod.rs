@@ -24,7 +24,7 @@
 //!   traces.
 
 #[doc(hidden)]
-pub mod call;
+pub(crate) mod context;
 mod ids;
 mod layer;
 mod metadata;
@@ -45,7 +45,7 @@ pub use self::metadata::{PropagateMetadata, PropagateMetadataLayer};
 pub use self::traceparent::{TraceFlags, Traceparent, TraceparentError};
 pub use self::tracestate::{TraceState, TraceStateError};
 
-use crate::Context;
+pub use self::context::Context;
 
 /// The `traceparent` header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -216,7 +216,7 @@ impl Carrier for MetadataMap {
 fn warn_invalid(header: &str, value: &[u8], why: &dyn std::fmt::Display) {
     tracing::warn!(
         header,
-        value = %crate::deadline::sanitize(value),
+        value = %crate::wire::sanitize(value),
         "ignoring invalid {header}: {why}"
     );
 }

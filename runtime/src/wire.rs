@@ -1,6 +1,13 @@
-//! The `grpc-timeout` header: at most 8 ASCII digits followed by one unit letter.
+//! gRPC wire names shared by several modules: the `grpc-timeout` header (at most 8 ASCII
+//! digits and one unit letter), steadfast's own metadata keys, and a safe rendering of
+//! untrusted header values for logs. Depends on nothing else in the crate.
 
 use std::time::Duration;
+
+/// Metadata key on the DEADLINE_EXCEEDED that a steadfast server sends when the caller's
+/// `grpc-timeout` expires. A steadfast client that sees it knows its own per-attempt timeout
+/// expired (in the server, a hair before its own timer) and treats the attempt as timed out.
+pub const DEADLINE_EXPIRED_KEY: &str = "steadfast-deadline-expired";
 
 /// The header that carries a call's remaining time to the server.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";

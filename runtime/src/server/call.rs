@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::{SpanId, TraceContext, TraceId, extract, extract_metadata};
 use crate::Context;
-use crate::deadline::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
+use crate::trace::{SpanId, TraceContext, TraceId, extract, extract_metadata};
+use crate::wire::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
 
 /// One handled call.
 #[derive(Debug)]

@@ -37,7 +37,7 @@ tokio::task_local! {
 #[derive(Clone, Debug, Default)]
 pub struct Context {
     deadline: Option<Instant>,
-    trace: Option<crate::trace::TraceContext>,
+    trace: Option<super::TraceContext>,
 }
 
 impl Context {
@@ -99,13 +99,13 @@ impl Context {
     }
 
     /// Returns this context with `trace` as its trace context.
-    pub fn with_trace(mut self, trace: crate::trace::TraceContext) -> Self {
+    pub fn with_trace(mut self, trace: super::TraceContext) -> Self {
         self.trace = Some(trace);
         self
     }
 
     /// The trace context, if the request has one.
-    pub fn trace(&self) -> Option<&crate::trace::TraceContext> {
+    pub fn trace(&self) -> Option<&super::TraceContext> {
         self.trace.as_ref()
     }
 
@@ -122,7 +122,7 @@ impl Context {
                 .remove::<Context>()
                 .unwrap_or_else(Context::current);
             if ctx.trace.is_none() {
-                ctx.trace = Some(crate::trace::TraceContext::new_root());
+                ctx.trace = Some(super::TraceContext::new_root());
             }
             extensions.insert(ctx);
         }
