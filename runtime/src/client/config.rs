@@ -42,6 +42,7 @@ pub struct ClientConfig {
     pub(crate) downstreams: Downstreams,
     pub(crate) outlier_detection: OutlierDetection,
     pub(crate) panic_threshold: u32,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl ClientConfig {
@@ -84,6 +85,7 @@ impl ClientConfig {
             downstreams: Downstreams::global(),
             outlier_detection: OutlierDetection::default(),
             panic_threshold: 50,
+            metrics: crate::metrics::Metrics::global(),
         }
     }
 
@@ -213,6 +215,15 @@ impl ClientConfig {
     /// process-wide one. Tests use this for isolation.
     pub fn downstreams(mut self, downstreams: Downstreams) -> Self {
         self.downstreams = downstreams;
+        self
+    }
+
+    /// Counts this client's calls and retries in `metrics` instead of the process-wide
+    /// [`Metrics::global`](crate::metrics::Metrics::global) (for example a set registered in
+    /// the application's own registry with
+    /// [`Metrics::register_into`](crate::metrics::Metrics::register_into)).
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
         self
     }
 

@@ -55,6 +55,12 @@ impl Downstreams {
         ))
     }
 
+    /// An empty set whose breakers report to `metrics` (pair it with
+    /// [`ClientConfig::metrics`] to keep a client's series out of the process-wide set).
+    pub fn with_metrics(metrics: &crate::metrics::Metrics) -> Self {
+        Downstreams::with_breakers(BreakerRegistry::with_observer(metrics.breaker_observer()))
+    }
+
     /// An empty set whose breakers come from `breakers` (for example one with an observer
     /// of your own, or none).
     pub fn with_breakers(breakers: BreakerRegistry) -> Self {
@@ -175,7 +181,10 @@ impl ClientCore {
                         .timeout(timeout)
                         .retry(retry)
                         .throttle(Some(throttle.clone()))
-                        .breaker(Some(breaker.clone())),
+                        .breaker(Some(breaker.clone()))
+                        .metrics(Some(Arc::new(
+                            config.metrics.client_method(spec.service, m.grpc_method),
+                        ))),
                 )
             })
             .collect();

@@ -58,16 +58,20 @@ pub type ClientStack<S> = CallMetrics<
 /// ```
 pub fn stack<S>(policy: &Arc<CallPolicy>, inner: S) -> ClientStack<S> {
     ServiceBuilder::new()
-        .layer(CallMetricsLayer::new(
-            policy.service_name(),
-            policy.method_name(),
-        )) // one count and latency per call
-        .layer(MarkRelayedLayer::new(policy.service_name())) // our errors carry their origin upstream
-        .layer(CallDeadlineLayer::new(policy.get_timeout())) // min(own timeout, caller's deadline)
-        .layer(RetryLayer::new(policy.clone())) // gRFC A6: codes, backoff, pushback, throttle, transparent retry
-        .option_layer(policy.get_breaker().cloned().map(BreakerLayer::new)) // per attempt, shared per service
-        .layer(AttemptTimeoutLayer::new(policy.per_attempt_timeout())) // grpc-timeout, one timer; classifies
-        .layer(PropagateMetadataLayer::new()) // traceparent on every attempt
+        // One count and one latency sample per call, by final code.
+        .layer(CallMetricsLayer::new(policy.method_metrics()))
+        // Errors we return carry their origin to the callers up the chain.
+        .layer(MarkRelayedLayer::new(policy.service_name()))
+        // The overall deadline: min(own timeout, the caller's deadline).
+        .layer(CallDeadlineLayer::new(policy.get_timeout()))
+        // gRFC A6: codes, backoff, pushback, throttle; transparent retry of unsent attempts.
+        .layer(RetryLayer::new(policy.clone()))
+        // Admission per attempt; one breaker shared by every client of the service.
+        .option_layer(policy.get_breaker().cloned().map(BreakerLayer::new))
+        // grpc-timeout and one timer per attempt; classifies the attempt once.
+        .layer(AttemptTimeoutLayer::new(policy.per_attempt_timeout()))
+        // traceparent, tracestate and X-Trace-ID on every attempt.
+        .layer(PropagateMetadataLayer::new())
         .service(inner)
 }
 

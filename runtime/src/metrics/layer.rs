@@ -11,6 +11,7 @@ use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::MethodMetrics;
 use crate::Context;
 use crate::trace::TraceId;
 
@@ -19,12 +20,13 @@ use crate::trace::TraceId;
 /// call's trace id as exemplar.
 ///
 /// ```
-/// use steadfast::metrics::CallMetricsLayer;
+/// use steadfast::metrics::{CallMetricsLayer, Metrics};
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let handles = Metrics::global().client_method("doc-metrics-svc", "Echo");
 /// let svc = ServiceBuilder::new()
-///     .layer(CallMetricsLayer::new("doc-metrics-svc", "Echo"))
+///     .layer(CallMetricsLayer::new(handles))
 ///     .service_fn(|req: tonic::Request<u8>| async move {
 ///         Ok::<_, tonic::Status>(tonic::Response::new(req.into_inner()))
 ///     });
@@ -35,16 +37,15 @@ use crate::trace::TraceId;
 /// ```
 #[derive(Clone, Debug)]
 pub struct CallMetricsLayer {
-    service: Arc<str>,
-    method: Arc<str>,
+    handles: Arc<MethodMetrics>,
 }
 
 impl CallMetricsLayer {
-    /// Records calls as `service` / `method`.
-    pub fn new(service: impl Into<Arc<str>>, method: impl Into<Arc<str>>) -> Self {
+    /// Records calls with `handles` (resolved once per method by
+    /// [`Metrics::client_method`](super::Metrics::client_method)).
+    pub fn new(handles: impl Into<Arc<MethodMetrics>>) -> Self {
         CallMetricsLayer {
-            service: service.into(),
-            method: method.into(),
+            handles: handles.into(),
         }
     }
 }
@@ -54,8 +55,7 @@ impl<S> Layer<S> for CallMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         CallMetrics {
             inner,
-            service: self.service.clone(),
-            method: self.method.clone(),
+            handles: self.handles.clone(),
         }
     }
 }
@@ -64,8 +64,7 @@ impl<S> Layer<S> for CallMetricsLayer {
 #[derive(Clone, Debug)]
 pub struct CallMetrics<S> {
     inner: S,
-    service: Arc<str>,
-    method: Arc<str>,
+    handles: Arc<MethodMetrics>,
 }
 
 impl<S> CallMetrics<S> {
@@ -98,8 +97,7 @@ where
         ResponseFuture {
             inner: self.inner.call(req),
             started: Instant::now(),
-            service: self.service.clone(),
-            method: self.method.clone(),
+            handles: self.handles.clone(),
             trace_id,
         }
     }
@@ -111,8 +109,7 @@ pin_project! {
         #[pin]
         inner: F,
         started: Instant,
-        service: Arc<str>,
-        method: Arc<str>,
+        handles: Arc<MethodMetrics>,
         trace_id: Option<TraceId>,
     }
 }
@@ -136,13 +133,8 @@ where
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
-        super::client_call(
-            this.service,
-            this.method,
-            code,
-            this.started.elapsed(),
-            *this.trace_id,
-        );
+        this.handles
+            .call(code, this.started.elapsed(), *this.trace_id);
         Poll::Ready(result)
     }
 }

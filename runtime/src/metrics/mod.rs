@@ -27,7 +27,10 @@ mod layer;
 
 use std::sync::{Mutex, OnceLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
 use prometheus_client::metrics::family::Family;
@@ -35,6 +38,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::breaker::{BreakerEvent, BreakerObserver};
+use crate::trace::TraceId;
 
 pub use self::layer::{CallMetrics, CallMetricsLayer, ResponseFuture};
 
@@ -70,10 +74,21 @@ struct CheckLabel {
     check: String,
 }
 
-/// The exemplar label set: one trace id.
+/// The exemplar label set: one trace id, encoded as hex when scraped (no allocation when
+/// recorded).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TraceLabel {
-    trace_id: String,
+    trace_id: TraceHex,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct TraceHex(TraceId);
+
+impl EncodeLabelValue for TraceHex {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let hex = self.0.to_hex();
+        encoder.write_str(std::str::from_utf8(&hex).map_err(|_| std::fmt::Error)?)
+    }
 }
 
 fn latency_histogram() -> HistogramWithExemplars<TraceLabel> {
@@ -89,14 +104,158 @@ struct TransitionLabels {
     to: &'static str,
 }
 
-/// The process-wide metrics of steadfast.
+/// Every steadfast metric, as a cheap handle (clones share the same series).
+///
+/// [`Metrics::global`] is the process-wide default that clients, breakers, servers and
+/// health checks use unless told otherwise; [`Metrics::new`] makes an isolated set (give it
+/// to [`ClientConfig::metrics`](crate::client::ClientConfig::metrics)). Either can be added to
+/// an application's own `prometheus_client` registry with [`register_into`](Self::register_into),
+/// so one endpoint serves both.
 ///
 /// ```
 /// let text = steadfast::metrics::render();
 /// assert!(text.ends_with("# EOF\n"));
+///
+/// use std::time::Duration;
+/// use steadfast::metrics::Metrics;
+///
+/// let metrics = Metrics::new();
+/// let mut mine = prometheus_client::registry::Registry::default();
+/// metrics.register_into(&mut mine);
+/// metrics.client_method("user-svc", "GetUser").call(tonic::Code::Ok, Duration::from_millis(3), None);
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &mine).unwrap();
+/// assert!(text.contains(r#"steadfast_client_calls_total{service="user-svc",method="GetUser",code="Ok"} 1"#));
+/// assert_eq!(text.matches("# EOF").count(), 1);
 /// ```
-pub struct Metrics {
-    registry: Mutex<Registry>,
+#[derive(Clone)]
+pub struct Metrics(Arc<Families>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A new, isolated set of every steadfast metric.
+    pub fn new() -> Metrics {
+        Metrics(Arc::new(Families::new()))
+    }
+
+    /// The process-wide set.
+    pub fn global() -> Metrics {
+        static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+        GLOBAL.get_or_init(Metrics::new).clone()
+    }
+
+    /// Encodes every metric as OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.0.registry.lock().unwrap_or_else(|p| p.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Adds every steadfast metric (prefixed `steadfast_`) to `registry`, so an
+    /// application's own endpoint serves them with its own metrics. The series are shared:
+    /// both registries show the same values.
+    pub fn register_into(&self, registry: &mut Registry) {
+        self.0
+            .register(registry.sub_registry_with_prefix("steadfast"));
+    }
+
+    /// The handles of one client method, resolved once (at client construction) so that a
+    /// successful call records without a label lookup or an allocation.
+    pub fn client_method(&self, service: &str, method: &str) -> MethodMetrics {
+        let labels = |code| CallLabels {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            code,
+        };
+        let ok = labels(crate::code::code_name(tonic::Code::Ok));
+        MethodMetrics {
+            ok_calls: self.0.client_calls.get_or_create(&ok).clone(),
+            ok_duration: self.0.client_duration.get_or_create(&ok).clone(),
+            retries: self
+                .0
+                .client_retries
+                .get_or_create(&MethodLabels {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                })
+                .clone(),
+            service: service.into(),
+            method: method.into(),
+            metrics: self.clone(),
+        }
+    }
+}
+
+/// The metric handles of one client method (see [`Metrics::client_method`]).
+#[derive(Clone)]
+pub struct MethodMetrics {
+    metrics: Metrics,
+    service: Arc<str>,
+    method: Arc<str>,
+    ok_calls: CounterWithExemplar<TraceLabel>,
+    ok_duration: HistogramWithExemplars<TraceLabel>,
+    retries: CounterWithExemplar<TraceLabel>,
+}
+
+impl std::fmt::Debug for MethodMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MethodMetrics")
+            .field("service", &self.service)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MethodMetrics {
+    /// Records one finished call with its final code, latency and trace id (exemplar).
+    pub fn call(&self, code: tonic::Code, elapsed: std::time::Duration, trace_id: Option<TraceId>) {
+        if code == tonic::Code::Ok {
+            self.ok_calls.inc_by(1, exemplar(trace_id), None);
+            self.ok_duration
+                .observe(elapsed.as_secs_f64(), exemplar(trace_id), None);
+        } else {
+            record_call(
+                &self.metrics.0.client_calls,
+                &self.metrics.0.client_duration,
+                &self.service,
+                &self.method,
+                crate::code::code_name(code),
+                elapsed,
+                trace_id,
+            );
+        }
+    }
+
+    /// Records one retry.
+    pub fn retry(&self, trace_id: Option<TraceId>) {
+        self.retries.inc_by(1, exemplar(trace_id), None);
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The method name.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+}
+
+struct Families {
     client_calls: Family<CallLabels, CounterWithExemplar<TraceLabel>>,
     client_retries: Family<MethodLabels, CounterWithExemplar<TraceLabel>>,
     client_duration: LatencyFamily,
@@ -107,111 +266,93 @@ pub struct Metrics {
     breaker_state: Family<ServiceLabel, Gauge>,
     breaker_transitions: Family<TransitionLabels, Counter>,
     breaker_rejections: Family<ServiceLabel, Counter>,
+    registry: Mutex<Registry>,
 }
 
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
-    }
-}
-
-impl Metrics {
-    fn new() -> Metrics {
+impl Families {
+    fn new() -> Families {
+        let mut families = Families {
+            client_calls: Family::default(),
+            client_retries: Family::default(),
+            client_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
+            server_calls: Family::default(),
+            server_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
+            health_latency: Family::default(),
+            health_up: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            breaker_rejections: Family::default(),
+            registry: Mutex::new(Registry::default()),
+        };
         let mut registry = Registry::with_prefix("steadfast");
-        let breaker_state = Family::<ServiceLabel, Gauge>::default();
-        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
-        let breaker_rejections = Family::<ServiceLabel, Counter>::default();
-        registry.register(
+        families.register(&mut registry);
+        families.registry = Mutex::new(registry);
+        families
+    }
+
+    /// Registers every family (shared handles) in `r`.
+    fn register(&self, r: &mut Registry) {
+        r.register(
             "breaker_state",
             "Circuit breaker state per downstream service: 0 closed, 1 open, 2 half-open",
-            breaker_state.clone(),
+            self.breaker_state.clone(),
         );
-        registry.register(
+        r.register(
             "breaker_transitions",
             "Circuit breaker state changes per downstream service",
-            breaker_transitions.clone(),
+            self.breaker_transitions.clone(),
         );
-        registry.register(
+        r.register(
             "breaker_rejections",
             "Calls rejected by an open or saturated half-open breaker",
-            breaker_rejections.clone(),
+            self.breaker_rejections.clone(),
         );
-        let client_calls = Family::<CallLabels, CounterWithExemplar<TraceLabel>>::default();
-        let client_retries = Family::<MethodLabels, CounterWithExemplar<TraceLabel>>::default();
-        let client_duration = Family::new_with_constructor(latency_histogram as fn() -> _);
-        let server_calls = Family::<CallLabels, CounterWithExemplar<TraceLabel>>::default();
-        let server_duration = Family::new_with_constructor(latency_histogram as fn() -> _);
-        registry.register(
+        r.register(
             "client_calls",
             "Calls made by resilient clients, by final status",
-            client_calls.clone(),
+            self.client_calls.clone(),
         );
-        registry.register(
+        r.register(
             "client_retries",
             "Retry attempts made by resilient clients",
-            client_retries.clone(),
+            self.client_retries.clone(),
         );
-        registry.register(
+        r.register(
             "client_call_duration_seconds",
             "Duration of client calls, all attempts included",
-            client_duration.clone(),
+            self.client_duration.clone(),
         );
-        registry.register(
+        r.register(
             "server_calls",
             "Calls handled by #[traced] handlers, by status",
-            server_calls.clone(),
+            self.server_calls.clone(),
         );
-        registry.register(
+        r.register(
             "server_call_duration_seconds",
             "Duration of calls handled by #[traced] handlers",
-            server_duration.clone(),
+            self.server_duration.clone(),
         );
-        let health_latency = Family::<CheckLabel, FloatGauge>::default();
-        let health_up = Family::<CheckLabel, Gauge>::default();
-        registry.register(
+        r.register(
             "health_check_latency_seconds",
             "Latency of the last run of each health check",
-            health_latency.clone(),
+            self.health_latency.clone(),
         );
-        registry.register(
+        r.register(
             "health_check_up",
             "Whether the last run of each health check passed (1) or failed (0)",
-            health_up.clone(),
+            self.health_up.clone(),
         );
-        Metrics {
-            registry: Mutex::new(registry),
-            health_latency,
-            health_up,
-            client_calls,
-            client_retries,
-            client_duration,
-            server_calls,
-            server_duration,
-            breaker_state,
-            breaker_transitions,
-            breaker_rejections,
-        }
-    }
-
-    /// Encodes every metric as OpenMetrics text.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &registry)
-            .expect("writing to a String cannot fail");
-        out
     }
 }
 
-/// The process-wide metrics.
-pub fn global() -> &'static Metrics {
-    static GLOBAL: OnceLock<Metrics> = OnceLock::new();
-    GLOBAL.get_or_init(Metrics::new)
+/// The process-wide metrics (same as [`Metrics::global`]).
+pub fn global() -> Metrics {
+    Metrics::global()
 }
 
 /// Encodes the process-wide metrics as OpenMetrics text, for a `/metrics` endpoint.
 pub fn render() -> String {
-    global().render()
+    Metrics::global().render()
 }
 
 fn service(name: &str) -> ServiceLabel {
@@ -230,17 +371,22 @@ fn service(name: &str) -> ServiceLabel {
 /// assert!(steadfast::metrics::render().contains(r#"steadfast_breaker_state{service="doc-svc"} 0"#));
 /// ```
 pub fn breaker_observer() -> BreakerObserver {
-    std::sync::Arc::new(|name: &str, event: BreakerEvent<'_>| {
-        let m = global();
-        match event {
+    Metrics::global().breaker_observer()
+}
+
+impl Metrics {
+    /// The breaker observer that keeps this set's breaker metrics (see [`breaker_observer`]).
+    pub fn breaker_observer(&self) -> BreakerObserver {
+        let m = self.clone();
+        Arc::new(move |name: &str, event: BreakerEvent<'_>| match event {
             BreakerEvent::Created => {
-                m.breaker_state.get_or_create(&service(name)).set(0);
+                m.0.breaker_state.get_or_create(&service(name)).set(0);
             }
             BreakerEvent::Transition(t) => {
-                m.breaker_state
+                m.0.breaker_state
                     .get_or_create(&service(name))
                     .set(t.to.as_gauge());
-                m.breaker_transitions
+                m.0.breaker_transitions
                     .get_or_create(&TransitionLabels {
                         service: name.to_owned(),
                         to: t.to.as_str(),
@@ -248,37 +394,16 @@ pub fn breaker_observer() -> BreakerObserver {
                     .inc();
             }
             BreakerEvent::Rejected => {
-                m.breaker_rejections.get_or_create(&service(name)).inc();
+                m.0.breaker_rejections.get_or_create(&service(name)).inc();
             }
-        }
-    })
+        })
+    }
 }
 
-fn exemplar(trace_id: Option<crate::trace::TraceId>) -> Option<TraceLabel> {
+fn exemplar(trace_id: Option<TraceId>) -> Option<TraceLabel> {
     trace_id.map(|t| TraceLabel {
-        trace_id: t.to_string(),
+        trace_id: TraceHex(t),
     })
-}
-
-/// Records one finished client call.
-pub(crate) fn client_call(
-    service: &str,
-    method: &str,
-    code: tonic::Code,
-    elapsed: std::time::Duration,
-    trace_id: Option<crate::trace::TraceId>,
-) {
-    let m = global();
-    let code = crate::code::code_name(code);
-    record_call(
-        &m.client_calls,
-        &m.client_duration,
-        service,
-        method,
-        code,
-        elapsed,
-        trace_id,
-    );
 }
 
 /// Records one retry.
@@ -288,6 +413,7 @@ pub(crate) fn client_retry(service: &str, method: &str, trace_id: Option<crate::
         method: method.to_owned(),
     };
     global()
+        .0
         .client_retries
         .get_or_create(&labels)
         .inc_by(1, exemplar(trace_id), None);
@@ -304,8 +430,8 @@ pub fn server_call(
 ) {
     let m = global();
     record_call(
-        &m.server_calls,
-        &m.server_duration,
+        &m.0.server_calls,
+        &m.0.server_duration,
         service,
         method,
         code,
@@ -346,10 +472,10 @@ pub(crate) fn health_check(check: &str, latency: std::time::Duration, ok: bool) 
     let label = CheckLabel {
         check: check.to_owned(),
     };
-    m.health_latency
+    m.0.health_latency
         .get_or_create(&label)
         .set(latency.as_secs_f64());
-    m.health_up.get_or_create(&label).set(i64::from(ok));
+    m.0.health_up.get_or_create(&label).set(i64::from(ok));
 }
 
 /// An axum router serving [`render`] at `/metrics` with the OpenMetrics content type.

@@ -50,6 +50,7 @@ pub use self::throttle::RetryThrottle;
 use crate::Context;
 use crate::breaker::{self, CircuitBreaker};
 use crate::code::code_name;
+use crate::metrics::MethodMetrics;
 use crate::outcome::{AttemptInfo, AttemptOutcome, MAX_TRANSPARENT_RETRIES};
 
 /// The metadata key that tells the server how many attempts came before this one.
@@ -76,6 +77,7 @@ pub struct CallPolicy {
     retry: Option<RetryPolicy>,
     throttle: Option<Arc<RetryThrottle>>,
     breaker: Option<Arc<CircuitBreaker>>,
+    metrics: Option<Arc<MethodMetrics>>,
     jitter: fn() -> f64,
 }
 
@@ -105,6 +107,7 @@ impl CallPolicy {
             retry: None,
             throttle: None,
             breaker: None,
+            metrics: None,
             jitter: fastrand::f64,
         }
     }
@@ -132,6 +135,22 @@ impl CallPolicy {
     /// The circuit breaker, if any.
     pub fn get_breaker(&self) -> Option<&Arc<CircuitBreaker>> {
         self.breaker.as_ref()
+    }
+    /// Sets where this method's calls and retries are counted (resolved once per method by
+    /// [`Metrics::client_method`](crate::metrics::Metrics::client_method)); without it, the
+    /// process-wide [`Metrics`](crate::metrics::Metrics) are used.
+    pub fn metrics(mut self, metrics: Option<Arc<MethodMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+    /// This method's metric handles: the ones set, else the process-wide ones.
+    pub fn method_metrics(&self) -> Arc<MethodMetrics> {
+        match &self.metrics {
+            Some(m) => m.clone(),
+            None => Arc::new(
+                crate::metrics::Metrics::global().client_method(&self.service, &self.method),
+            ),
+        }
     }
     /// Replaces the jitter source, a function returning uniform samples from `[0, 1)`.
     /// Tests use it to make backoff exact.
@@ -388,7 +407,10 @@ impl CallPolicy {
                 code = code_name(status.code()), delay_ms = delay.as_millis() as u64,
                 "retrying"
             );
-            crate::metrics::client_retry(&self.service, &self.method, trace_id);
+            match &self.metrics {
+                Some(m) => m.retry(trace_id),
+                None => crate::metrics::client_retry(&self.service, &self.method, trace_id),
+            }
             tokio::time::sleep(delay).await;
         }
     }
