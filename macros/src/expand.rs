@@ -266,6 +266,13 @@ fn inherent_method(index: usize, m: &Method, vis: &syn::Visibility) -> TokenStre
         "Calls `{}` with this client's deadline and retry policy.",
         m.grpc_method
     );
+    // A `tonic::Request<M>` argument goes through as it is (its metadata and extensions
+    // reach the server on every attempt); a bare message is wrapped.
+    let request = if m.request_form {
+        quote!(__steadfast_message)
+    } else {
+        quote!(::steadfast::__private::tonic::Request::new(__steadfast_message))
+    };
     quote_spanned! {span=>
         #[doc = #doc]
         #vis fn #ident(&self, __steadfast_message: #message)
@@ -275,7 +282,7 @@ fn inherent_method(index: usize, m: &Method, vis: &syn::Visibility) -> TokenStre
             ::steadfast::__private::unary(
                 &self.__steadfast_core,
                 #index,
-                __steadfast_message,
+                #request,
                 move |__steadfast_request| {
                     let mut __steadfast_client = ::core::clone::Clone::clone(&__steadfast_client);
                     async move { __steadfast_client.#ident(__steadfast_request).await }

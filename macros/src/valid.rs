@@ -213,7 +213,10 @@ pub(crate) struct Method {
     pub(crate) ident: Ident,
     pub(crate) grpc_method: String,
     pub(crate) sig: syn::Signature,
+    /// The declared argument type: the message, or `tonic::Request<Message>`.
     pub(crate) message: Type,
+    /// Whether the argument is a `tonic::Request<..>` (its metadata and extensions are sent).
+    pub(crate) request_form: bool,
     pub(crate) timeout: Duration,
     pub(crate) retry: Option<Retry>,
 }
@@ -355,7 +358,7 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
             _ => {
                 errors.spanned(
                     &sig.inputs,
-                    "take exactly one argument after `&self`: the request message, e.g. `req: GetUserRequest`",
+                    "take exactly one argument after `&self`: the request message, e.g. `req: GetUserRequest`, or `req: tonic::Request<GetUserRequest>` to send metadata",
                 );
                 None
             }
@@ -395,6 +398,7 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
                 ident: sig.ident.clone(),
                 grpc_method: camel(&sig.ident.to_string()),
                 sig: sig.clone(),
+                request_form: is_request(&message),
                 message,
                 timeout,
                 retry,
@@ -418,6 +422,18 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
 }
 
 /// `Result<_, Status>` where the error path ends in `Status`.
+/// Whether `ty` is `Request<M>` (`tonic::Request<M>`, or `Request<M>` imported): one type
+/// argument, last path segment `Request`.
+fn is_request(ty: &Type) -> bool {
+    let Type::Path(tp) = ty else { return false };
+    let Some(last) = tp.path.segments.last() else {
+        return false;
+    };
+    last.ident == "Request"
+        && matches!(&last.arguments, syn::PathArguments::AngleBracketed(a)
+            if a.args.len() == 1 && matches!(a.args[0], syn::GenericArgument::Type(_)))
+}
+
 fn returns_status_result(output: &ReturnType) -> bool {
     let ReturnType::Type(_, ty) = output else {
         return false;

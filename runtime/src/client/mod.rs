@@ -224,7 +224,7 @@ impl ClientCore {
 pub fn unary<M, R, F, Fut>(
     core: &ClientCore,
     index: usize,
-    message: M,
+    mut request: tonic::Request<M>,
     attempt: F,
 ) -> impl Future<Output = Result<R, Status>> + Send + 'static
 where
@@ -233,9 +233,10 @@ where
     F: FnMut(tonic::Request<M>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
 {
-    let mut request = tonic::Request::new(message);
     // Read now, not at first poll: a spawned call keeps its caller's deadline and trace.
-    request.extensions_mut().insert(crate::Context::current());
+    if request.extensions().get::<crate::Context>().is_none() {
+        request.extensions_mut().insert(crate::Context::current());
+    }
     let svc: stack::MethodStack<F> = stack(&core.inner.methods[index], tower::service_fn(attempt));
     async move {
         tower::ServiceExt::oneshot(svc, request)
