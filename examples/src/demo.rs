@@ -200,6 +200,19 @@ fn counter(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// Calls that order-svc's user-svc clients finished, and how many of them succeeded, as the
+/// clients' own metrics count them (every replica of order-svc runs in this process).
+fn user_client_calls(text: &str) -> (u64, u64) {
+    const PREFIX: &str = "steadfast_client_calls_total{service=\"user-svc\",";
+    let total = counter(text, PREFIX) as u64;
+    let ok = text
+        .lines()
+        .filter(|l| l.starts_with(PREFIX) && l.contains("code=\"Ok\""))
+        .map(|l| counter(l, PREFIX))
+        .sum::<f64>() as u64;
+    (total, ok)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -363,10 +376,12 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
             (c + u.svc.calls(), o + u.svc.ok())
         })
     };
+    let user_client = || user_client_calls(&steadfast::metrics::render());
     let mut results = Vec::new();
     let mut phase_starts = Vec::new();
     let mut ejected_seen = std::collections::BTreeSet::new();
-    // (calls, ok) at user-svc per slice of the last phase.
+    // (calls, ok) of order-svc's calls to user-svc per slice of the last phase, as the
+    // callers saw them (a fail-fast rejection by an open breaker counts as a failure).
     let mut user_slices: Vec<(u64, u64)> = Vec::new();
     for (i, name) in PHASES.iter().enumerate() {
         match i {
@@ -384,14 +399,14 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
         phase_now.store(i, Ordering::Relaxed);
         let started = Instant::now();
         phase_starts.push(started);
-        let mut slice_start = user_counts(&users);
+        let mut slice_start = user_client();
         let mut next_slice = started + SLICE;
         while started.elapsed() < opts.phase {
             tokio::time::sleep(Duration::from_millis(20)).await;
             ejected_seen.extend(orders_client.core().channel().ejected_ids());
             if Instant::now() >= next_slice {
                 next_slice += SLICE;
-                let now = user_counts(&users);
+                let now = user_client();
                 if i == PHASES.len() - 1 {
                     user_slices.push((now.0 - slice_start.0, now.1 - slice_start.1));
                 }

@@ -32,11 +32,6 @@ pub struct Running {
 }
 
 impl Running {
-    /// Kills it at once, like SIGKILL: connections reset, nothing deregistered.
-    pub fn kill(&self) {
-        self.task.abort();
-    }
-
     /// Shuts it down gracefully and waits until it has stopped.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {

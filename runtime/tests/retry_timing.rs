@@ -16,6 +16,8 @@ enum Step {
     Hang,
     /// What a steadfast server's deadline layer answers when our `grpc-timeout` expires.
     ServerDeadline,
+    /// A retryable code the downstream relayed from a deeper hop (`user-svc`).
+    Relayed(Code),
 }
 
 #[derive(Clone, Default)]
@@ -72,6 +74,10 @@ async fn run(policy: CallPolicy, steps: Vec<Step>) -> (Result<u32, Status>, Log)
                             Err(Status::with_metadata(code, "pushback", md))
                         }
                         Step::Hang => std::future::pending().await,
+                        Step::Relayed(code) => Err(steadfast::outcome::mark_passed_through(
+                            Status::new(code, "relayed"),
+                            "user-svc",
+                        )),
                         Step::ServerDeadline => {
                             let mut md = tonic::metadata::MetadataMap::new();
                             md.insert(
@@ -151,6 +157,35 @@ async fn non_retryable_codes_make_one_attempt() {
         assert_eq!(result.unwrap_err().code(), code);
         assert_eq!(log.len(), 1, "{code:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn passed_through_failures_are_never_retried_even_with_a_retryable_code() {
+    let retry = RetryPolicy::builder()
+        .retry_on([Code::Unavailable, Code::ResourceExhausted])
+        .build()
+        .unwrap();
+    for code in [Code::Unavailable, Code::ResourceExhausted] {
+        let (result, log) = run(policy(retry), vec![Step::Relayed(code), Step::Ok]).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), code);
+        assert_eq!(
+            log.len(),
+            1,
+            "{code:?} relayed from a deeper hop was retried"
+        );
+        assert_eq!(
+            err.metadata()
+                .get(steadfast::outcome::PASSED_THROUGH_KEY)
+                .unwrap(),
+            "user-svc",
+            "the marker still names the first failing service"
+        );
+    }
+    // The same code produced by the downstream itself is retried.
+    let (result, log) = run(policy(retry), vec![Step::Fail(Code::Unavailable), Step::Ok]).await;
+    assert_eq!(result.unwrap(), 7);
+    assert_eq!(log.len(), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -237,11 +237,18 @@ async fn ten_outages_of_user_svc_recover_every_time_and_blame_no_order_replica()
                 "cycle {cycle}: a healthy order-svc replica was ejected: {:?}",
                 sys.gateway.core().channel().ejected_ids()
             );
+            for o in &sys.orders {
+                assert!(
+                    o.users.core().channel().ejected_ids().is_empty(),
+                    "cycle {cycle}: a user-svc replica was ejected for an outage all share: {:?}",
+                    o.users.core().channel().ejected_ids()
+                );
+            }
         })
         .await;
         let restored = Instant::now();
         sys.users.iter().for_each(|u| u.svc.set_fault(Fault::None));
-        tokio::time::sleep(RECOVERY_BOUND + Duration::from_millis(500)).await;
+        tokio::time::sleep(RECOVERY_BOUND + Duration::from_secs(1)).await;
         let end = Instant::now();
         let after = recovered_after(&samples, restored, end);
         let (calls, ok) = between(&samples, restored + RECOVERY_BOUND, end);
@@ -269,8 +276,6 @@ async fn a_crashed_user_replica_costs_no_calls_and_at_most_its_share_of_attempts
     let mut sys = system(Duration::from_secs(2)).await;
     let (samples, stop) = load(&sys.gateway, 8);
     let mut rx = sys.table.watch("user-svc").await.unwrap();
-    // Warm: every connection up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let picks = |sys: &System, id: &str| -> u64 {
         sys.orders
             .iter()
@@ -283,6 +288,16 @@ async fn a_crashed_user_replica_costs_no_calls_and_at_most_its_share_of_attempts
             .map(|id| picks(sys, id))
             .sum()
     };
+    // Warm: every order replica has sent calls to every user replica.
+    let warm = wait_until(Duration::from_secs(5), || {
+        sys.orders.iter().all(|o| {
+            ["user-1", "user-2", "user-3"]
+                .iter()
+                .all(|id| o.users.core().channel().attempts_to(id).unwrap_or(0) > 0)
+        })
+    })
+    .await;
+    assert!(warm, "every order replica reached every user replica");
     let (dead_before, all_before) = (picks(&sys, "user-2"), all(&sys));
     let killed = Instant::now();
     sys.users[1].process.kill(); // crash: nothing deregistered
@@ -306,7 +321,11 @@ async fn a_crashed_user_replica_costs_no_calls_and_at_most_its_share_of_attempts
     .expect("the crashed replica's lease expired");
     let registered_for = killed.elapsed();
     let (dead, total) = (seen.0 - dead_before, seen.1 - all_before);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Keep the load on until well past the recovery bound, so that the calls after it are
+    // many, whenever the lease expired.
+    let until = (Instant::now() + Duration::from_millis(300))
+        .max(killed + RECOVERY_BOUND + Duration::from_secs(1));
+    tokio::time::sleep_until(until.into()).await;
     stop.store(true, Ordering::Relaxed);
     let end = Instant::now();
     let (calls, ok) = between(&samples, killed, end);
@@ -326,5 +345,8 @@ async fn a_crashed_user_replica_costs_no_calls_and_at_most_its_share_of_attempts
         "{ok}/{calls} succeeded"
     );
     let (calls, ok) = between(&samples, killed + RECOVERY_BOUND, end);
-    assert!(ok * 100 >= calls * 95, "after the bound: {ok}/{calls}");
+    assert!(
+        calls > 20 && ok * 100 >= calls * 95,
+        "after the bound: {ok}/{calls}"
+    );
 }
