@@ -154,8 +154,22 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
 
             #[doc(hidden)]
             pub fn from_core(core: ::steadfast::__private::ClientCore) -> Self {
+                let wire = core.wire_options();
+                let mut client = <#tonic_client<::steadfast::__private::Channel>>::new(core.channel());
+                if let ::core::option::Option::Some(encoding) = wire.send_compressed {
+                    client = client.send_compressed(encoding);
+                }
+                for encoding in &wire.accept_compressed {
+                    client = client.accept_compressed(*encoding);
+                }
+                if let ::core::option::Option::Some(limit) = wire.max_decoding_message_size {
+                    client = client.max_decoding_message_size(limit);
+                }
+                if let ::core::option::Option::Some(limit) = wire.max_encoding_message_size {
+                    client = client.max_encoding_message_size(limit);
+                }
                 Self {
-                    __steadfast_client: <#tonic_client<::steadfast::__private::Channel>>::new(core.channel()),
+                    __steadfast_client: client,
                     __steadfast_core: core,
                 }
             }
@@ -271,7 +285,9 @@ fn inherent_method(index: usize, m: &Method, vis: &syn::Visibility) -> TokenStre
     let request = if m.request_form {
         quote!(__steadfast_message)
     } else {
-        quote!(::steadfast::__private::tonic::Request::new(__steadfast_message))
+        quote!(::steadfast::__private::tonic::Request::new(
+            __steadfast_message
+        ))
     };
     quote_spanned! {span=>
         #[doc = #doc]

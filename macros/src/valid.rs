@@ -421,7 +421,6 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
     })
 }
 
-/// `Result<_, Status>` where the error path ends in `Status`.
 /// Whether `ty` is `Request<M>` (`tonic::Request<M>`, or `Request<M>` imported): one type
 /// argument, last path segment `Request`.
 fn is_request(ty: &Type) -> bool {
@@ -429,11 +428,16 @@ fn is_request(ty: &Type) -> bool {
     let Some(last) = tp.path.segments.last() else {
         return false;
     };
-    last.ident == "Request"
+    // `tonic::Request<M>` or an imported `Request<M>`; not `http::Request` or another crate's.
+    let n = tp.path.segments.len();
+    let from_tonic = n == 1 || (n >= 2 && tp.path.segments[n - 2].ident == "tonic");
+    from_tonic
+        && last.ident == "Request"
         && matches!(&last.arguments, syn::PathArguments::AngleBracketed(a)
             if a.args.len() == 1 && matches!(a.args[0], syn::GenericArgument::Type(_)))
 }
 
+/// `Result<_, Status>` where the error path ends in `Status`.
 fn returns_status_result(output: &ReturnType) -> bool {
     let ReturnType::Type(_, ty) = output else {
         return false;

@@ -13,6 +13,10 @@
 //! #     #[derive(Clone)] pub struct UserClient<T>(T);
 //! #     impl<T> UserClient<T> {
 //! #         pub fn new(t: T) -> Self { UserClient(t) }
+//! #         pub fn send_compressed(self, _: tonic::codec::CompressionEncoding) -> Self { self }
+//! #         pub fn accept_compressed(self, _: tonic::codec::CompressionEncoding) -> Self { self }
+//! #         pub fn max_decoding_message_size(self, _: usize) -> Self { self }
+//! #         pub fn max_encoding_message_size(self, _: usize) -> Self { self }
 //! #         pub async fn get_user(&mut self, r: tonic::Request<u64>)
 //! #             -> Result<tonic::Response<String>, tonic::Status> { Ok(tonic::Response::new(r.into_inner().to_string())) }
 //! #         pub async fn create_user(&mut self, r: tonic::Request<String>)
@@ -60,8 +64,12 @@
 //!
 //! Supported trait forms: native `async fn` methods (the trait is rewritten so each returns
 //! `impl Future + Send`), and `#[async_trait]` traits when `#[resilient_client]` is written
-//! above `#[async_trait]`. Each method takes `&self` and the request message, and returns
-//! `Result<Reply, tonic::Status>`.
+//! above `#[async_trait]`. Each method takes `&self` and the request message (`req: M`), or a
+//! `tonic::Request<M>` when the call needs metadata (an auth token, a tenant id) or
+//! extensions, and returns `Result<Reply, tonic::Status>`. The request's metadata is sent on
+//! every attempt. [`client::ClientConfig::interceptor`] adds metadata to every call of a
+//! client instead; [`client::ClientConfig::transport`] takes any tower service (your own
+//! tonic `Channel`) as the transport; compression and message size limits are set there too.
 //!
 //! Attribute keys: `service` (required), `client` (required), `timeout` (default `"10s"`),
 //! `grpc_service` (the proto service name, for service config matching), `retry(...)`

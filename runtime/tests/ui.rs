@@ -9,4 +9,5 @@ fn ui() {
     t.pass("tests/ui/pass/shadowing.rs");
     t.pass("tests/ui/pass/async-trait.rs");
     t.pass("tests/ui/pass/traced.rs");
+    t.pass("tests/ui/pass/request-argument.rs");
 }

@@ -39,6 +39,17 @@ trait SlowUsers {
     async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, Status>;
 }
 
+/// The same service with methods that take `tonic::Request<M>`, so metadata reaches it.
+#[steadfast::resilient_client(
+    service = "user-svc-with-metadata",
+    client = UserServiceClient,
+    timeout = "2s",
+    retry(max_attempts = 3, initial_backoff = "20ms", max_backoff = "100ms"),
+)]
+trait UsersWithMetadata {
+    async fn get_user(&self, req: tonic::Request<GetUserRequest>) -> Result<GetUserReply, Status>;
+}
+
 fn config(url: &str) -> ClientConfig {
     // An isolated throttle per test, so tests do not drain each other's bucket.
     ClientConfig::endpoints([url])
@@ -258,4 +269,25 @@ async fn service_config_json_overrides_the_attribute_at_run_time() {
         .await
         .unwrap_err();
     assert_eq!(svc.calls() - before, 1);
+}
+
+#[tokio::test]
+async fn request_metadata_reaches_the_server_on_every_attempt() {
+    let svc = Scripted::new([Action::Fail(Code::Unavailable), Action::Ok]);
+    let server = serve(svc.clone()).await;
+    let users = UsersWithMetadataClient::connect(config(&server.url()))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(get(7));
+    req.metadata_mut()
+        .insert("x-tenant", "acme".parse().unwrap());
+    let reply = users.get_user(req).await.unwrap();
+    assert_eq!(reply.name, "user-7");
+    let seen = svc.seen();
+    assert_eq!(seen.len(), 2, "one retry");
+    for s in &seen {
+        assert_eq!(s.tenant.as_deref(), Some("acme"), "{s:?}");
+        assert!(s.traceparent.is_some(), "steadfast's headers are added too");
+    }
+    assert_eq!(seen[1].previous_attempts.as_deref(), Some("1"));
 }

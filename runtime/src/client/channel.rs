@@ -11,6 +11,39 @@ use crate::outcome::AttemptInfo;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+type BoxedTransport = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    BoxError,
+>;
+
+/// A transport the user brought (see [`ClientConfig::transport`](super::ClientConfig::transport)).
+#[derive(Clone)]
+pub(crate) struct CustomTransport(BoxedTransport);
+
+impl CustomTransport {
+    pub(crate) fn new<S>(svc: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        CustomTransport(BoxedTransport::new(svc.map_err(Into::into)))
+    }
+}
+
+impl std::fmt::Debug for CustomTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CustomTransport")
+    }
+}
+
 /// The transport of every steadfast client: a tonic channel to fixed endpoints, or a pool
 /// that follows a service's live instances in a registry (see the discovery rules in
 /// [`ClientConfig::discover`](super::ClientConfig::discover)).
@@ -32,6 +65,7 @@ pub struct Channel {
 enum Transport {
     Fixed(tonic::transport::Channel),
     Discovered(Arc<Pool>),
+    Custom(CustomTransport),
 }
 
 impl Channel {
@@ -39,6 +73,12 @@ impl Channel {
     pub fn new(inner: tonic::transport::Channel) -> Self {
         Channel {
             inner: Transport::Fixed(inner),
+        }
+    }
+
+    pub(crate) fn custom(transport: CustomTransport) -> Self {
+        Channel {
+            inner: Transport::Custom(transport),
         }
     }
 
@@ -52,7 +92,7 @@ impl Channel {
     /// pool, or the endpoints are fixed).
     pub fn attempts_to(&self, id: &str) -> Option<u64> {
         match &self.inner {
-            Transport::Fixed(_) => None,
+            Transport::Fixed(_) | Transport::Custom(_) => None,
             Transport::Discovered(pool) => pool.attempts_to(id),
         }
     }
@@ -60,7 +100,7 @@ impl Channel {
     /// The ids of the instances currently in a discovered pool (empty for fixed endpoints).
     pub fn discovered_ids(&self) -> Vec<String> {
         match &self.inner {
-            Transport::Fixed(_) => Vec::new(),
+            Transport::Fixed(_) | Transport::Custom(_) => Vec::new(),
             Transport::Discovered(pool) => pool.ids(),
         }
     }
@@ -68,7 +108,7 @@ impl Channel {
     /// The ids of the discovered instances that outlier detection has ejected now.
     pub fn ejected_ids(&self) -> Vec<String> {
         match &self.inner {
-            Transport::Fixed(_) => Vec::new(),
+            Transport::Fixed(_) | Transport::Custom(_) => Vec::new(),
             Transport::Discovered(pool) => pool.ejected_ids(),
         }
     }
@@ -82,6 +122,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         match &mut self.inner {
             Transport::Fixed(ch) => tower_service::Service::poll_ready(ch, cx).map_err(Into::into),
+            Transport::Custom(t) => tower_service::Service::poll_ready(&mut t.0, cx),
             // Each call picks its endpoint and waits for it to be ready.
             Transport::Discovered(_) => Poll::Ready(Ok(())),
         }
@@ -93,6 +134,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
             Transport::Fixed(ch) => ResponseFuture {
                 inner: Inner::Fixed {
                     fut: tower_service::Service::call(ch, req),
+                },
+                commit,
+            },
+            Transport::Custom(t) => ResponseFuture {
+                inner: Inner::Discovered {
+                    fut: tower_service::Service::call(&mut t.0, req),
                 },
                 commit,
             },

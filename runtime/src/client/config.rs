@@ -1,6 +1,8 @@
 use std::time::Duration;
 
 use http::Uri;
+use tonic::Status;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Endpoint;
 
 use super::Downstreams;
@@ -43,6 +45,37 @@ pub struct ClientConfig {
     pub(crate) outlier_detection: OutlierDetection,
     pub(crate) panic_threshold: u32,
     pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) transport: Option<super::channel::CustomTransport>,
+    pub(crate) wire: WireOptions,
+}
+
+/// What the tonic client of a generated client is built with: compression and message size
+/// limits (see [`ClientConfig::send_compressed`] and the methods after it).
+#[derive(Clone, Debug, Default)]
+pub struct WireOptions {
+    /// Compress requests with this encoding.
+    pub send_compressed: Option<CompressionEncoding>,
+    /// Encodings of replies the client accepts.
+    pub accept_compressed: Vec<CompressionEncoding>,
+    /// The largest reply message decoded (tonic's default, 4 MiB, when `None`).
+    pub max_decoding_message_size: Option<usize>,
+    /// The largest request message encoded (unlimited when `None`).
+    pub max_encoding_message_size: Option<usize>,
+    /// Runs on every call before it enters the stack.
+    pub(crate) interceptor: Option<Interceptor>,
+}
+
+/// A function that sees (and may change or refuse) every call's metadata and extensions
+/// before the call enters the client stack. See [`ClientConfig::interceptor`].
+#[derive(Clone)]
+pub(crate) struct Interceptor(pub(crate) std::sync::Arc<InterceptorFn>);
+
+type InterceptorFn = dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send + Sync;
+
+impl std::fmt::Debug for Interceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interceptor")
+    }
 }
 
 impl ClientConfig {
@@ -86,7 +119,130 @@ impl ClientConfig {
             outlier_detection: OutlierDetection::default(),
             panic_threshold: 50,
             metrics: crate::metrics::Metrics::global(),
+            transport: None,
+            wire: WireOptions::default(),
         }
+    }
+
+    /// Sends every call through `transport`: your own `tonic::transport::Channel` (built
+    /// from an `Endpoint` of yours), a channel wrapped in tower layers of your own, or any
+    /// other `tower::Service` of HTTP/2 requests. The whole steadfast stack (deadline,
+    /// retries, breaker, trace propagation, metrics) runs above it; connection settings of
+    /// this config (TLS, timeouts, keepalive) do not apply, since you made the connection.
+    ///
+    /// ```
+    /// use steadfast::client::ClientConfig;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051")
+    ///     .user_agent("billing/1.2")?
+    ///     .connect_lazy();
+    /// let config = ClientConfig::transport(channel);
+    /// assert!(config.endpoint_uris().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn transport<S>(transport: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send + 'static,
+    {
+        let mut config = ClientConfig::with_target(Vec::new(), None);
+        config.transport = Some(super::channel::CustomTransport::new(transport));
+        config
+    }
+
+    /// Runs `interceptor` on every call before it enters the client stack, with the call's
+    /// metadata and extensions (as tonic's interceptors see them): add an `authorization`
+    /// header, a tenant id, or refuse the call. It runs once per call, so every attempt of
+    /// the call carries what it set. A refusal (`Err(status)`) ends the call with that
+    /// status at once: nothing is sent, and neither the breaker nor outlier detection counts
+    /// it. Per-call metadata can also be given directly: methods declared with a
+    /// `tonic::Request<M>` argument send the request's metadata.
+    ///
+    /// ```
+    /// use steadfast::client::ClientConfig;
+    ///
+    /// let token: tonic::metadata::MetadataValue<_> = "Bearer s3cr3t".parse().unwrap();
+    /// let config = ClientConfig::endpoints(["http://127.0.0.1:50051"])?.interceptor(move |mut req| {
+    ///     req.metadata_mut().insert("authorization", token.clone());
+    ///     Ok(req)
+    /// });
+    /// # let _ = config;
+    /// # Ok::<(), steadfast::Error>(())
+    /// ```
+    pub fn interceptor<F>(mut self, interceptor: F) -> Self
+    where
+        F: Fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send + Sync + 'static,
+    {
+        self.wire.interceptor = Some(Interceptor(std::sync::Arc::new(interceptor)));
+        self
+    }
+
+    /// Compresses every request with `encoding` (the server must accept it, or it answers
+    /// `UNIMPLEMENTED`). Needs steadfast's `gzip`, `deflate` or `zstd` feature.
+    ///
+    /// ```
+    /// # #[cfg(feature = "gzip")] {
+    /// use steadfast::client::ClientConfig;
+    /// use tonic::codec::CompressionEncoding;
+    ///
+    /// let config = ClientConfig::endpoints(["http://127.0.0.1:50051"])?
+    ///     .send_compressed(CompressionEncoding::Gzip)
+    ///     .accept_compressed(CompressionEncoding::Gzip);
+    /// assert_eq!(config.wire_options().send_compressed, Some(CompressionEncoding::Gzip));
+    /// # }
+    /// # Ok::<(), steadfast::Error>(())
+    /// ```
+    pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+        self.wire.send_compressed = Some(encoding);
+        self
+    }
+
+    /// Accepts replies compressed with `encoding` (may be given several times).
+    pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+        if !self.wire.accept_compressed.contains(&encoding) {
+            self.wire.accept_compressed.push(encoding);
+        }
+        self
+    }
+
+    /// The largest reply message the client decodes, in bytes (default 4 MiB, as tonic);
+    /// a larger one fails the call with `OUT_OF_RANGE`. Must be > 0.
+    ///
+    /// ```
+    /// use steadfast::client::ClientConfig;
+    ///
+    /// let config = ClientConfig::endpoints(["http://127.0.0.1:50051"])?
+    ///     .max_decoding_message_size(16 * 1024 * 1024)?;
+    /// let err = ClientConfig::endpoints(["http://127.0.0.1:50051"])?
+    ///     .max_decoding_message_size(0)
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("max_decoding_message_size is 0"));
+    /// # let _ = config;
+    /// # Ok::<(), steadfast::Error>(())
+    /// ```
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Result<Self, Error> {
+        self.wire.max_decoding_message_size = Some(positive("max_decoding_message_size", limit)?);
+        Ok(self)
+    }
+
+    /// The largest request message the client encodes, in bytes (default: no limit); a
+    /// larger one fails the call with `OUT_OF_RANGE` before it is sent. Must be > 0.
+    pub fn max_encoding_message_size(mut self, limit: usize) -> Result<Self, Error> {
+        self.wire.max_encoding_message_size = Some(positive("max_encoding_message_size", limit)?);
+        Ok(self)
+    }
+
+    /// Compression, message size limits and the interceptor of this config.
+    pub fn wire_options(&self) -> &WireOptions {
+        &self.wire
     }
 
     /// Discovers the service's endpoints in `registry` and follows them as instances come and
@@ -260,6 +416,18 @@ impl ClientConfig {
     pub(crate) fn is_eager(&self) -> bool {
         self.eager
     }
+}
+
+fn positive(field: &'static str, limit: usize) -> Result<usize, Error> {
+    if limit == 0 {
+        return Err(Error::config(
+            field,
+            format!(
+                "{field} is 0, but no message would fit; write a size in bytes, for example 4194304 (4 MiB)"
+            ),
+        ));
+    }
+    Ok(limit)
 }
 
 fn parse_endpoint(i: usize, text: &str) -> Result<Uri, Error> {

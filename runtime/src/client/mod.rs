@@ -13,7 +13,7 @@ use std::time::Duration;
 use tonic::Status;
 
 pub use self::channel::{Channel, ResponseFuture};
-pub use self::config::ClientConfig;
+pub use self::config::{ClientConfig, WireOptions};
 pub use self::stack::{ClientStack, stack};
 
 use crate::Error;
@@ -143,6 +143,7 @@ struct CoreInner {
     channel: Channel,
     methods: Box<[Arc<CallPolicy>]>,
     breaker: Arc<crate::breaker::CircuitBreaker>,
+    wire: config::WireOptions,
 }
 
 impl ClientCore {
@@ -194,6 +195,7 @@ impl ClientCore {
                 channel,
                 methods,
                 breaker,
+                wire: config.wire.clone(),
             }),
         }
     }
@@ -211,6 +213,12 @@ impl ClientCore {
     /// The circuit breaker shared by every client of this downstream service.
     pub fn breaker(&self) -> &Arc<crate::breaker::CircuitBreaker> {
         &self.inner.breaker
+    }
+
+    /// Compression and message size limits for the tonic client (generated code applies
+    /// them when it builds the client).
+    pub fn wire_options(&self) -> &WireOptions {
+        &self.inner.wire
     }
 
     /// The resolved policy of each method, in declaration order.
@@ -237,15 +245,33 @@ where
     if request.extensions().get::<crate::Context>().is_none() {
         request.extensions_mut().insert(crate::Context::current());
     }
+    let request = match &core.inner.wire.interceptor {
+        Some(interceptor) => intercept(interceptor, request),
+        None => Ok(request),
+    };
     let svc: stack::MethodStack<F> = stack(&core.inner.methods[index], tower::service_fn(attempt));
     async move {
-        tower::ServiceExt::oneshot(svc, request)
+        tower::ServiceExt::oneshot(svc, request?)
             .await
             .map(tonic::Response::into_inner)
     }
 }
 
+/// Runs the interceptor on the request's metadata and extensions, as tonic's do.
+fn intercept<M>(
+    interceptor: &config::Interceptor,
+    request: tonic::Request<M>,
+) -> Result<tonic::Request<M>, Status> {
+    let (metadata, extensions, message) = request.into_parts();
+    let (metadata, extensions, ()) =
+        (interceptor.0)(tonic::Request::from_parts(metadata, extensions, ()))?.into_parts();
+    Ok(tonic::Request::from_parts(metadata, extensions, message))
+}
+
 async fn connect(service: &str, config: &ClientConfig) -> Result<Channel, Error> {
+    if let Some(transport) = &config.transport {
+        return Ok(Channel::custom(transport.clone()));
+    }
     if let Some(registry) = &config.registry {
         let pool = crate::discovery::Pool::start(service, registry, config.pool_config()).await?;
         return Ok(Channel::discovered(pool));

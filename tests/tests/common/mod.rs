@@ -38,6 +38,10 @@ pub struct Seen {
     pub previous_attempts: Option<String>,
     pub grpc_timeout: Option<Duration>,
     pub traceparent: Option<String>,
+    /// The `x-tenant` metadata the caller set.
+    pub tenant: Option<String>,
+    /// The `grpc-encoding` the request was compressed with.
+    pub encoding: Option<String>,
 }
 
 /// A user service whose answers follow a script; when the script runs out it repeats the
@@ -86,6 +90,10 @@ pub fn record<T>(req: &Request<T>) -> Seen {
             .and_then(|v| steadfast::deadline::parse_grpc_timeout(v.as_bytes()).ok()),
         traceparent: md
             .get("traceparent")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        tenant: md.get("x-tenant").map(|v| v.to_str().unwrap().to_owned()),
+        encoding: md
+            .get("grpc-encoding")
             .map(|v| v.to_str().unwrap().to_owned()),
     }
 }
@@ -152,13 +160,19 @@ impl Drop for Server {
 
 /// Serves `svc` on a free port of 127.0.0.1 behind the deadline layer.
 pub async fn serve<S: UserService>(svc: S) -> Server {
+    serve_with(UserServiceServer::new(svc)).await
+}
+
+/// Serves `server` (for example with compression set) on a free port of 127.0.0.1 behind
+/// the deadline layer.
+pub async fn serve_with<S: UserService>(server: UserServiceServer<S>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .layer(DeadlineLayer::new())
-            .add_service(UserServiceServer::new(svc))
+            .add_service(server)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async {

@@ -6,6 +6,18 @@ impl<T> UserClient<T> {
     pub fn new(inner: T) -> Self {
         UserClient(inner)
     }
+    pub fn send_compressed(self, _: tonic::codec::CompressionEncoding) -> Self {
+        self
+    }
+    pub fn accept_compressed(self, _: tonic::codec::CompressionEncoding) -> Self {
+        self
+    }
+    pub fn max_decoding_message_size(self, _: usize) -> Self {
+        self
+    }
+    pub fn max_encoding_message_size(self, _: usize) -> Self {
+        self
+    }
     pub async fn get_user(
         &mut self,
         request: tonic::Request<u64>,
