@@ -104,7 +104,7 @@ pub fn format(d: Duration) -> String {
     let (unit, per) = UNITS
         .iter()
         .rev()
-        .find(|(name, per)| *name != "µs" && nanos % per == 0)
+        .find(|(name, per)| *name != "µs" && nanos.is_multiple_of(*per))
         .map_or(("ns", 1), |(name, per)| (*name, *per));
     format!("{}{unit}", nanos / per)
 }
