@@ -1,6 +1,7 @@
 //! Checks the parsed arguments and the trait, and builds the model that `expand` emits.
 //! Every error spans the offending token and says what to write instead; errors are
-//! combined so the user sees all of them at once.
+//! combined so the user sees all of them at once. The policies (`retry`, `throttle`,
+//! `breaker`) are checked by `steadfast-spec`, the same code the runtime runs (`policy`).
 
 mod policy;
 

@@ -260,16 +260,31 @@ pub struct CodeSet(u32);
 
 impl CodeSet {
     /// The empty set.
+    ///
+    /// ```
+    /// assert!(steadfast_spec::CodeSet::EMPTY.is_empty());
+    /// ```
     pub const EMPTY: CodeSet = CodeSet(0);
 
     /// What a retry policy retries unless told otherwise: `{Unavailable}` (gRFC A6 names no
     /// default; `Unavailable` is the one code every gRPC implementation agrees is safe).
+    ///
+    /// ```
+    /// use steadfast_spec::{Code, CodeSet};
+    /// assert_eq!(CodeSet::DEFAULT_RETRYABLE, CodeSet::EMPTY.with(Code::Unavailable));
+    /// ```
     pub const DEFAULT_RETRYABLE: CodeSet = CodeSet::EMPTY.with(Code::Unavailable);
 
     /// Codes that are never retried: the request itself is wrong, so sending it again cannot
     /// succeed (InvalidArgument, NotFound, AlreadyExists, PermissionDenied, Unauthenticated,
     /// FailedPrecondition, OutOfRange, Unimplemented). `Ok` is not a failure at all, so it
     /// cannot be retried either (see [`RetrySpec::validate`](crate::RetrySpec::validate)).
+    ///
+    /// ```
+    /// use steadfast_spec::{Code, CodeSet};
+    /// assert!(CodeSet::NEVER_RETRYABLE.contains(Code::NotFound));
+    /// assert!(!CodeSet::NEVER_RETRYABLE.contains(Code::Unavailable));
+    /// ```
     pub const NEVER_RETRYABLE: CodeSet = CodeSet::EMPTY
         .with(Code::InvalidArgument)
         .with(Code::NotFound)
@@ -284,6 +299,12 @@ impl CodeSet {
     /// failure by default, and what counts against an endpoint in outlier detection.
     /// Unavailable, DeadlineExceeded, Internal, Unknown, ResourceExhausted and DataLoss; every
     /// other code means the downstream answered.
+    ///
+    /// ```
+    /// use steadfast_spec::{Code, CodeSet};
+    /// assert!(CodeSet::DEFAULT_FAILURES.contains(Code::DeadlineExceeded));
+    /// assert!(!CodeSet::DEFAULT_FAILURES.contains(Code::NotFound));
+    /// ```
     pub const DEFAULT_FAILURES: CodeSet = CodeSet::EMPTY
         .with(Code::Unavailable)
         .with(Code::DeadlineExceeded)
@@ -293,51 +314,100 @@ impl CodeSet {
         .with(Code::DataLoss);
 
     /// Returns this set with `code` added.
+    ///
+    /// ```
+    /// use steadfast_spec::{Code, CodeSet};
+    /// assert!(CodeSet::EMPTY.with(Code::Aborted).contains(Code::Aborted));
+    /// ```
     pub const fn with(self, code: Code) -> CodeSet {
         CodeSet(self.0 | 1 << code as u32)
     }
 
     /// Returns this set with `code` removed.
+    ///
+    /// ```
+    /// use steadfast_spec::{Code, CodeSet};
+    /// assert_eq!(CodeSet::DEFAULT_RETRYABLE.without(Code::Unavailable), CodeSet::EMPTY);
+    /// ```
     pub const fn without(self, code: Code) -> CodeSet {
         CodeSet(self.0 & !(1 << code as u32))
     }
 
     /// Builds a set from its bit mask (bit n is code n). Bits above 16 are ignored.
+    ///
+    /// ```
+    /// use steadfast_spec::{Code, CodeSet};
+    /// assert_eq!(CodeSet::from_bits(1 << 14), CodeSet::EMPTY.with(Code::Unavailable));
+    /// assert_eq!(CodeSet::from_bits(u32::MAX).len(), 17);
+    /// ```
     pub const fn from_bits(bits: u32) -> CodeSet {
         CodeSet(bits & 0x1_ffff)
     }
 
     /// The bit mask.
+    ///
+    /// ```
+    /// assert_eq!(steadfast_spec::CodeSet::DEFAULT_RETRYABLE.bits(), 1 << 14);
+    /// ```
     pub const fn bits(self) -> u32 {
         self.0
     }
 
     /// Whether `code` is in the set.
+    ///
+    /// ```
+    /// use steadfast_spec::{Code, CodeSet};
+    /// assert!(CodeSet::DEFAULT_RETRYABLE.contains(Code::Unavailable));
+    /// ```
     pub const fn contains(self, code: Code) -> bool {
         self.0 & 1 << code as u32 != 0
     }
 
     /// The codes both sets contain.
+    ///
+    /// ```
+    /// use steadfast_spec::CodeSet;
+    /// assert!(CodeSet::DEFAULT_FAILURES.intersection(CodeSet::NEVER_RETRYABLE).is_empty());
+    /// ```
     pub const fn intersection(self, other: CodeSet) -> CodeSet {
         CodeSet(self.0 & other.0)
     }
 
     /// The codes either set contains.
+    ///
+    /// ```
+    /// use steadfast_spec::CodeSet;
+    /// assert_eq!(CodeSet::DEFAULT_FAILURES.union(CodeSet::NEVER_RETRYABLE).len(), 14);
+    /// ```
     pub const fn union(self, other: CodeSet) -> CodeSet {
         CodeSet(self.0 | other.0)
     }
 
     /// Whether the set is empty.
+    ///
+    /// ```
+    /// assert!(!steadfast_spec::CodeSet::DEFAULT_RETRYABLE.is_empty());
+    /// ```
     pub const fn is_empty(self) -> bool {
         self.0 == 0
     }
 
     /// How many codes the set holds.
+    ///
+    /// ```
+    /// assert_eq!(steadfast_spec::CodeSet::NEVER_RETRYABLE.len(), 8);
+    /// ```
     pub const fn len(self) -> usize {
         self.0.count_ones() as usize
     }
 
     /// The codes, in numeric order.
+    ///
+    /// ```
+    /// use steadfast_spec::{Code, CodeSet};
+    /// let set = CodeSet::EMPTY.with(Code::Unavailable).with(Code::Cancelled);
+    /// assert_eq!(set.iter().collect::<Vec<_>>(), [Code::Cancelled, Code::Unavailable]);
+    /// ```
     pub fn iter(self) -> impl Iterator<Item = Code> {
         Code::ALL
             .into_iter()
