@@ -5,8 +5,10 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::{ItemTrait, ReturnType, TraitItem};
 
+use steadfast_spec::{BreakerSpec, RetrySpec};
+
 use crate::attr::{ClientArgs, helper_name};
-use crate::valid::{self, Breaker, Client, Method, Retry};
+use crate::valid::{self, Client, Method};
 
 pub(crate) fn resilient_client(args: TokenStream, item: ItemTrait) -> TokenStream {
     let parsed = syn::parse2::<ClientArgs>(args).and_then(|args| valid::client(args, &item));
@@ -72,8 +74,11 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
         Some(s) => quote!(::core::option::Option::Some(#s)),
         None => quote!(::core::option::Option::None),
     };
-    let throttle = match model.throttle {
-        Some((max, milli)) => quote!(::core::option::Option::Some((#max, #milli))),
+    let throttle = match &model.throttle {
+        Some(t) => {
+            let (max, milli) = (t.max_tokens, t.token_ratio_milli());
+            quote!(::core::option::Option::Some((#max, #milli)))
+        }
         None => quote!(::core::option::Option::None),
     };
     let specs = model.methods.iter().map(method_spec);
@@ -201,13 +206,13 @@ fn duration(d: std::time::Duration) -> TokenStream {
     quote!(::steadfast::__private::Duration::from_nanos(#nanos))
 }
 
-fn retry_tokens(r: &Retry) -> TokenStream {
-    let Retry {
+fn retry_tokens(r: &RetrySpec) -> TokenStream {
+    let RetrySpec {
         max_attempts,
         multiplier,
-        codes,
         ..
     } = *r;
+    let codes = r.retryable_codes.bits();
     let initial = duration(r.initial_backoff);
     let max = duration(r.max_backoff);
     let per_attempt = match r.per_attempt_timeout {
@@ -224,15 +229,15 @@ fn retry_tokens(r: &Retry) -> TokenStream {
     }
 }
 
-fn breaker_tokens(b: &Breaker) -> TokenStream {
-    let Breaker {
+fn breaker_tokens(b: &BreakerSpec) -> TokenStream {
+    let BreakerSpec {
         min_failures,
         failure_ratio,
         half_open_max_calls,
         half_open_successes,
-        failure_codes,
         ..
     } = *b;
+    let failure_codes = b.failure_codes.bits();
     let window = duration(b.window);
     let open = duration(b.open_timeout);
     let max_open = match b.max_open_timeout {

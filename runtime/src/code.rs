@@ -1,6 +1,11 @@
 //! Sets of gRPC status codes, and the codes that are never retried.
+//!
+//! The tables live in `steadfast-spec`, shared with `#[resilient_client]`; this module puts
+//! them in terms of [`tonic::Code`].
 
 use std::fmt;
+
+use steadfast_spec::code as spec;
 use tonic::Code;
 
 /// A set of [`tonic::Code`]s, stored as a bit mask (copyable, `const`-constructible).
@@ -15,85 +20,53 @@ use tonic::Code;
 /// assert_eq!(CodeSet::parse_names(["UNAVAILABLE", "resource_exhausted"]).unwrap(), set);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct CodeSet(u32);
-
-/// Every gRPC status code, in numeric order, with its canonical CamelCase name.
-pub(crate) const ALL_CODES: [(Code, &str); 17] = [
-    (Code::Ok, "Ok"),
-    (Code::Cancelled, "Cancelled"),
-    (Code::Unknown, "Unknown"),
-    (Code::InvalidArgument, "InvalidArgument"),
-    (Code::DeadlineExceeded, "DeadlineExceeded"),
-    (Code::NotFound, "NotFound"),
-    (Code::AlreadyExists, "AlreadyExists"),
-    (Code::PermissionDenied, "PermissionDenied"),
-    (Code::ResourceExhausted, "ResourceExhausted"),
-    (Code::FailedPrecondition, "FailedPrecondition"),
-    (Code::Aborted, "Aborted"),
-    (Code::OutOfRange, "OutOfRange"),
-    (Code::Unimplemented, "Unimplemented"),
-    (Code::Internal, "Internal"),
-    (Code::Unavailable, "Unavailable"),
-    (Code::DataLoss, "DataLoss"),
-    (Code::Unauthenticated, "Unauthenticated"),
-];
+pub struct CodeSet(spec::CodeSet);
 
 impl CodeSet {
     /// The empty set.
-    pub const EMPTY: CodeSet = CodeSet(0);
+    pub const EMPTY: CodeSet = CodeSet(spec::CodeSet::EMPTY);
 
     /// The default retryable set of gRFC A6 as used here: `{Unavailable}`.
-    pub const DEFAULT_RETRYABLE: CodeSet = CodeSet::EMPTY.with(Code::Unavailable);
+    pub const DEFAULT_RETRYABLE: CodeSet = CodeSet(spec::CodeSet::DEFAULT_RETRYABLE);
 
     /// Codes that are never retried, even when listed: the request itself is wrong, so
     /// sending it again cannot succeed (InvalidArgument, NotFound, AlreadyExists,
     /// PermissionDenied, Unauthenticated, FailedPrecondition, OutOfRange, Unimplemented).
-    pub const NEVER_RETRYABLE: CodeSet = CodeSet::EMPTY
-        .with(Code::InvalidArgument)
-        .with(Code::NotFound)
-        .with(Code::AlreadyExists)
-        .with(Code::PermissionDenied)
-        .with(Code::Unauthenticated)
-        .with(Code::FailedPrecondition)
-        .with(Code::OutOfRange)
-        .with(Code::Unimplemented);
+    pub const NEVER_RETRYABLE: CodeSet = CodeSet(spec::CodeSet::NEVER_RETRYABLE);
 
     /// Returns this set with `code` added.
     pub const fn with(self, code: Code) -> CodeSet {
-        CodeSet(self.0 | (1 << code as u32))
+        CodeSet(self.0.with(to_spec(code)))
     }
 
     /// Builds a set from its raw bit mask (bit n is code n). Bits above 16 are ignored.
     pub const fn from_bits(bits: u32) -> CodeSet {
-        CodeSet(bits & 0x1_ffff)
+        CodeSet(spec::CodeSet::from_bits(bits))
     }
 
     /// The raw bit mask.
     pub const fn bits(self) -> u32 {
-        self.0
+        self.0.bits()
     }
 
     /// Whether `code` is in the set.
     pub const fn contains(self, code: Code) -> bool {
-        self.0 & (1 << code as u32) != 0
+        self.0.contains(to_spec(code))
     }
 
     /// The codes both sets contain.
     pub const fn intersection(self, other: CodeSet) -> CodeSet {
-        CodeSet(self.0 & other.0)
+        CodeSet(self.0.intersection(other.0))
     }
 
     /// Whether the set is empty.
     pub const fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0.is_empty()
     }
 
     /// Iterates over the codes in numeric order.
     pub fn iter(self) -> impl Iterator<Item = Code> {
-        ALL_CODES
-            .iter()
-            .map(|(code, _)| *code)
-            .filter(move |code| self.contains(*code))
+        self.0.iter().map(from_spec)
     }
 
     /// Parses code names as gRPC service config writes them (`"UNAVAILABLE"`), in CamelCase
@@ -107,33 +80,51 @@ impl CodeSet {
             parse_code(name.as_ref()).map(|code| set.with(code))
         })
     }
+
+    pub(crate) const fn from_spec(set: spec::CodeSet) -> CodeSet {
+        CodeSet(set)
+    }
+
+    pub(crate) const fn to_spec(self) -> spec::CodeSet {
+        self.0
+    }
 }
 
 /// Parses one status code name (any case, with or without underscores) or number.
+///
+/// ```
+/// use steadfast::code::parse_code;
+/// use tonic::Code;
+///
+/// assert_eq!(parse_code("DEADLINE_EXCEEDED"), Ok(Code::DeadlineExceeded));
+/// assert_eq!(parse_code("4"), Ok(Code::DeadlineExceeded));
+/// assert!(parse_code("DEADLINE_EXCEDED").unwrap_err().contains("did you mean DEADLINE_EXCEEDED?"));
+/// ```
 pub fn parse_code(name: &str) -> Result<Code, String> {
-    if let Ok(n) = name.trim().parse::<i32>() {
-        return match Code::from_i32(n) {
-            Code::Unknown if n != 2 => Err(format!("`{n}` is not a gRPC status code (0..=16)")),
-            code => Ok(code),
-        };
-    }
-    let folded: String = name
-        .chars()
-        .filter(|c| *c != '_')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    ALL_CODES
-        .iter()
-        .find(|(_, canonical)| canonical.to_ascii_lowercase() == folded)
-        .map(|(code, _)| *code)
-        .ok_or_else(|| {
-            format!("`{name}` is not a gRPC status code name; use e.g. UNAVAILABLE or Unavailable")
-        })
+    spec::Code::parse(name).map(from_spec)
 }
 
 /// The canonical CamelCase name of a code.
+///
+/// ```
+/// assert_eq!(steadfast::code::code_name(tonic::Code::Unavailable), "Unavailable");
+/// ```
 pub fn code_name(code: Code) -> &'static str {
-    ALL_CODES[code as usize].1
+    to_spec(code).name()
+}
+
+/// The dependency-free code of a tonic code.
+pub(crate) const fn to_spec(code: Code) -> spec::Code {
+    match spec::Code::from_i32(code as i32) {
+        Some(code) => code,
+        // tonic::Code has exactly the 17 codes 0..=16.
+        None => panic!("tonic::Code outside 0..=16"),
+    }
+}
+
+/// The tonic code of a dependency-free code.
+pub(crate) fn from_spec(code: spec::Code) -> Code {
+    Code::from_i32(code as i32)
 }
 
 impl fmt::Debug for CodeSet {
@@ -154,9 +145,10 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for (code, name) in ALL_CODES {
+        for code in spec::Code::ALL.map(from_spec) {
+            let name = code_name(code);
             assert_eq!(parse_code(name), Ok(code));
-            assert_eq!(code_name(code), name);
+            assert_eq!(to_spec(code) as i32, code as i32);
             assert_eq!(parse_code(&(code as i32).to_string()), Ok(code));
         }
         assert_eq!(
@@ -176,5 +168,13 @@ mod tests {
         assert_eq!(CodeSet::NEVER_RETRYABLE.iter().count(), 8);
         assert!(!CodeSet::NEVER_RETRYABLE.contains(Code::Unavailable));
         assert!(CodeSet::NEVER_RETRYABLE.contains(Code::Unimplemented));
+    }
+
+    #[test]
+    fn the_bits_are_the_spec_bits() {
+        let set = CodeSet::EMPTY.with(Code::Ok).with(Code::Unauthenticated);
+        assert_eq!(set.bits(), 1 | 1 << 16);
+        assert_eq!(CodeSet::from_bits(set.bits()), set);
+        assert_eq!(format!("{set:?}"), "{\"Ok\", \"Unauthenticated\"}");
     }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 /// Parses a duration written as a decimal number followed by a unit.
 ///
 /// Units: `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`. The gRPC service-config form (`"0.1s"`)
-/// is accepted as a special case of the same grammar.
+/// is accepted as a special case of the same grammar. The arithmetic is exact, and the grammar
+/// is the one `#[resilient_client]` reads at compile time (both use `steadfast-spec`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -14,56 +15,7 @@ use std::time::Duration;
 /// assert!(steadfast::duration::parse("10 parsecs").is_err());
 /// ```
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{text}` has no unit; write e.g. \"250ms\" or \"2s\""))?;
-    let (number, unit) = text.split_at(split);
-    let unit = unit.trim();
-    if number.is_empty() {
-        return Err(format!(
-            "`{text}` does not start with a number; write e.g. \"250ms\" or \"2s\""
-        ));
-    }
-    let nanos_per_unit: u128 = match unit {
-        "ns" => 1,
-        "us" | "µs" => 1_000,
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        "h" => 3_600_000_000_000,
-        _ => {
-            return Err(format!(
-                "unknown unit `{unit}` in `{text}`; use one of ns, us, ms, s, m, h"
-            ));
-        }
-    };
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if int.is_empty() && frac.is_empty() || frac.contains('.') {
-        return Err(format!("`{number}` is not a number"));
-    }
-    let int: u128 = if int.is_empty() {
-        0
-    } else {
-        int.parse()
-            .map_err(|_| format!("`{number}` is too large"))?
-    };
-    // Exact decimal arithmetic on at most 18 fractional digits (more cannot matter).
-    let frac = &frac[..frac.len().min(18)];
-    let frac_part = if frac.is_empty() {
-        0
-    } else {
-        let digits: u128 = frac
-            .parse()
-            .map_err(|_| format!("`{number}` is not a number"))?;
-        digits * nanos_per_unit / 10u128.pow(frac.len() as u32)
-    };
-    let total = int
-        .checked_mul(nanos_per_unit)
-        .and_then(|n| n.checked_add(frac_part))
-        .filter(|n| *n <= u128::from(u64::MAX))
-        .ok_or_else(|| format!("`{text}` is too large"))?;
-    Ok(Duration::from_nanos(total as u64))
+    steadfast_spec::duration::parse(text)
 }
 
 #[cfg(test)]

@@ -59,4 +59,12 @@ impl Error {
             reason: reason.to_string(),
         }
     }
+
+    /// The first error of a spec's `validate` (the builders report one field at a time).
+    pub(crate) fn from_fields(errors: Vec<steadfast_spec::FieldError>) -> Self {
+        match errors.into_iter().next() {
+            Some(e) => Error::config(e.field, e.message),
+            None => Error::config("config", "is invalid"),
+        }
+    }
 }

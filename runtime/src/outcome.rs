@@ -43,13 +43,8 @@ pub const MAX_TRANSPARENT_RETRIES: u32 = 3;
 /// The remote codes that count against an endpoint in outlier detection: the same codes a
 /// breaker counts as failures by default (Unavailable, DeadlineExceeded, Internal, Unknown,
 /// ResourceExhausted, DataLoss). Any other code means the endpoint answered.
-pub const ENDPOINT_FAILURE_CODES: CodeSet = CodeSet::EMPTY
-    .with(Code::Unavailable)
-    .with(Code::DeadlineExceeded)
-    .with(Code::Internal)
-    .with(Code::Unknown)
-    .with(Code::ResourceExhausted)
-    .with(Code::DataLoss);
+pub const ENDPOINT_FAILURE_CODES: CodeSet =
+    CodeSet::from_spec(steadfast_spec::CodeSet::DEFAULT_FAILURES);
 
 /// Where a failure began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use steadfast_spec::BreakerSpec;
 use tonic::Code;
 
 use crate::Error;
@@ -15,16 +16,8 @@ use crate::code::CodeSet;
 /// NotFound, AlreadyExists, PermissionDenied, Unauthenticated, FailedPrecondition, OutOfRange,
 /// Unimplemented, Aborted and Cancelled. A call the caller cancels (its future dropped) counts
 /// as nothing.
-pub const DEFAULT_FAILURE_CODES: CodeSet = CodeSet::EMPTY
-    .with(Code::Unavailable)
-    .with(Code::DeadlineExceeded)
-    .with(Code::Internal)
-    .with(Code::Unknown)
-    .with(Code::ResourceExhausted)
-    .with(Code::DataLoss);
-
-const MIN_OPEN: Duration = Duration::from_secs(1);
-const MAX_OPEN: Duration = Duration::from_secs(600);
+pub const DEFAULT_FAILURE_CODES: CodeSet =
+    CodeSet::from_spec(steadfast_spec::CodeSet::DEFAULT_FAILURES);
 
 /// How a [`CircuitBreaker`](super::CircuitBreaker) decides to open, and how it recovers.
 ///
@@ -51,14 +44,7 @@ const MAX_OPEN: Duration = Duration::from_secs(600);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BreakerConfig {
-    pub(crate) min_failures: u32,
-    pub(crate) failure_ratio: f64,
-    pub(crate) window: Duration,
-    pub(crate) open_timeout: Duration,
-    pub(crate) max_open_timeout: Option<Duration>,
-    pub(crate) half_open_max_calls: u32,
-    pub(crate) half_open_successes: u32,
-    pub(crate) failure_codes: CodeSet,
+    spec: BreakerSpec,
 }
 
 impl Default for BreakerConfig {
@@ -66,14 +52,7 @@ impl Default for BreakerConfig {
     /// 10 half-open probes, 3 successes to close, [`DEFAULT_FAILURE_CODES`].
     fn default() -> Self {
         BreakerConfig {
-            min_failures: 4,
-            failure_ratio: 0.6,
-            window: Duration::from_secs(10),
-            open_timeout: Duration::from_secs(30),
-            max_open_timeout: None,
-            half_open_max_calls: 10,
-            half_open_successes: 3,
-            failure_codes: DEFAULT_FAILURE_CODES,
+            spec: BreakerSpec::DEFAULT,
         }
     }
 }
@@ -81,10 +60,14 @@ impl Default for BreakerConfig {
 impl BreakerConfig {
     /// Starts a builder from the defaults.
     pub fn builder() -> BreakerConfigBuilder {
-        BreakerConfigBuilder(BreakerConfig::default())
+        BreakerConfigBuilder {
+            spec: BreakerSpec::DEFAULT,
+            half_open_successes: None,
+        }
     }
 
-    /// Values checked at compile time by `#[resilient_client]`.
+    /// Values checked at compile time by `#[resilient_client]`, with the same
+    /// `BreakerSpec::validate` the builder runs. Not for direct use: this does not validate.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
     pub const fn __from_macro(
@@ -98,156 +81,163 @@ impl BreakerConfig {
         failure_bits: u32,
     ) -> BreakerConfig {
         BreakerConfig {
-            min_failures,
-            failure_ratio,
-            window,
-            open_timeout,
-            max_open_timeout,
-            half_open_max_calls,
-            half_open_successes,
-            failure_codes: CodeSet::from_bits(failure_bits),
+            spec: BreakerSpec {
+                min_failures,
+                failure_ratio,
+                window,
+                open_timeout,
+                max_open_timeout,
+                half_open_max_calls,
+                half_open_successes,
+                failure_codes: steadfast_spec::CodeSet::from_bits(failure_bits),
+            },
         }
     }
 
     /// Failures needed in the window before the ratio is considered.
     pub fn min_failures(&self) -> u32 {
-        self.min_failures
+        self.spec.min_failures
     }
     /// The failure ratio that must be exceeded.
     pub fn failure_ratio(&self) -> f64 {
-        self.failure_ratio
+        self.spec.failure_ratio
     }
     /// The rolling window.
     pub fn window(&self) -> Duration {
-        self.window
+        self.spec.window
     }
     /// How long the breaker stays open after a trip (the first one, with growth).
     pub fn open_timeout(&self) -> Duration {
-        self.open_timeout
+        self.spec.open_timeout
     }
     /// The cap of exponential growth of the open period on repeated trips, if enabled.
     pub fn max_open_timeout(&self) -> Option<Duration> {
-        self.max_open_timeout
+        self.spec.max_open_timeout
     }
     /// Probes allowed in flight at once while half-open.
     pub fn half_open_max_calls(&self) -> u32 {
-        self.half_open_max_calls
+        self.spec.half_open_max_calls
     }
     /// Successful probes that close the breaker.
     pub fn half_open_successes(&self) -> u32 {
-        self.half_open_successes
+        self.spec.half_open_successes
     }
     /// The codes that count as failures.
     pub fn failure_codes(&self) -> CodeSet {
-        self.failure_codes
+        CodeSet::from_spec(self.spec.failure_codes)
     }
 
     /// Whether `code` counts as a failure of the downstream.
     pub fn is_failure(&self, code: Code) -> bool {
-        self.failure_codes.contains(code)
+        self.failure_codes().contains(code)
     }
 }
 
 /// Builder for [`BreakerConfig`]; [`build`](Self::build) validates.
 #[derive(Clone, Debug)]
-pub struct BreakerConfigBuilder(BreakerConfig);
+pub struct BreakerConfigBuilder {
+    spec: BreakerSpec,
+    /// Set explicitly; otherwise derived from `half_open_max_calls` as the macro does.
+    half_open_successes: Option<u32>,
+}
 
 impl BreakerConfigBuilder {
     /// Failures needed in the window (1..=10000).
     pub fn min_failures(mut self, n: u32) -> Self {
-        self.0.min_failures = n;
+        self.spec.min_failures = n;
         self
     }
     /// Failure ratio to exceed, in `[0, 1)`.
     pub fn failure_ratio(mut self, r: f64) -> Self {
-        self.0.failure_ratio = r;
+        self.spec.failure_ratio = r;
         self
     }
     /// The rolling window, 1 s to 10 min.
     pub fn window(mut self, d: Duration) -> Self {
-        self.0.window = d;
+        self.spec.window = d;
         self
     }
     /// The open period after a trip, 1 s to 10 min.
     pub fn open_timeout(mut self, d: Duration) -> Self {
-        self.0.open_timeout = d;
+        self.spec.open_timeout = d;
         self
     }
     /// Grow the open period exponentially on repeated trips, up to `max` (<= 10 min).
     pub fn max_open_timeout(mut self, max: Option<Duration>) -> Self {
-        self.0.max_open_timeout = max;
+        self.spec.max_open_timeout = max;
         self
     }
     /// Probes in flight at once while half-open (1..=1000).
     pub fn half_open_max_calls(mut self, n: u32) -> Self {
-        self.0.half_open_max_calls = n;
+        self.spec.half_open_max_calls = n;
         self
     }
-    /// Successful probes needed to close (1..=half_open_max_calls).
+    /// Successful probes needed to close (1..=half_open_max_calls). Without it: 3, or
+    /// `half_open_max_calls` when that is smaller.
     pub fn half_open_successes(mut self, n: u32) -> Self {
-        self.0.half_open_successes = n;
+        self.half_open_successes = Some(n);
         self
     }
-    /// The codes that count as failures (must not be empty).
+    /// The codes that count as failures (must not be empty, must not hold `Ok`).
     pub fn failure_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
-        self.0.failure_codes = codes.into_iter().collect();
+        self.spec.failure_codes = codes.into_iter().collect::<CodeSet>().to_spec();
         self
     }
 
     /// Validates and returns the config, or an error naming the first invalid field.
     pub fn build(self) -> Result<BreakerConfig, Error> {
-        let c = self.0;
-        let within = |d: Duration| (MIN_OPEN..=MAX_OPEN).contains(&d);
-        if !(1..=10_000).contains(&c.min_failures) {
-            return Err(Error::config(
-                "breaker.min_failures",
-                "must be in 1..=10000",
-            ));
-        }
-        if !(c.failure_ratio.is_finite() && (0.0..1.0).contains(&c.failure_ratio)) {
-            return Err(Error::config(
-                "breaker.failure_ratio",
-                format!("{} must be in [0, 1), e.g. 0.6", c.failure_ratio),
-            ));
-        }
-        if !within(c.window) {
-            return Err(Error::config(
-                "breaker.window",
-                "must be between 1s and 10m",
-            ));
-        }
-        if !within(c.open_timeout) {
-            return Err(Error::config(
-                "breaker.open_timeout",
-                format!("{:?} is outside 1s..=10m", c.open_timeout),
-            ));
-        }
-        if let Some(max) = c.max_open_timeout
-            && !(within(max) && max >= c.open_timeout)
-        {
-            return Err(Error::config(
-                "breaker.max_open_timeout",
-                "must be between open_timeout and 10m",
-            ));
-        }
-        if !(1..=1000).contains(&c.half_open_max_calls) {
-            return Err(Error::config(
-                "breaker.half_open_max_calls",
-                "must be in 1..=1000",
-            ));
-        }
-        if !(1..=c.half_open_max_calls).contains(&c.half_open_successes) {
-            return Err(Error::config(
-                "breaker.half_open_successes",
-                "must be in 1..=half_open_max_calls",
-            ));
-        }
-        if c.failure_codes.is_empty() {
-            return Err(Error::config(
-                "breaker.failure_codes",
-                "is empty; list the codes that mean the downstream is failing",
-            ));
-        }
-        Ok(c)
+        let mut spec = self.spec;
+        spec.half_open_successes =
+            self.half_open_successes
+                .unwrap_or(BreakerSpec::default_half_open_successes(
+                    spec.half_open_max_calls,
+                ));
+        spec.validate().map_err(Error::from_fields)?;
+        Ok(BreakerConfig { spec })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults are the spec's, the one copy the macro uses too.
+    #[test]
+    fn defaults_are_the_spec_defaults() {
+        let c = BreakerConfig::default();
+        let spec = BreakerSpec::default();
+        assert_eq!(c.min_failures(), spec.min_failures);
+        assert_eq!(c.failure_ratio(), spec.failure_ratio);
+        assert_eq!(c.window(), spec.window);
+        assert_eq!(c.open_timeout(), spec.open_timeout);
+        assert_eq!(c.max_open_timeout(), spec.max_open_timeout);
+        assert_eq!(c.half_open_max_calls(), spec.half_open_max_calls);
+        assert_eq!(c.half_open_successes(), spec.half_open_successes);
+        assert_eq!(c.failure_codes().bits(), spec.failure_codes.bits());
+        assert_eq!(c.failure_codes(), DEFAULT_FAILURE_CODES);
+        assert_eq!(BreakerConfig::builder().build().unwrap(), c);
+    }
+
+    #[test]
+    fn half_open_successes_follow_max_calls_unless_given() {
+        let b = BreakerConfig::builder;
+        assert_eq!(
+            b().half_open_max_calls(2)
+                .build()
+                .unwrap()
+                .half_open_successes(),
+            2
+        );
+        assert!(
+            b().half_open_max_calls(2)
+                .half_open_successes(3)
+                .build()
+                .is_err()
+        );
+        assert!(
+            b().failure_codes([Code::Ok, Code::Unavailable])
+                .build()
+                .is_err()
+        );
     }
 }

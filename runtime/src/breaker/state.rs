@@ -248,7 +248,7 @@ impl CircuitBreaker {
             word: AtomicU64::new(Word::new(0, BreakerState::Closed).0),
             open_until_ms: AtomicU64::new(0),
             base: Instant::now(),
-            window: Window::new(config.window),
+            window: Window::new(config.window()),
             slow: Mutex::new(Slow {
                 backoff: backoff(&config),
             }),
@@ -350,7 +350,7 @@ impl CircuitBreaker {
                     self.transition(word, BreakerState::HalfOpen);
                 }
                 BreakerState::HalfOpen => {
-                    if word.in_flight() >= self.config.half_open_max_calls {
+                    if word.in_flight() >= self.config.half_open_max_calls() {
                         return Err(Rejected {
                             state: BreakerState::HalfOpen,
                             retry_after: None,
@@ -425,7 +425,7 @@ impl CircuitBreaker {
                 }
             }
             Outcome::Success => {
-                let needed = self.config.half_open_successes;
+                let needed = self.config.half_open_successes();
                 let after = self.update_probe(ticket, |w| {
                     Some(
                         w.with_in_flight(w.in_flight().saturating_sub(1))
@@ -462,8 +462,8 @@ impl CircuitBreaker {
     }
 
     fn trips(&self, c: WindowCounts) -> bool {
-        c.failures >= self.config.min_failures
-            && f64::from(c.failures) / f64::from(c.requests.max(1)) > self.config.failure_ratio
+        c.failures >= self.config.min_failures()
+            && f64::from(c.failures) / f64::from(c.requests.max(1)) > self.config.failure_ratio()
     }
 
     fn now_ms(&self) -> u64 {
@@ -482,7 +482,7 @@ impl CircuitBreaker {
         let mut open_for = None;
         match to {
             BreakerState::Open => {
-                let d = slow.backoff.next().unwrap_or(self.config.open_timeout);
+                let d = slow.backoff.next().unwrap_or(self.config.open_timeout());
                 self.open_until_ms
                     .store(self.now_ms() + d.as_millis() as u64, Ordering::Release);
                 open_for = Some(d);
@@ -546,10 +546,10 @@ impl CircuitBreaker {
 }
 
 fn backoff(config: &BreakerConfig) -> Box<dyn Iterator<Item = Duration> + Send> {
-    match config.max_open_timeout {
+    match config.max_open_timeout() {
         // failsafe's exponential backoff: open_timeout, doubling, capped.
-        Some(max) => Box::new(failsafe::backoff::exponential(config.open_timeout, max)),
-        None => Box::new(failsafe::backoff::constant(config.open_timeout)),
+        Some(max) => Box::new(failsafe::backoff::exponential(config.open_timeout(), max)),
+        None => Box::new(failsafe::backoff::constant(config.open_timeout())),
     }
 }
 

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use steadfast_spec::{FieldError, RetrySpec, ThrottleSpec};
 
-use super::policy::{MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, validate_codes};
+use super::policy::MAX_ATTEMPTS_LIMIT;
 use super::{RetryPolicy, RetryThrottle};
 use crate::Error;
 use crate::code::CodeSet;
@@ -18,9 +19,10 @@ use crate::spec::outlier::OutlierDetection;
 /// [`OutlierDetection`](crate::discovery::OutlierDetection). Fields that steadfast does not
 /// use (`waitForReady`, ...) are ignored, so the same file can configure clients in other
 /// languages. Values follow gRFC A6:
-/// `maxAttempts` above 5 is clamped to 5 with a warning; a never-retryable code in
-/// `retryableStatusCodes`, a missing field or a non-positive backoff is an error that names
-/// the field.
+/// `maxAttempts` above 5 is clamped to 5 with a warning; then the policy passes the same
+/// checks as [`RetryPolicy::builder`] and `#[resilient_client]`, so a never-retryable code in
+/// `retryableStatusCodes`, a missing field, a non-positive backoff or a
+/// `perAttemptRecvTimeout` over 1 day is an error that names the field by its JSON path.
 ///
 /// ```
 /// use std::time::Duration;
@@ -52,7 +54,7 @@ use crate::spec::outlier::OutlierDetection;
 #[derive(Clone, Debug, Default)]
 pub struct ServiceConfig {
     methods: Vec<MethodConfig>,
-    throttling: Option<(u32, f64)>,
+    throttling: Option<ThrottleSpec>,
     outlier_detection: Option<OutlierDetection>,
 }
 
@@ -118,8 +120,27 @@ fn err(path: impl std::fmt::Display, what: impl std::fmt::Display) -> Error {
     Error::ServiceConfig(format!("`{path}` {what}"))
 }
 
+/// The first error of a spec's `validate`, at its JSON path: `json_key` names the field the
+/// way the JSON spells it.
+fn spec_error(
+    at: &str,
+    errors: Vec<FieldError>,
+    json_key: impl Fn(&'static str) -> &'static str,
+) -> Error {
+    match errors.into_iter().next() {
+        Some(e) => Error::ServiceConfig(format!("`{at}{}`: {}", json_key(e.field), e.message)),
+        None => err(at, "is invalid"),
+    }
+}
+
+/// A duration; zero is refused by the checks that follow, or by `positive`.
 fn duration(path: &str, text: &str) -> Result<Duration, Error> {
-    let d = crate::duration::parse(text).map_err(|why| err(path, why))?;
+    crate::duration::parse(text).map_err(|why| err(path, why))
+}
+
+/// A duration above zero, for `timeout`, which no spec covers.
+fn positive(path: &str, text: &str) -> Result<Duration, Error> {
+    let d = duration(path, text)?;
     if d.is_zero() {
         return Err(err(path, "must be greater than zero"));
     }
@@ -140,14 +161,22 @@ impl ServiceConfig {
         let throttling = raw
             .retry_throttling
             .map(|t| {
-                let max = t
-                    .max_tokens
-                    .ok_or_else(|| err("retryThrottling.maxTokens", "is required"))?;
-                let ratio = t
-                    .token_ratio
-                    .ok_or_else(|| err("retryThrottling.tokenRatio", "is required"))?;
-                RetryThrottle::new(max, ratio)?;
-                Ok::<_, Error>((max, ratio))
+                let spec = ThrottleSpec {
+                    max_tokens: t
+                        .max_tokens
+                        .ok_or_else(|| err("retryThrottling.maxTokens", "is required"))?,
+                    token_ratio: t
+                        .token_ratio
+                        .ok_or_else(|| err("retryThrottling.tokenRatio", "is required"))?,
+                };
+                RetryThrottle::from_spec(spec).map_err(|errors| {
+                    spec_error("retryThrottling.", errors, |field| match field {
+                        "throttle.max_tokens" => "maxTokens",
+                        "throttle.token_ratio" => "tokenRatio",
+                        other => other,
+                    })
+                })?;
+                Ok::<_, Error>(spec)
             })
             .transpose()?;
         let outlier_detection = match &raw.load_balancing_config {
@@ -190,7 +219,7 @@ impl ServiceConfig {
     /// A fresh throttle from `retryThrottling`, if the config has one.
     pub fn throttle(&self) -> Option<RetryThrottle> {
         self.throttling
-            .map(|(max, ratio)| RetryThrottle::new(max, ratio).expect("validated in from_json"))
+            .map(|spec| RetryThrottle::from_spec(spec).expect("validated in from_json"))
     }
 }
 
@@ -207,7 +236,7 @@ fn parse_method(i: usize, raw: RawMethodConfig) -> Result<MethodConfig, Error> {
     let timeout = raw
         .timeout
         .as_deref()
-        .map(|t| duration(&at("timeout"), t))
+        .map(|t| positive(&at("timeout"), t))
         .transpose()?;
     let retry = raw
         .retry_policy
@@ -224,9 +253,6 @@ fn parse_retry(at: &str, raw: RawRetryPolicy) -> Result<RetryPolicy, Error> {
     let field = |f: &str| format!("{at}.{f}");
     let required = |f: &str| err(field(f), "is required");
     let mut max_attempts = raw.max_attempts.ok_or_else(|| required("maxAttempts"))?;
-    if max_attempts < 2 {
-        return Err(err(field("maxAttempts"), "must be at least 2"));
-    }
     if max_attempts > MAX_ATTEMPTS_LIMIT {
         tracing::warn!(
             field = %field("maxAttempts"), value = max_attempts,
@@ -241,9 +267,6 @@ fn parse_retry(at: &str, raw: RawRetryPolicy) -> Result<RetryPolicy, Error> {
     let multiplier = raw
         .backoff_multiplier
         .ok_or_else(|| required("backoffMultiplier"))?;
-    if !(multiplier.is_finite() && multiplier > 0.0) {
-        return Err(err(field("backoffMultiplier"), "must be greater than zero"));
-    }
     let codes = raw
         .retryable_status_codes
         .ok_or_else(|| required("retryableStatusCodes"))?;
@@ -256,32 +279,29 @@ fn parse_retry(at: &str, raw: RawRetryPolicy) -> Result<RetryPolicy, Error> {
         .collect();
     let codes =
         CodeSet::parse_names(&names).map_err(|why| err(field("retryableStatusCodes"), why))?;
-    validate_codes(codes).map_err(|e| match e {
-        Error::Config { reason, .. } => err(field("retryableStatusCodes"), reason),
-        other => other,
-    })?;
-    let per_attempt = raw
-        .per_attempt_recv_timeout
-        .as_deref()
-        .map(|t| {
-            let path = field("perAttemptRecvTimeout");
-            duration(&path, t).and_then(|d| {
-                if d > MAX_TIMEOUT {
-                    Err(err(&path, "must be at most 1 day"))
-                } else {
-                    Ok(d)
-                }
-            })
-        })
-        .transpose()?;
-    Ok(RetryPolicy::__from_macro(
+    let spec = RetrySpec {
         max_attempts,
-        duration(&field("initialBackoff"), &initial)?,
-        duration(&field("maxBackoff"), &max)?,
+        initial_backoff: duration(&field("initialBackoff"), &initial)?,
+        max_backoff: duration(&field("maxBackoff"), &max)?,
         multiplier,
-        per_attempt,
-        codes.bits(),
-    ))
+        per_attempt_timeout: raw
+            .per_attempt_recv_timeout
+            .as_deref()
+            .map(|t| duration(&field("perAttemptRecvTimeout"), t))
+            .transpose()?,
+        retryable_codes: codes.to_spec(),
+    };
+    RetryPolicy::from_spec(spec).map_err(|errors| {
+        spec_error(&format!("{at}."), errors, |f| match f {
+            "max_attempts" => "maxAttempts",
+            "initial_backoff" => "initialBackoff",
+            "max_backoff" => "maxBackoff",
+            "backoff_multiplier" => "backoffMultiplier",
+            "per_attempt_timeout" => "perAttemptRecvTimeout",
+            "retryable_codes" => "retryableStatusCodes",
+            other => other,
+        })
+    })
 }
 
 #[cfg(test)]
@@ -330,6 +350,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("maxTokens"), "{e}");
+    }
+
+    /// Service config runs the same checks as the builder and the macro, after the A6 clamp.
+    #[test]
+    fn runs_the_spec_checks() {
+        let e = |body: String| policy(&body).unwrap_err().to_string();
+        let day = OK.replace(
+            "\"maxAttempts\":3",
+            "\"maxAttempts\":3,\"perAttemptRecvTimeout\":\"24.5h\"",
+        );
+        let got = e(day);
+        assert!(
+            got.contains("`methodConfig[0].retryPolicy.perAttemptRecvTimeout`")
+                && got.contains("longer than 1 day"),
+            "{got}"
+        );
+        let ok = OK.replace(
+            "\"maxAttempts\":3",
+            "\"maxAttempts\":3,\"perAttemptRecvTimeout\":\"24h\"",
+        );
+        assert!(policy(&ok).is_ok());
+        let got = e(OK.replace("\"maxBackoff\":\"1s\"", "\"maxBackoff\":\"0s\""));
+        assert!(
+            got.contains("`methodConfig[0].retryPolicy.maxBackoff`"),
+            "{got}"
+        );
+        let got = e(OK.replace("\"UNAVAILABLE\"", "\"OK\""));
+        assert!(
+            got.contains("retryableStatusCodes") && got.contains("`Ok`"),
+            "{got}"
+        );
+        // The clamp comes first: 9 attempts are 5, and the result equals the builder's.
+        let cfg = policy(&OK.replace("\"maxAttempts\":3", "\"maxAttempts\":9")).unwrap();
+        let built = RetryPolicy::builder().max_attempts(5).build().unwrap();
+        assert_eq!(cfg.lookup("s", "M").unwrap().retry, Some(built));
+        let got =
+            ServiceConfig::from_json(r#"{"retryThrottling":{"maxTokens":10,"tokenRatio":0.0001}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(got.contains("`retryThrottling.tokenRatio`"), "{got}");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use steadfast_spec::RetrySpec;
 use tonic::Code;
 
 use crate::Error;
-use crate::code::{CodeSet, code_name};
+use crate::code::CodeSet;
 
 /// The retry policy of one method, with gRFC A6 ("gRPC client retries") semantics.
 ///
@@ -32,29 +33,16 @@ use crate::code::{CodeSet, code_name};
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryPolicy {
-    max_attempts: u32,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-    multiplier: f64,
-    per_attempt_timeout: Option<Duration>,
-    retryable: CodeSet,
+    spec: RetrySpec,
 }
 
 /// The largest `max_attempts` gRFC A6 allows; service config values above it are clamped.
-pub const MAX_ATTEMPTS_LIMIT: u32 = 5;
-
-/// The longest per-attempt timeout accepted (1 day).
-pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+pub const MAX_ATTEMPTS_LIMIT: u32 = RetrySpec::MAX_ATTEMPTS;
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            multiplier: 2.0,
-            per_attempt_timeout: None,
-            retryable: CodeSet::DEFAULT_RETRYABLE,
+            spec: RetrySpec::DEFAULT,
         }
     }
 }
@@ -63,12 +51,21 @@ impl RetryPolicy {
     /// Starts a builder from the defaults.
     pub fn builder() -> RetryPolicyBuilder {
         RetryPolicyBuilder {
-            policy: RetryPolicy::default(),
+            spec: RetrySpec::DEFAULT,
         }
     }
 
+    /// A policy from a spec that passed `validate`. Service config goes through here.
+    pub(crate) fn from_spec(
+        spec: RetrySpec,
+    ) -> Result<RetryPolicy, Vec<steadfast_spec::FieldError>> {
+        spec.validate()?;
+        Ok(RetryPolicy { spec })
+    }
+
     /// Constructs a policy from values the `#[resilient_client]` macro validated at compile
-    /// time. Not for direct use: the builder validates, this does not.
+    /// time with the same `RetrySpec::validate` the builder runs. Not for direct use: this
+    /// does not validate.
     #[doc(hidden)]
     pub const fn __from_macro(
         max_attempts: u32,
@@ -79,47 +76,51 @@ impl RetryPolicy {
         retryable_bits: u32,
     ) -> RetryPolicy {
         RetryPolicy {
-            max_attempts,
-            initial_backoff,
-            max_backoff,
-            multiplier,
-            per_attempt_timeout,
-            retryable: CodeSet::from_bits(retryable_bits),
+            spec: RetrySpec {
+                max_attempts,
+                initial_backoff,
+                max_backoff,
+                multiplier,
+                per_attempt_timeout,
+                retryable_codes: CodeSet::from_bits(retryable_bits).to_spec(),
+            },
         }
     }
 
     /// Attempts in all, the first call included.
     pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
+        self.spec.max_attempts
     }
     /// The backoff before the first retry (before jitter).
     pub fn initial_backoff(&self) -> Duration {
-        self.initial_backoff
+        self.spec.initial_backoff
     }
     /// The cap on the backoff (before jitter).
     pub fn max_backoff(&self) -> Duration {
-        self.max_backoff
+        self.spec.max_backoff
     }
     /// The growth factor of the backoff per retry.
     pub fn multiplier(&self) -> f64 {
-        self.multiplier
+        self.spec.multiplier
     }
     /// The timeout of each attempt, if any. An attempt is also bounded by the overall deadline.
     pub fn per_attempt_timeout(&self) -> Option<Duration> {
-        self.per_attempt_timeout
+        self.spec.per_attempt_timeout
     }
     /// The codes that are retried.
     pub fn retryable_codes(&self) -> CodeSet {
-        self.retryable
+        CodeSet::from_spec(self.spec.retryable_codes)
     }
 
     /// The backoff before retry `n` (1-based) without jitter:
     /// `min(initial_backoff * multiplier^(n-1), max_backoff)`.
     pub fn base_backoff(&self, n: u32) -> Duration {
-        let exp = self.multiplier.powi(n.saturating_sub(1).min(1_000) as i32);
-        let secs = self.initial_backoff.as_secs_f64() * exp;
-        if !secs.is_finite() || secs >= self.max_backoff.as_secs_f64() {
-            self.max_backoff
+        let exp = self
+            .multiplier()
+            .powi(n.saturating_sub(1).min(1_000) as i32);
+        let secs = self.initial_backoff().as_secs_f64() * exp;
+        if !secs.is_finite() || secs >= self.max_backoff().as_secs_f64() {
+            self.max_backoff()
         } else {
             Duration::from_secs_f64(secs)
         }
@@ -140,103 +141,46 @@ impl RetryPolicy {
 /// Builder for [`RetryPolicy`]; [`build`](RetryPolicyBuilder::build) validates.
 #[derive(Clone, Debug)]
 pub struct RetryPolicyBuilder {
-    policy: RetryPolicy,
+    spec: RetrySpec,
 }
 
 impl RetryPolicyBuilder {
     /// Attempts in all, the first call included: 2..=5.
     pub fn max_attempts(mut self, n: u32) -> Self {
-        self.policy.max_attempts = n;
+        self.spec.max_attempts = n;
         self
     }
     /// The backoff before the first retry; must be > 0.
     pub fn initial_backoff(mut self, d: Duration) -> Self {
-        self.policy.initial_backoff = d;
+        self.spec.initial_backoff = d;
         self
     }
     /// The cap on the backoff; must be > 0.
     pub fn max_backoff(mut self, d: Duration) -> Self {
-        self.policy.max_backoff = d;
+        self.spec.max_backoff = d;
         self
     }
     /// The growth factor; must be finite and > 0.
     pub fn multiplier(mut self, m: f64) -> Self {
-        self.policy.multiplier = m;
+        self.spec.multiplier = m;
         self
     }
-    /// The timeout of each attempt; must be > 0.
+    /// The timeout of each attempt; must be > 0 and at most 1 day.
     pub fn per_attempt_timeout(mut self, d: Option<Duration>) -> Self {
-        self.policy.per_attempt_timeout = d;
+        self.spec.per_attempt_timeout = d;
         self
     }
-    /// The codes to retry. Must be non-empty and must not contain a never-retryable code.
+    /// The codes to retry. Must be non-empty and must not contain `Ok` or a never-retryable
+    /// code.
     pub fn retry_on(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
-        self.policy.retryable = codes.into_iter().collect();
+        self.spec.retryable_codes = codes.into_iter().collect::<CodeSet>().to_spec();
         self
     }
 
     /// Validates and returns the policy, or an error naming the first invalid field.
     pub fn build(self) -> Result<RetryPolicy, Error> {
-        let p = self.policy;
-        if !(2..=MAX_ATTEMPTS_LIMIT).contains(&p.max_attempts) {
-            return Err(Error::config(
-                "max_attempts",
-                format!(
-                    "{} is outside 2..=5 (gRFC A6 counts the first call; use `no_retry` for 1)",
-                    p.max_attempts
-                ),
-            ));
-        }
-        if p.initial_backoff.is_zero() {
-            return Err(Error::config(
-                "initial_backoff",
-                "must be greater than zero",
-            ));
-        }
-        if p.max_backoff.is_zero() {
-            return Err(Error::config("max_backoff", "must be greater than zero"));
-        }
-        if !(p.multiplier.is_finite() && p.multiplier > 0.0) {
-            return Err(Error::config(
-                "backoff_multiplier",
-                format!("{} must be a finite number greater than zero", p.multiplier),
-            ));
-        }
-        if p.per_attempt_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(Error::config(
-                "per_attempt_timeout",
-                "must be greater than zero",
-            ));
-        }
-        if p.per_attempt_timeout.is_some_and(|d| d > MAX_TIMEOUT) {
-            return Err(Error::config(
-                "per_attempt_timeout",
-                "must be at most 1 day",
-            ));
-        }
-        validate_codes(p.retryable)?;
-        Ok(p)
+        RetryPolicy::from_spec(self.spec).map_err(Error::from_fields)
     }
-}
-
-pub(crate) fn validate_codes(codes: CodeSet) -> Result<(), Error> {
-    if codes.is_empty() {
-        return Err(Error::config(
-            "retryable_codes",
-            "is empty; list at least one code, e.g. UNAVAILABLE",
-        ));
-    }
-    let bad = codes.intersection(CodeSet::NEVER_RETRYABLE);
-    if let Some(code) = bad.iter().next() {
-        return Err(Error::config(
-            "retryable_codes",
-            format!(
-                "{} is never retried: the same request cannot succeed; remove it",
-                code_name(code)
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -298,6 +242,35 @@ mod tests {
             "retryable_codes"
         );
         assert_eq!(field(b().retry_on([]).build()), "retryable_codes");
+        assert_eq!(field(b().retry_on([Code::Ok]).build()), "retryable_codes");
+        assert_eq!(
+            field(
+                b().per_attempt_timeout(Some(Duration::from_secs(86_401)))
+                    .build()
+            ),
+            "per_attempt_timeout"
+        );
+        assert!(
+            b().per_attempt_timeout(Some(Duration::from_secs(86_400)))
+                .build()
+                .is_ok()
+        );
         assert!(b().build().is_ok());
+    }
+
+    /// The defaults are the spec's, the one copy the macro uses too.
+    #[test]
+    fn defaults_are_the_spec_defaults() {
+        let p = RetryPolicy::default();
+        let spec = RetrySpec::default();
+        assert_eq!(p.max_attempts(), spec.max_attempts);
+        assert_eq!(p.initial_backoff(), spec.initial_backoff);
+        assert_eq!(p.max_backoff(), spec.max_backoff);
+        assert_eq!(p.multiplier(), spec.multiplier);
+        assert_eq!(p.per_attempt_timeout(), spec.per_attempt_timeout);
+        assert_eq!(p.retryable_codes().bits(), spec.retryable_codes.bits());
+        assert_eq!(RetryPolicy::builder().build().unwrap(), p);
+        assert_eq!(p.retryable_codes(), CodeSet::DEFAULT_RETRYABLE);
+        assert_eq!(MAX_ATTEMPTS_LIMIT, 5);
     }
 }

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use steadfast_spec::ThrottleSpec;
+
 use crate::Error;
 
 /// Token values are stored in thousandths, the precision A6 gives `token_ratio`.
@@ -36,22 +38,21 @@ pub struct RetryThrottle {
 }
 
 impl RetryThrottle {
-    /// A bucket with `max_tokens` (1..=1000) and `token_ratio` (> 0; three decimals are kept).
+    /// A bucket with `max_tokens` (1..=1000) and `token_ratio` (0.001..=`max_tokens`; three
+    /// decimals are kept). An invalid value is an error naming `throttle.max_tokens` or
+    /// `throttle.token_ratio`.
     pub fn new(max_tokens: u32, token_ratio: f64) -> Result<Self, Error> {
-        if !(1..=1000).contains(&max_tokens) {
-            return Err(Error::config(
-                "retryThrottling.maxTokens",
-                format!("{max_tokens} is outside 1..=1000"),
-            ));
-        }
-        let ratio = (token_ratio * f64::from(SCALE)).round();
-        if !(token_ratio.is_finite() && ratio >= 1.0 && ratio <= f64::from(max_tokens * SCALE)) {
-            return Err(Error::config(
-                "retryThrottling.tokenRatio",
-                format!("{token_ratio} must be at least 0.001 and at most maxTokens"),
-            ));
-        }
-        Ok(Self::from_parts(max_tokens, ratio as u32))
+        Self::from_spec(ThrottleSpec {
+            max_tokens,
+            token_ratio,
+        })
+        .map_err(Error::from_fields)
+    }
+
+    /// A bucket from a spec that passes `validate`.
+    pub(crate) fn from_spec(spec: ThrottleSpec) -> Result<Self, Vec<steadfast_spec::FieldError>> {
+        spec.validate()?;
+        Ok(Self::from_parts(spec.max_tokens, spec.token_ratio_milli()))
     }
 
     /// Hidden constructor for values validated by the macro: `ratio_milli` is thousandths.
@@ -112,9 +113,10 @@ impl RetryThrottle {
 }
 
 impl Default for RetryThrottle {
-    /// `max_tokens` 10, `token_ratio` 0.1.
+    /// `max_tokens` 10, `token_ratio` 0.1 (the spec's defaults).
     fn default() -> Self {
-        Self::from_parts(10, 100)
+        let spec = ThrottleSpec::DEFAULT;
+        Self::from_parts(spec.max_tokens, spec.token_ratio_milli())
     }
 }
 
@@ -160,6 +162,17 @@ mod tests {
         assert!(RetryThrottle::new(1001, 0.1).is_err());
         assert!(RetryThrottle::new(10, 0.0).is_err());
         assert!(RetryThrottle::new(10, f64::NAN).is_err());
+        match RetryThrottle::new(0, 0.1).unwrap_err() {
+            Error::Config { field, .. } => assert_eq!(field, "throttle.max_tokens"),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_spec_defaults() {
+        let b = RetryThrottle::default();
+        assert_eq!(b.max_tokens(), ThrottleSpec::DEFAULT.max_tokens);
+        assert_eq!(b.token_ratio(), ThrottleSpec::DEFAULT.token_ratio);
     }
 
     #[test]
