@@ -172,6 +172,45 @@ pub fn classify(status: &Status, timed_out: bool) -> AttemptOutcome {
     AttemptOutcome::Remote(status.code())
 }
 
+/// Classifies an attempt from what the HTTP layer sees: a transport error (no connection, a
+/// broken one, tonic's own `grpc-timeout` timer), or a trailers-only status. Used below the
+/// typed stack (the channel's own reports) and by [`crate::retry::HttpRetryLayer`].
+pub(crate) fn classify_http(
+    result: Result<&http::Response<tonic::body::Body>, &(dyn std::error::Error + 'static)>,
+) -> AttemptOutcome {
+    match result {
+        Err(e) => {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+            while let Some(err) = cur {
+                if err.is::<tonic::ConnectError>() {
+                    return AttemptOutcome::NotSent;
+                }
+                if err.is::<tonic::TimeoutExpired>() {
+                    return AttemptOutcome::Timeout;
+                }
+                cur = err.source();
+            }
+            AttemptOutcome::Transport
+        }
+        Ok(response) => {
+            let headers = response.headers();
+            match headers.get("grpc-status") {
+                None => AttemptOutcome::Success,
+                Some(v) => {
+                    let code = tonic::Code::from_bytes(v.as_bytes());
+                    if code == tonic::Code::Ok {
+                        AttemptOutcome::Success
+                    } else if headers.contains_key(PASSED_THROUGH_KEY) {
+                        AttemptOutcome::PassedThrough(code)
+                    } else {
+                        AttemptOutcome::Remote(code)
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Marks `status` as relayed from `service` (kept as it is when already marked, so the
 /// value names the first failing service).
 ///

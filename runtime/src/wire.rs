@@ -43,6 +43,28 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, &'static str> {
     })
 }
 
+/// Formats `d` as a `grpc-timeout` value: the finest unit whose count fits in 8 digits,
+/// rounded up so the server never sees less time than is left.
+pub(crate) fn grpc_timeout_value(d: Duration) -> http::HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let nanos = d.as_nanos();
+    let (n, unit) = [
+        (1u128, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ]
+    .into_iter()
+    .map(|(per, unit)| (nanos.div_ceil(per), unit))
+    .find(|(n, _)| *n <= MAX)
+    .unwrap_or((MAX, 'H'));
+    let mut text = n.to_string();
+    text.push(unit);
+    http::HeaderValue::from_str(&text).expect("digits and a unit letter")
+}
+
 /// Escapes and truncates untrusted header bytes for a log line.
 pub(crate) fn sanitize(value: &[u8]) -> String {
     const MAX: usize = 64;
@@ -94,5 +116,28 @@ mod tests {
     fn sanitize_escapes_and_truncates() {
         assert_eq!(sanitize(b"a\nb\xff"), "a\\nb\\xff");
         assert!(sanitize(&[b'x'; 100]).ends_with("..."));
+    }
+}
+
+#[cfg(test)]
+mod grpc_timeout_tests {
+    use super::*;
+
+    #[test]
+    fn formatted_values_round_trip_and_never_shrink() {
+        for d in [
+            Duration::from_nanos(1),
+            Duration::from_micros(1500),
+            Duration::from_millis(250),
+            Duration::from_secs(99_999_999 / 1000 + 1), // past 8 digits of ms
+            Duration::from_secs(30 * 24 * 3600),
+        ] {
+            let v = grpc_timeout_value(d);
+            assert!(v.len() <= 9, "{v:?}");
+            let back = parse_grpc_timeout(v.as_bytes()).unwrap();
+            assert!(back >= d, "{d:?} -> {v:?} -> {back:?}");
+        }
+        assert_eq!(grpc_timeout_value(Duration::from_millis(250)), "250000u");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(200)), "200000m");
     }
 }

@@ -6,8 +6,9 @@ use std::task::{Context as TaskContext, Poll, ready};
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 
-use crate::discovery::{Pool, classify_http};
+use crate::discovery::Pool;
 use crate::outcome::AttemptInfo;
+use crate::outcome::classify_http;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -175,7 +176,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 let fut = async move {
                     let result = slot.channel.clone().oneshot(req).await;
                     if let Some(pool) = self_report {
-                        pool.report(&slot, classify_http(&result));
+                        pool.report(&slot, classify_http(result.as_ref().map_err(|e| e as _)));
                     }
                     result.map_err(BoxError::from)
                 };

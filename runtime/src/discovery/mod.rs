@@ -30,7 +30,7 @@ use tokio::time::Instant;
 pub use crate::spec::outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 
 use crate::Error;
-use crate::outcome::{AttemptOutcome, EndpointEffect, PASSED_THROUGH_KEY};
+use crate::outcome::{AttemptOutcome, EndpointEffect};
 use crate::registry::{Instance, Instances, Registry};
 
 /// One endpoint of the pool.
@@ -326,44 +326,6 @@ impl Pool {
     /// The service name.
     pub(crate) fn service(&self) -> &str {
         &self.service
-    }
-}
-
-/// Classifies an attempt from what the HTTP layer sees, for calls made without a retry layer
-/// (no [`crate::outcome::AttemptInfo`]): a transport error, or a trailers-only status.
-pub(crate) fn classify_http<E>(
-    result: &Result<http::Response<tonic::body::Body>, E>,
-) -> AttemptOutcome
-where
-    E: std::error::Error + 'static,
-{
-    match result {
-        Err(e) => {
-            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-            while let Some(err) = cur {
-                if err.is::<tonic::ConnectError>() {
-                    return AttemptOutcome::NotSent;
-                }
-                cur = err.source();
-            }
-            AttemptOutcome::Transport
-        }
-        Ok(response) => {
-            let headers = response.headers();
-            match headers.get("grpc-status") {
-                None => AttemptOutcome::Success,
-                Some(v) => {
-                    let code = tonic::Code::from_bytes(v.as_bytes());
-                    if code == tonic::Code::Ok {
-                        AttemptOutcome::Success
-                    } else if headers.contains_key(PASSED_THROUGH_KEY) {
-                        AttemptOutcome::PassedThrough(code)
-                    } else {
-                        AttemptOutcome::Remote(code)
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -9,6 +9,10 @@
 //! [`breaker`]'s; this layer reads their results from the attempt's
 //! [`AttemptInfo`] (the one classification of each attempt).
 //!
+//! Without the macro, [`HttpRetryLayer`] gives any tonic-generated client on a plain tonic
+//! `Channel` the same A6 retries at the HTTP level: unary request bodies are buffered (up to
+//! [`DEFAULT_BUFFER_LIMIT`], as grpc-go) and sent again while the call is not committed.
+//!
 //! # What one call does (through the whole stack)
 //! 1. The overall deadline is `min(now + timeout, Context::current().deadline())`; it bounds
 //!    every attempt and every backoff and is never extended.
@@ -26,6 +30,7 @@
 //!    [`crate::outcome`]).
 
 mod config;
+mod http;
 mod layer;
 mod policy;
 mod pushback;
@@ -42,6 +47,7 @@ use tonic::Status;
 use tower::ServiceExt;
 
 pub use self::config::{MethodName, ServiceConfig};
+pub use self::http::{DEFAULT_BUFFER_LIMIT, HttpRetry, HttpRetryFuture, HttpRetryLayer};
 pub use self::layer::RetryLayer;
 pub use self::policy::{MAX_ATTEMPTS_LIMIT, RetryPolicy, RetryPolicyBuilder};
 pub use self::pushback::{PUSHBACK_KEY, Pushback};
