@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Action, Scripted, serve};
-use steadfast::retry::{HttpRetryLayer, RetryPolicy, ServiceConfig};
+use steadfast::retry::{HttpRetry, HttpRetryLayer, RetryPolicy, ServiceConfig};
 use steadfast_examples::pb::user::user_service_client::UserServiceClient;
 use steadfast_examples::pb::user::{CreateUserRequest, GetUserRequest};
 use tonic::Code;
@@ -16,6 +16,14 @@ fn channel(url: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(url.to_owned())
         .unwrap()
         .connect_lazy()
+}
+
+/// A plain tonic client over `layer` and a channel to `url`.
+fn client(
+    layer: HttpRetryLayer,
+    url: &str,
+) -> UserServiceClient<HttpRetry<tonic::transport::Channel>> {
+    UserServiceClient::new(ServiceBuilder::new().layer(layer).service(channel(url)))
 }
 
 fn policy() -> RetryPolicy {
@@ -53,22 +61,14 @@ async fn a_plain_tonic_client_retries_unavailable_with_a6_headers() {
 async fn non_retryable_codes_and_exhausted_attempts_end_the_call() {
     let svc = Scripted::new([Action::Fail(Code::InvalidArgument)]);
     let server = serve(svc.clone()).await;
-    let mut users = UserServiceClient::new(
-        ServiceBuilder::new()
-            .layer(HttpRetryLayer::new(policy()))
-            .service(channel(&server.url())),
-    );
+    let mut users = client(HttpRetryLayer::new(policy()), &server.url());
     let err = users.get_user(GetUserRequest { id: 5 }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(svc.calls(), 1);
 
     let svc = Scripted::new([Action::Fail(Code::Unavailable)]);
     let server = serve(svc.clone()).await;
-    let mut users = UserServiceClient::new(
-        ServiceBuilder::new()
-            .layer(HttpRetryLayer::new(policy()))
-            .service(channel(&server.url())),
-    );
+    let mut users = client(HttpRetryLayer::new(policy()), &server.url());
     let err = users.get_user(GetUserRequest { id: 5 }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(svc.calls(), 3, "max_attempts");
@@ -78,11 +78,7 @@ async fn non_retryable_codes_and_exhausted_attempts_end_the_call() {
 async fn a_body_over_the_buffer_bound_is_sent_once_without_retries() {
     let svc = Scripted::new([Action::Fail(Code::Unavailable), Action::Ok]);
     let server = serve(svc.clone()).await;
-    let mut users = UserServiceClient::new(
-        ServiceBuilder::new()
-            .layer(HttpRetryLayer::new(policy()).buffer_limit(4))
-            .service(channel(&server.url())),
-    );
+    let mut users = client(HttpRetryLayer::new(policy()).buffer_limit(4), &server.url());
     // The encoded request (5-byte frame header and the message) is larger than 4 bytes.
     let err = users
         .get_user(GetUserRequest { id: 123456 })
@@ -93,10 +89,9 @@ async fn a_body_over_the_buffer_bound_is_sent_once_without_retries() {
     // Within the bound it would have been retried.
     let svc = Scripted::new([Action::Fail(Code::Unavailable), Action::Ok]);
     let server = serve(svc.clone()).await;
-    let mut users = UserServiceClient::new(
-        ServiceBuilder::new()
-            .layer(HttpRetryLayer::new(policy()).buffer_limit(64))
-            .service(channel(&server.url())),
+    let mut users = client(
+        HttpRetryLayer::new(policy()).buffer_limit(64),
+        &server.url(),
     );
     users.get_user(GetUserRequest { id: 123456 }).await.unwrap();
     assert_eq!(svc.calls(), 2);
@@ -115,10 +110,9 @@ async fn service_config_chooses_per_method_and_bounds_by_its_timeout() {
     .unwrap();
     let svc = Scripted::new([Action::Fail(Code::Unavailable), Action::Ok]);
     let server = serve(svc.clone()).await;
-    let mut users = UserServiceClient::new(
-        ServiceBuilder::new()
-            .layer(HttpRetryLayer::service_config(config.clone()))
-            .service(channel(&server.url())),
+    let mut users = client(
+        HttpRetryLayer::service_config(config.clone()),
+        &server.url(),
     );
     users.get_user(GetUserRequest { id: 1 }).await.unwrap();
     assert_eq!(svc.calls(), 2, "GetUser has a retry policy");
@@ -134,11 +128,7 @@ async fn service_config_chooses_per_method_and_bounds_by_its_timeout() {
     // CreateUser has no entry: one attempt.
     let svc = Scripted::new([Action::Fail(Code::Unavailable), Action::Ok]);
     let server = serve(svc.clone()).await;
-    let mut users = UserServiceClient::new(
-        ServiceBuilder::new()
-            .layer(HttpRetryLayer::service_config(config))
-            .service(channel(&server.url())),
-    );
+    let mut users = client(HttpRetryLayer::service_config(config), &server.url());
     let err = users
         .create_user(CreateUserRequest { name: "ada".into() })
         .await
@@ -153,11 +143,7 @@ async fn a_server_that_is_not_there_ends_the_call_with_unavailable_not_a_hang() 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let mut users = UserServiceClient::new(
-        ServiceBuilder::new()
-            .layer(HttpRetryLayer::new(policy()))
-            .service(channel(&url)),
-    );
+    let mut users = client(HttpRetryLayer::new(policy()), &url);
     let err = users.get_user(GetUserRequest { id: 1 }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }

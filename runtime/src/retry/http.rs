@@ -332,10 +332,15 @@ impl Shared {
             // Our own attempt timeout is retried (the attempt ran out, not the call).
             let retryable = outcome == AttemptOutcome::Timeout
                 || policy.retryable_codes().contains(outcome.code());
-            if pushback == Pushback::DoNotRetry || !retryable {
-                if retryable && let Some(t) = &self.throttle {
+            // As the typed layer: "do not retry" pushback counts against the throttle
+            // whatever the code; a non-retryable code does not.
+            if pushback == Pushback::DoNotRetry {
+                if let Some(t) = &self.throttle {
                     t.on_failure();
                 }
+                return result;
+            }
+            if !retryable {
                 return result;
             }
             if let Some(t) = &self.throttle
