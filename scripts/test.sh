@@ -15,6 +15,13 @@ if ! command -v etcd >/dev/null 2>&1; then
   apt_install etcd-server
 fi
 
+# The metrics tests check /metrics with promtool and scrape it with a real Prometheus
+# (Debian's prometheus: /usr/bin/prometheus and /usr/bin/promtool).
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "== installing prometheus"
+  apt_install prometheus
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -89,18 +89,28 @@
 //! `#[traced]` instruments a handler with the request's trace context:
 //! - on a tonic method (`Request<T>` in, `Result<Response<U>, Status>` out) it takes the
 //!   context from the server layers (or the request's own metadata), opens the span `rpc`
-//!   with `service`, `method`, `trace_id`, `span_id` and `parent_span_id`, applies the
-//!   incoming deadline, logs the end at info with latency and status code, and records
-//!   `steadfast_server_calls_total` and a latency histogram with the trace id as exemplar;
+//!   with the OpenTelemetry RPC attributes (`rpc.system`, `rpc.service` = the full gRPC
+//!   service name, `rpc.method`, `rpc.grpc.status_code`, `client.address`), the request's
+//!   message type, `trace_id`, `span_id` and `parent_span_id`; applies the incoming
+//!   deadline, logs the end at info with latency and status code, and records
+//!   `rpc_server_duration_seconds` with the trace id as exemplar;
 //! - on an HTTP handler with a `HeaderMap` argument it does the same from the headers (or the
 //!   [`trace::TraceLayer`]'s context);
 //! - on any other async fn it opens a child span of the current context.
 //!
-//! Options: `name = "..."` (the span name), `skip(arg, ..)` (arguments not recorded; the
-//! others are recorded with `Debug`), `level = "debug"`, and `service = "..."`.
+//! **Secrets stay out.** An argument that carries request metadata or headers (a
+//! `Request<T>`, a `HeaderMap`, a `MetadataMap`, request `Parts` or `Extensions`) is never
+//! recorded, so an `authorization` header or a token cannot reach a span, a log line or an
+//! exporter. The other arguments are recorded with `Debug`, as `tracing::instrument` does.
+//!
+//! Options, as in `tracing::instrument`: `skip(arg, ..)` leaves arguments out, `skip_all`
+//! leaves them all out, `fields(name = value, a.b = %display, c = ?debug, later)` records
+//! more (a field without a value is declared, to be recorded later with `Span::record`);
+//! `name = "..."` (the span name), `level = "debug"`, and `service = "..."`. To record headers
+//! on purpose, record them [`telemetry::redacted`]: sensitive values are hidden.
 //!
 //! ```
-//! #[steadfast::traced(skip(password))]
+//! #[steadfast::traced(skip(password), fields(user.name = %user))]
 //! async fn login(user: String, password: String) -> Result<(), String> {
 //!     tracing::info!("checking"); // carries trace_id and span_id
 //!     Ok(())
@@ -138,7 +148,8 @@
 //!   endpoints.
 //! - [`breaker`]: one circuit breaker per downstream service, also a plain tower
 //!   [`breaker::BreakerLayer`].
-//! - [`metrics`]: Prometheus metrics in OpenMetrics text.
+//! - [`metrics`]: Prometheus metrics named after the OpenTelemetry RPC conventions, in the
+//!   classic text format or OpenMetrics with exemplars.
 //! - [`deadline`]: deadlines across hops: the server layer, the call deadline and the attempt
 //!   timeout of clients.
 //! - [`client`]: connection set-up ([`client::ClientConfig`]), the layered stack of every
@@ -146,7 +157,8 @@
 //! - [`server`]: graceful shutdown and the runtime of `#[traced]`.
 //! - [`tls`]: rustls TLS from PEM files, for clients and servers.
 //! - [`trace`]: W3C trace context and `X-Trace-ID` across gRPC, HTTP and tasks.
-//! - [`telemetry`]: JSON logs with `trace_id` and `span_id` on every line.
+//! - [`telemetry`]: JSON logs with `trace_id` and `span_id` on every line, span export over
+//!   OTLP (feature `otlp`), and the redaction of secrets.
 //!
 //! # Errors
 //! Configuration and start-up problems are [`Error`]s that name the offending field. Call
@@ -154,6 +166,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod breaker;
 pub mod client;
@@ -194,6 +207,6 @@ pub mod __private {
 
     /// What `#[traced]` calls.
     pub mod trace {
-        pub use crate::server::call::{Call, ok_code, result_code};
+        pub use crate::server::call::{Call, Site, ok_code, result_code};
     }
 }

@@ -55,13 +55,16 @@ fn invalid_tracestate_is_dropped_but_traceparent_kept() {
             .parse()
             .unwrap(),
     );
-    headers.insert("tracestate", "a=1,a=2".parse().unwrap());
+    headers.insert("tracestate", "a=1,B=2".parse().unwrap());
     let ctx = extract(&headers);
     assert_eq!(
         ctx.trace_id().to_string(),
         "4bf92f3577b34da6a3ce929d0e0e4736"
     );
     assert!(ctx.state().is_empty());
+    // A duplicated key is not invalid: the first occurrence is kept, with the rest.
+    headers.insert("tracestate", "a=1,b=2,a=3".parse().unwrap());
+    assert_eq!(extract(&headers).state().as_str(), "a=1,b=2");
     assert_eq!(
         ctx.flags().to_u8(),
         0x03,
@@ -120,30 +123,64 @@ fn x_trace_id_forms() {
 
 #[tokio::test]
 async fn propagate_layer_injects_the_current_context_into_outbound_http() {
+    use std::sync::{Arc, Mutex};
     use steadfast::trace::{PropagateLayer, TraceContext};
     use tower::{Layer, ServiceExt};
+    use tracing_subscriber::fmt::format::FmtSpan;
+
+    #[derive(Clone, Default)]
+    struct Out(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Out {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let out = Out::default();
+    let writer = out.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_span_events(FmtSpan::CLOSE)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
 
     let echo = tower::service_fn(|req: http::Request<()>| async move {
         Ok::<_, std::convert::Infallible>(req.headers().clone())
     });
     let svc = PropagateLayer::new().layer(echo);
     let ctx = TraceContext::new_root();
-    let sent = steadfast::Context::new()
-        .with_trace(ctx.clone())
-        .scope(svc.clone().oneshot(http::Request::new(())))
-        .await
-        .unwrap();
-    assert_eq!(extract(&sent).trace_id(), ctx.trace_id());
+    let send = || {
+        steadfast::Context::new()
+            .with_trace(ctx.clone())
+            .scope(svc.clone().oneshot(http::Request::new(())))
+    };
+    let (first, second) = (send().await.unwrap(), send().await.unwrap());
+    let (a, b) = (extract(&first), extract(&second));
+    assert_eq!(a.trace_id(), ctx.trace_id());
+    assert_eq!(b.trace_id(), ctx.trace_id());
+    // Each outgoing request is its own span: the callee's parent is that span, not ours.
+    let (pa, pb) = (a.parent_id().unwrap(), b.parent_id().unwrap());
+    assert_ne!(pa, ctx.span_id());
+    assert_ne!(pa, pb, "one span id per outgoing request");
+    let logged = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    for id in [pa, pb] {
+        let line = logged
+            .lines()
+            .find(|l| l.contains(&format!("span_id={id}")))
+            .unwrap_or_else(|| panic!("a span with id {id} in {logged}"));
+        assert!(line.contains("http.client"), "{line}");
+        assert!(
+            line.contains(&format!("parent_span_id={}", ctx.span_id())),
+            "the request span is a child of ours: {line}"
+        );
+    }
     assert_eq!(
-        extract(&sent).parent_id(),
-        Some(ctx.span_id()),
-        "our span is the callee's parent"
-    );
-    assert_eq!(
-        sent["x-trace-id"].to_str().unwrap(),
+        first["x-trace-id"].to_str().unwrap(),
         ctx.trace_id().to_string()
     );
-    // Outside any request: a new trace is started, never an empty header.
-    let sent = svc.oneshot(http::Request::new(())).await.unwrap();
-    assert!(Traceparent::parse(sent["traceparent"].as_bytes()).is_ok());
 }

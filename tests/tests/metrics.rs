@@ -38,15 +38,25 @@ async fn a_client_counts_into_the_metrics_it_was_given() {
             .to_owned()
     };
     let calls = series(
-        r#"steadfast_client_calls_total{service="metrics-isolated",method="GetUser",code="Ok"}"#,
+        r#"rpc_client_duration_seconds_count{rpc_service="user.UserService",rpc_method="GetUser",rpc_grpc_status_code="0"}"#,
     );
-    assert!(calls.contains("} 1 # {trace_id=\""), "{calls}");
-    let retries =
-        series(r#"steadfast_client_retries_total{service="metrics-isolated",method="GetUser"}"#);
+    assert!(calls.ends_with("} 1"), "{calls}");
+    assert!(
+        text.lines().any(|l| l.starts_with("rpc_client_duration_seconds_bucket{")
+            && l.contains(r#"rpc_service="user.UserService",rpc_method="GetUser",rpc_grpc_status_code="0""#)
+            && l.contains(" # {trace_id=\"")),
+        "a bucket carries the call's trace id: {text}"
+    );
+    let retries = series(
+        r#"steadfast_client_retries_total{rpc_service="user.UserService",rpc_method="GetUser"}"#,
+    );
     assert!(retries.contains("} 1 # "), "{retries}");
     series(r#"steadfast_breaker_state{service="metrics-isolated"} 0"#);
     assert!(
-        !Metrics::global().render().contains("metrics-isolated"),
+        !Metrics::global().render().contains("metrics-isolated")
+            && !Metrics::global()
+                .render()
+                .contains(r#"rpc_service="user.UserService",rpc_method="GetUser""#),
         "nothing went to the process-wide set"
     );
 }

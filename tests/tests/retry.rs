@@ -79,14 +79,22 @@ async fn two_unavailable_then_success_takes_exactly_three_attempts() {
         .map(|s| s.previous_attempts)
         .collect();
     assert_eq!(previous, [None, Some("1".into()), Some("2".into())]);
-    // Every attempt carries the same trace context.
+    // Every attempt carries the call's trace, each with a span id of its own.
     let parents: Vec<_> = svc
         .seen()
         .into_iter()
-        .map(|s| s.traceparent.expect("traceparent on every attempt"))
+        .map(|s| {
+            let tp = s.traceparent.expect("traceparent on every attempt");
+            steadfast::trace::Traceparent::parse(tp.as_bytes()).unwrap()
+        })
         .collect();
-    assert!(parents.iter().all(|p| p == &parents[0]), "{parents:?}");
-    assert!(steadfast::trace::Traceparent::parse(parents[0].as_bytes()).is_ok());
+    assert!(
+        parents.iter().all(|p| p.trace_id == parents[0].trace_id),
+        "{parents:?}"
+    );
+    let mut ids: Vec<_> = parents.iter().map(|p| p.parent_id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "one span per attempt: {parents:?}");
 }
 
 #[tokio::test]

@@ -1,6 +1,10 @@
 //! Trace context end to end: HTTP gateway -> order-svc -> user-svc on 127.0.0.1, with the
-//! JSON log lines of all three captured and joined by trace id.
+//! JSON log lines of all three captured and joined by trace id, every span recorded, and
+//! secrets kept out of all of them.
 
+mod common;
+
+use common::spans::SpanLog;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -43,6 +47,9 @@ impl Capture {
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()
+    }
+    fn lines_text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
     fn with_message(&self, needle: &str) -> Vec<Value> {
         self.lines()
@@ -234,8 +241,11 @@ fn post_request(addr: SocketAddr, extra: &str) -> String {
 async fn one_trace_id_across_gateway_order_and_user_services() {
     let logs = Capture::default();
     let writer = logs.clone();
-    let _guard =
-        tracing::subscriber::set_default(steadfast::telemetry::subscriber(move || writer.clone()));
+    let spans = SpanLog::default();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::layer::SubscriberExt::with(
+        steadfast::telemetry::subscriber(move || writer.clone()),
+        spans.clone(),
+    ));
 
     let user_url = serve_grpc(UserServiceServer::new(UserSvc)).await;
     let cfg = |url: String| {
@@ -275,16 +285,71 @@ async fn one_trace_id_across_gateway_order_and_user_services() {
     for line in [&gateway, &order, &user, &spawned, &audit] {
         assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
     }
-    // Each hop's parent is the caller's span.
-    assert_eq!(
-        order["parent_span_id"], gateway["span_id"],
-        "order-svc's parent is the gateway"
-    );
-    assert_eq!(
-        user["parent_span_id"], order["span_id"],
-        "user-svc's parent is order-svc"
-    );
+    // Each hop's parent is the caller's attempt span, a child of the caller's call span, a
+    // child of the caller's own span; the client spans are named as gRPC names them.
+    let client_chain = |callee: &Value, caller: &Value, service: &str, method: &str| {
+        let attempt = spans
+            .by_span_id(callee["parent_span_id"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("the parent of {callee} is a recorded span"));
+        assert_eq!(attempt.name, "grpc.attempt", "{attempt:?}");
+        assert_eq!(attempt.get("rpc.grpc.attempt"), Some("1"), "{attempt:?}");
+        assert_eq!(
+            attempt.get("rpc.grpc.status_code"),
+            Some("0"),
+            "{attempt:?}"
+        );
+        assert_eq!(attempt.get("trace_id"), caller["trace_id"].as_str());
+        let call = spans
+            .by_span_id(attempt.get("parent_span_id").unwrap())
+            .expect("the attempt's parent is the call span");
+        assert_eq!(call.name, "grpc.client", "{call:?}");
+        assert_eq!(attempt.parent, Some(call.id), "the tracing parents agree");
+        assert_eq!(
+            call.get("parent_span_id"),
+            caller["span_id"].as_str(),
+            "{call:?}"
+        );
+        assert_eq!(call.get("rpc.system"), Some("grpc"));
+        // Learned from tonic on the first call: no `grpc_service` was given.
+        assert_eq!(call.get("rpc.service"), Some(service), "{call:?}");
+        assert_eq!(call.get("rpc.method"), Some(method), "{call:?}");
+        assert_eq!(call.get("otel.kind"), Some("client"));
+        assert_eq!(call.get("rpc.grpc.status_code"), Some("0"));
+    };
+    client_chain(&order, &gateway, "order.OrderService", "CreateOrder");
+    client_chain(&user, &order, "user.UserService", "GetUser");
     assert_ne!(order["span_id"], user["span_id"]);
+    // The server spans carry the gRPC names from the request path, and no message content.
+    let rpc = spans.named("rpc");
+    let user_rpc = rpc
+        .iter()
+        .find(|s| s.get("span_id") == user["span_id"].as_str())
+        .expect("user-svc's rpc span");
+    assert_eq!(user_rpc.get("rpc.service"), Some("user.UserService"));
+    assert_eq!(user_rpc.get("rpc.method"), Some("GetUser"));
+    assert_eq!(user_rpc.get("otel.name"), Some("user.UserService/GetUser"));
+    // The server layer's span is the hop's server span; the handler's is inside it.
+    assert_eq!(user_rpc.get("otel.kind"), Some("internal"));
+    let request = spans
+        .spans()
+        .into_iter()
+        .find(|s| s.name == "request" && s.get("span_id") == user["span_id"].as_str())
+        .expect("user-svc's request span");
+    assert_eq!(request.get("otel.kind"), Some("server"));
+    assert_eq!(request.get("otel.name"), Some("user.UserService/GetUser"));
+    assert_eq!(request.get("rpc.service"), Some("user.UserService"));
+    assert_eq!(user_rpc.get("rpc.grpc.status_code"), Some("0"));
+    assert_eq!(user_rpc.get("client.address"), Some("127.0.0.1"));
+    assert!(
+        user_rpc
+            .get("message_type")
+            .is_some_and(|t| t.ends_with("GetUserRequest")),
+        "{user_rpc:?}"
+    );
+    assert!(
+        user_rpc.get("request").is_none(),
+        "the request is never recorded"
+    );
     // A plain fn's span is a child of the handler's span; a spawned task stays in the span.
     assert_eq!(audit["parent_span_id"], order["span_id"]);
     assert_eq!(spawned["span_id"], order["span_id"]);
@@ -360,19 +425,145 @@ async fn one_trace_id_across_gateway_order_and_user_services() {
             "trace_id must not be a label: {line}"
         );
         if line.contains(" # {trace_id=") {
-            assert!(line.starts_with("steadfast_"), "{line}");
+            assert!(
+                line.starts_with("steadfast_") || line.starts_with("rpc_"),
+                "{line}"
+            );
         }
     }
-    assert!(
-        text.contains(
-            "steadfast_server_calls_total{service=\"OrderSvc\",method=\"create_order\",code=\"Ok\"}"
+    // Client and server series of one call join on (rpc_service, rpc_method).
+    for (service, method) in [
+        ("order.OrderService", "CreateOrder"),
+        ("user.UserService", "GetUser"),
+    ] {
+        for side in ["client", "server"] {
+            let series = format!(
+                "rpc_{side}_duration_seconds_count{{rpc_service=\"{service}\",rpc_method=\"{method}\",rpc_grpc_status_code=\"0\"}}"
+            );
+            assert!(text.contains(&series), "{series} in {text}");
+        }
+    }
+}
+
+/// A plain fn given the whole tonic request: `#[traced]` never records it (it carries
+/// metadata), whatever the options say.
+#[steadfast::traced]
+async fn inspect(request: &Request<GetUserRequest>, note: &str) -> usize {
+    request.metadata().len() + note.len()
+}
+
+#[tokio::test]
+async fn a_bearer_token_reaches_no_log_line_no_span_field_and_no_exported_span() {
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    const SECRET: &str = "sekrit";
+    let json = Capture::default();
+    let stock = Capture::default();
+    let spans = SpanLog::default();
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "secrets");
+    let (json_w, stock_w) = (json.clone(), stock.clone());
+    let subscriber = steadfast::telemetry::subscriber(move || json_w.clone())
+        .with(spans.clone())
+        .with(
+            // A stock fmt layer prints every span field on every line.
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || stock_w.clone()),
+        )
+        .with(tracing_opentelemetry::layer().with_tracer(tracer));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // A gRPC handler called with an authorization header, straight from tonic.
+    let user_url = serve_grpc(UserServiceServer::new(UserSvc)).await;
+    let mut raw = UserServiceClient::connect(user_url.clone()).await.unwrap();
+    let mut request = Request::new(GetUserRequest { id: 5 });
+    let bearer = format!("Bearer {SECRET}");
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-api-key", SECRET.parse().unwrap());
+    let reply = raw.get_user(request).await.unwrap().into_inner();
+    assert_eq!(reply.name, "user-5");
+
+    // An HTTP handler with a HeaderMap argument.
+    let users = UsersClient::connect(
+        ClientConfig::endpoints([user_url])
+            .unwrap()
+            .downstreams(Downstreams::new()),
+    )
+    .await
+    .unwrap();
+    let order_url = serve_grpc(OrderServiceServer::new(OrderSvc { users })).await;
+    let orders = OrdersClient::connect(
+        ClientConfig::endpoints([order_url])
+            .unwrap()
+            .downstreams(Downstreams::new()),
+    )
+    .await
+    .unwrap();
+    let app = axum::Router::new()
+        .route("/orders", post(post_order))
+        .with_state(orders)
+        .layer(TraceLayer::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (status, _, body) = http(
+        addr,
+        post_request(
+            addr,
+            &format!("authorization: {bearer}\r\ncookie: session={SECRET}\r\n"),
         ),
-        "{text}"
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A plain fn handed the request itself.
+    let mut request = Request::new(GetUserRequest { id: 1 });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    assert_eq!(inspect(&request, "n").await, 2);
+    provider.force_flush().unwrap();
+
+    // The handlers ran and were recorded: the checks below can see a leak.
+    let recorded = spans.spans();
+    assert!(recorded.iter().any(|s| s.name == "rpc"), "{recorded:?}");
+    assert!(recorded.iter().any(|s| s.name == "post_order"));
+    let inspected = spans.named("inspect");
+    assert_eq!(inspected.len(), 1);
+    assert_eq!(
+        inspected[0].get("note"),
+        Some("\"n\""),
+        "other arguments still recorded"
     );
+    let exported = exporter.get_finished_spans().unwrap();
     assert!(
-        text.contains(
-            "steadfast_client_calls_total{service=\"user-svc\",method=\"GetUser\",code=\"Ok\"}"
-        ),
-        "{text}"
+        exported
+            .iter()
+            .any(|s| s.name == "user.UserService/GetUser")
     );
+    assert!(!stock.lines_text().is_empty() && !json.lines_text().is_empty());
+
+    assert!(!json.lines_text().contains(SECRET), "JSON logs");
+    assert!(!stock.lines_text().contains(SECRET), "stock fmt logs");
+    for span in &recorded {
+        for (field, value) in &span.fields {
+            assert!(!value.contains(SECRET), "span {} field {field}", span.name);
+        }
+    }
+    for span in &exported {
+        assert!(
+            !format!("{span:?}").contains(SECRET),
+            "exported {}",
+            span.name
+        );
+    }
 }

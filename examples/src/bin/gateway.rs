@@ -42,5 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             tokio::time::sleep(args.common.drain).await;
         })
         .await?;
+    // Sends the spans still buffered when exporting over OTLP.
+    steadfast::telemetry::shutdown().await;
     Ok(())
 }

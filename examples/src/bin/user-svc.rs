@@ -64,5 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     steadfast::registry::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
+    // Sends the spans still buffered when exporting over OTLP.
+    steadfast::telemetry::shutdown().await;
     Ok(())
 }

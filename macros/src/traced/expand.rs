@@ -15,6 +15,7 @@ pub(crate) fn expand(t: Traced) -> TokenStream {
         service,
         level,
         fields,
+        custom,
         output,
         returns_result,
         async_trait_body,
@@ -32,7 +33,11 @@ pub(crate) fn expand(t: Traced) -> TokenStream {
             } else {
                 quote!(::core::module_path!())
             };
-            quote!(::steadfast::__private::trace::Call::grpc(&#request, #service_type, #method))
+            quote! {{
+                static __STEADFAST_SITE: ::steadfast::__private::trace::Site =
+                    ::steadfast::__private::trace::Site::new();
+                ::steadfast::__private::trace::Call::grpc(&#request, &__STEADFAST_SITE, #service_type, #method)
+            }}
         }
         Kind::Http { headers } => {
             quote!(::steadfast::__private::trace::Call::http(&#headers, #service, #method))
@@ -68,17 +73,48 @@ pub(crate) fn expand(t: Traced) -> TokenStream {
         }
         Kind::Plain => quote!(__steadfast_call.run(__steadfast_span, #body, #code, false).await),
     };
+    let empty = quote!(::steadfast::__private::tracing::field::Empty);
+    let custom = custom.iter().map(|f| {
+        let name = &f.name;
+        match &f.value {
+            Some((sigil, value)) => quote!(#name = #sigil #value),
+            None => quote!(#name = #empty),
+        }
+    });
+    let kind_fields = match &kind {
+        Kind::Grpc { .. } => quote! {
+            otel.name = __steadfast_call.otel_name(),
+            otel.kind = __steadfast_call.span_kind(),
+            otel.status_code = #empty,
+            rpc.system = "grpc",
+            rpc.service = __steadfast_call.rpc_service(),
+            rpc.method = __steadfast_call.rpc_method(),
+            rpc.grpc.status_code = #empty,
+            client.address = #empty,
+            client.port = #empty,
+            message_type = __steadfast_call.message_type(),
+        },
+        Kind::Http { .. } => quote! {
+            otel.kind = __steadfast_call.span_kind(),
+            service = __steadfast_call.service(),
+            method = #method,
+        },
+        Kind::Plain => quote! {
+            service = __steadfast_call.service(),
+            method = #method,
+        },
+    };
     let instrumented = quote! {
         let mut __steadfast_call = #call;
         let __steadfast_span = ::steadfast::__private::tracing::span!(
             target: ::core::module_path!(),
             ::steadfast::__private::tracing::Level::#level,
             #span_name,
-            service = __steadfast_call.service(),
-            method = #method,
-            trace_id = ::steadfast::__private::tracing::field::Empty,
-            span_id = ::steadfast::__private::tracing::field::Empty,
-            parent_span_id = ::steadfast::__private::tracing::field::Empty,
+            #kind_fields
+            trace_id = #empty,
+            span_id = #empty,
+            parent_span_id = #empty,
+            #(#custom,)*
             #(#fields = ::steadfast::__private::tracing::field::debug(&#fields),)*
         );
         __steadfast_call.bind(&__steadfast_span);

@@ -5,7 +5,7 @@ use syn::{
     TypeParamBound,
 };
 
-use super::attr::TracedArgs;
+use super::attr::{Field, TracedArgs};
 use crate::valid::Errors;
 
 /// Where the handler's context comes from.
@@ -25,7 +25,10 @@ pub(crate) struct Traced {
     pub(crate) method: String,
     pub(crate) service: Option<String>,
     pub(crate) level: &'static str,
+    /// Arguments recorded with `Debug`.
     pub(crate) fields: Vec<Ident>,
+    /// `fields(...)` entries.
+    pub(crate) custom: Vec<Field>,
     pub(crate) output: Type,
     pub(crate) returns_result: bool,
     /// `Some` for `#[async_trait]` output: the `async move` block inside `Box::pin(..)`.
@@ -89,6 +92,27 @@ fn async_trait_block(block: &Block) -> Option<Expr> {
         _ => None,
     }
 }
+
+/// Types that carry request metadata or headers (tokens, cookies): never recorded, whatever
+/// the options say, so no secret reaches a span by accident. `fields(...)` can still record
+/// a part of them on purpose.
+fn carries_metadata(ty: &Type) -> bool {
+    last_ident(ty).is_some_and(|s| {
+        ["Request", "HeaderMap", "MetadataMap", "Parts", "Extensions"]
+            .iter()
+            .any(|name| s.ident == name)
+    })
+}
+
+/// Span fields `#[traced]` records itself.
+const RESERVED: [&str; 6] = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "otel",
+    "rpc",
+    "client",
+];
 
 fn is_result(ty: &Type) -> bool {
     last_ident(ty).is_some_and(|s| s.ident == "Result")
@@ -165,6 +189,37 @@ pub(crate) fn traced(args: TracedArgs, item: ItemFn) -> syn::Result<Traced> {
         }
     }
     let skip = args.skip.clone().unwrap_or_default();
+    if let (Some(skip_all), Some(list)) = (&args.skip_all, &args.skip) {
+        let at = list.first().map_or(skip_all.span, |i| i.span());
+        errors.at(
+            at,
+            "`skip(..)` has no effect with `skip_all`, which records no argument; keep one of them",
+        );
+    }
+    let custom = args.fields.unwrap_or_default();
+    let mut seen: Vec<String> = Vec::new();
+    for field in &custom {
+        let name = field
+            .name
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(".");
+        let first = field
+            .name
+            .first()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        if RESERVED.contains(&first.as_str()) {
+            errors.spanned(
+                &field.name,
+                format!("`{name}` is recorded by #[traced] itself; choose another field name"),
+            );
+        } else if seen.contains(&name) {
+            errors.spanned(&field.name, format!("the field `{name}` is given twice"));
+        }
+        seen.push(name);
+    }
     for s in &skip {
         if !params.iter().any(|(i, _)| i == s) {
             errors.spanned(
@@ -228,11 +283,17 @@ pub(crate) fn traced(args: TracedArgs, item: ItemFn) -> syn::Result<Traced> {
         (None, Kind::Grpc { .. }) => "rpc".to_owned(),
         (None, _) => method.clone(),
     };
-    let fields = params
-        .iter()
-        .map(|(i, _)| i.clone())
-        .filter(|i| !skip.contains(i))
-        .collect();
+    let fields = if args.skip_all.is_some() {
+        Vec::new()
+    } else {
+        params
+            .iter()
+            .filter(|(i, ty)| {
+                !skip.contains(i) && !carries_metadata(ty) && !seen.contains(&i.to_string())
+            })
+            .map(|(i, _)| i.clone())
+            .collect()
+    };
     Ok(Traced {
         returns_result: is_result(&output),
         kind,
@@ -241,6 +302,7 @@ pub(crate) fn traced(args: TracedArgs, item: ItemFn) -> syn::Result<Traced> {
         service: args.service.map(|s| s.value()),
         level,
         fields,
+        custom,
         output,
         async_trait_body,
         has_receiver,

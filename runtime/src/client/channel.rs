@@ -130,6 +130,8 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        crate::metrics::LearnRpcService::learn_from(req.extensions());
+        crate::trace::LearnSpanService::learn_from(req.extensions());
         let commit = req.extensions().get::<AttemptInfo>().cloned();
         match &mut self.inner {
             Transport::Fixed(ch) => ResponseFuture {

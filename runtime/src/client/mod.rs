@@ -179,13 +179,15 @@ impl ClientCore {
                 let retry = m.retry.and(over.and_then(|o| o.retry).or(m.retry));
                 Arc::new(
                     CallPolicy::new(spec.service, m.grpc_method)
+                        .grpc_service(spec.grpc_service)
                         .timeout(timeout)
                         .retry(retry)
                         .throttle(Some(throttle.clone()))
                         .breaker(Some(breaker.clone()))
-                        .metrics(Some(Arc::new(
-                            config.metrics.client_method(spec.service, m.grpc_method),
-                        ))),
+                        .metrics(Some(Arc::new(match spec.grpc_service {
+                            Some(grpc) => config.metrics.client_method(grpc, m.grpc_method),
+                            None => config.metrics.client_method_unresolved(m.grpc_method),
+                        }))),
                 )
             })
             .collect();
@@ -245,6 +247,9 @@ where
     if request.extensions().get::<crate::Context>().is_none() {
         request.extensions_mut().insert(crate::Context::current());
     }
+    request
+        .extensions_mut()
+        .insert(crate::trace::CallerSpan(tracing::Span::current()));
     let request = match &core.inner.wire.interceptor {
         Some(interceptor) => intercept(interceptor, request),
         None => Ok(request),

@@ -14,16 +14,18 @@ use crate::deadline::{AttemptTimeout, AttemptTimeoutLayer, CallDeadline, CallDea
 use crate::metrics::{CallMetrics, CallMetricsLayer};
 use crate::outcome::{MarkRelayed, MarkRelayedLayer};
 use crate::retry::{CallPolicy, Retry, RetryLayer};
-use crate::trace::{PropagateMetadata, PropagateMetadataLayer};
+use crate::trace::{ClientSpan, PropagateMetadata, PropagateMetadataLayer};
 
 /// The type of [`stack`] around the service `S`.
-pub type ClientStack<S> = CallMetrics<
-    MarkRelayed<
-        CallDeadline<
-            Retry<
-                Either<
-                    Breaker<AttemptTimeout<PropagateMetadata<S>>>,
-                    AttemptTimeout<PropagateMetadata<S>>,
+pub type ClientStack<S> = ClientSpan<
+    CallMetrics<
+        MarkRelayed<
+            CallDeadline<
+                Retry<
+                    Either<
+                        Breaker<AttemptTimeout<PropagateMetadata<S>>>,
+                        AttemptTimeout<PropagateMetadata<S>>,
+                    >,
                 >,
             >,
         >,
@@ -58,6 +60,8 @@ pub type ClientStack<S> = CallMetrics<
 /// ```
 pub fn stack<S>(policy: &Arc<CallPolicy>, inner: S) -> ClientStack<S> {
     ServiceBuilder::new()
+        // The call's span, child of the caller's; the call's trace context becomes its.
+        .layer(policy.client_span_layer())
         // One count and one latency sample per call, by final code.
         .layer(CallMetricsLayer::new(policy.method_metrics()))
         // Errors we return carry their origin to the callers up the chain.
@@ -70,7 +74,7 @@ pub fn stack<S>(policy: &Arc<CallPolicy>, inner: S) -> ClientStack<S> {
         .option_layer(policy.get_breaker().cloned().map(BreakerLayer::new))
         // grpc-timeout and one timer per attempt; classifies the attempt once.
         .layer(AttemptTimeoutLayer::new(policy.per_attempt_timeout()))
-        // traceparent, tracestate and X-Trace-ID on every attempt.
+        // A span per attempt; its traceparent, tracestate and X-Trace-ID on the attempt.
         .layer(PropagateMetadataLayer::new())
         .service(inner)
 }

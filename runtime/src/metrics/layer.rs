@@ -15,16 +15,15 @@ use super::MethodMetrics;
 use crate::Context;
 use crate::trace::TraceId;
 
-/// Records each call (all its attempts together) in `steadfast_client_calls_total` and
-/// `steadfast_client_call_duration_seconds`, by service, method and final code, with the
-/// call's trace id as exemplar.
+/// Records each call (all its attempts together) in `rpc_client_duration_seconds`, by gRPC
+/// service, method and final status code, with the call's trace id as exemplar.
 ///
 /// ```
 /// use steadfast::metrics::{CallMetricsLayer, Metrics};
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let handles = Metrics::global().client_method("doc-metrics-svc", "Echo");
+/// let handles = Metrics::global().client_method("doc.EchoService", "Echo");
 /// let svc = ServiceBuilder::new()
 ///     .layer(CallMetricsLayer::new(handles))
 ///     .service_fn(|req: tonic::Request<u8>| async move {
@@ -32,7 +31,7 @@ use crate::trace::TraceId;
 ///     });
 /// svc.oneshot(tonic::Request::new(1)).await.unwrap();
 /// let text = steadfast::metrics::render();
-/// assert!(text.contains(r#"steadfast_client_calls_total{service="doc-metrics-svc",method="Echo",code="Ok"} 1"#));
+/// assert!(text.contains(r#"rpc_client_duration_seconds_count{rpc_service="doc.EchoService",rpc_method="Echo",rpc_grpc_status_code="0"} 1"#));
 /// # }
 /// ```
 #[derive(Clone, Debug)]
@@ -94,11 +93,32 @@ where
         let trace_id = Context::of_call(req.extensions_mut())
             .trace()
             .map(|t| t.trace_id());
+        if !self.handles.is_resolved() {
+            req.extensions_mut()
+                .insert(LearnRpcService(self.handles.clone()));
+        }
         ResponseFuture {
             inner: self.inner.call(req),
             started: Instant::now(),
             handles: self.handles.clone(),
             trace_id,
+        }
+    }
+}
+
+/// A request extension asking the transport to tell the call's gRPC service name (from
+/// tonic's `GrpcMethod`) to the metrics of a method that was built without it.
+#[derive(Clone, Debug)]
+pub struct LearnRpcService(Arc<MethodMetrics>);
+
+impl LearnRpcService {
+    /// Passes on the gRPC service name tonic put on an outgoing request.
+    pub fn learn_from(extensions: &http::Extensions) {
+        if let (Some(learn), Some(method)) = (
+            extensions.get::<LearnRpcService>(),
+            extensions.get::<tonic::GrpcMethod<'static>>(),
+        ) {
+            learn.0.learn(method.service());
         }
     }
 }

@@ -1,20 +1,31 @@
-//! Prometheus metrics in OpenMetrics text, through `prometheus-client`.
-//!
-//! The process-wide [`Metrics`] holds every steadfast metric; [`render`] encodes them for a
-//! `/metrics` endpoint.
+//! Prometheus metrics through `prometheus-client`, in one vocabulary for clients and
+//! servers: the OpenTelemetry RPC metrics mapped to Prometheus names, so the client and
+//! server series of one call join on (`rpc_service`, `rpc_method`).
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
+//! | `rpc_client_duration_seconds` | histogram, exemplars `trace_id` | `rpc_service`, `rpc_method`, `rpc_grpc_status_code` |
+//! | `rpc_server_duration_seconds` | histogram, exemplars `trace_id` | `rpc_service`, `rpc_method`, `rpc_grpc_status_code` |
+//! | `steadfast_client_retries_total` | counter, exemplar `trace_id` | `rpc_service`, `rpc_method` |
+//! | `steadfast_http_handler_duration_seconds` | histogram, exemplars `trace_id` | `service`, `handler`, `outcome` |
 //! | `steadfast_breaker_state` | gauge: 0 closed, 1 open, 2 half-open | `service` |
 //! | `steadfast_breaker_transitions_total` | counter | `service`, `to` |
 //! | `steadfast_breaker_rejections_total` | counter | `service` |
-//! | `steadfast_client_calls_total` | counter, exemplar `trace_id` | `service`, `method`, `code` |
-//! | `steadfast_client_retries_total` | counter, exemplar `trace_id` | `service`, `method` |
-//! | `steadfast_client_call_duration_seconds` | histogram, exemplars `trace_id` | `service`, `method`, `code` |
-//! | `steadfast_server_calls_total` | counter, exemplar `trace_id` | `service`, `method`, `code` |
-//! | `steadfast_server_call_duration_seconds` | histogram, exemplars `trace_id` | `service`, `method`, `code` |
 //! | `steadfast_health_check_latency_seconds` | gauge | `check` |
 //! | `steadfast_health_check_up` | gauge: 1 passed, 0 failed | `check` |
+//!
+//! `rpc_service` is the full gRPC service name (`demo.user.UserService`), `rpc_method` the
+//! gRPC method name (`GetUser`) and `rpc_grpc_status_code` the numeric status code (`0` for
+//! OK, `14` for UNAVAILABLE), as in the OpenTelemetry semantic conventions. A call count is
+//! the histogram's `_count`. The breaker metrics are labelled with the steadfast name of the
+//! downstream (`service = "user-svc"`): one breaker guards every gRPC service it serves.
+//!
+//! # Formats
+//! [`Metrics::render`] writes OpenMetrics text (with exemplars); [`Metrics::render_text`]
+//! writes the classic Prometheus text format (version 0.0.4, no exemplars), which every
+//! scraper and `promtool check metrics` read. [`router`] serves the classic format unless the
+//! scraper's `Accept` header asks for `application/openmetrics-text`, as Prometheus does when
+//! it stores exemplars ([`Format::negotiate`]).
 //!
 //! # Trace ids are exemplars, never labels
 //! Every distinct label value creates a time series. A `trace_id` label would create one
@@ -25,10 +36,9 @@
 
 mod layer;
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -40,7 +50,17 @@ use prometheus_client::registry::Registry;
 use crate::breaker::{BreakerEvent, BreakerObserver};
 use crate::trace::TraceId;
 
-pub use self::layer::{CallMetrics, CallMetricsLayer, ResponseFuture};
+pub use self::layer::{CallMetrics, CallMetricsLayer, LearnRpcService, ResponseFuture};
+
+/// A label value shared between series without copying: a service or method name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Name(Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
@@ -48,26 +68,30 @@ struct ServiceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CallLabels {
-    service: String,
-    method: String,
-    code: &'static str,
+struct RpcLabels {
+    rpc_service: Name,
+    rpc_method: Name,
+    rpc_grpc_status_code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
-    service: String,
-    method: String,
+    rpc_service: Name,
+    rpc_method: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerLabels {
+    service: Name,
+    handler: Name,
+    outcome: &'static str,
 }
 
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
-/// Latency histograms by call labels, with trace-id exemplars.
-type LatencyFamily = Family<
-    CallLabels,
-    HistogramWithExemplars<TraceLabel>,
-    fn() -> HistogramWithExemplars<TraceLabel>,
->;
+/// Latency histograms by labels, with trace-id exemplars.
+type LatencyFamily<L> =
+    Family<L, HistogramWithExemplars<TraceLabel>, fn() -> HistogramWithExemplars<TraceLabel>>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabel {
@@ -104,6 +128,66 @@ struct TransitionLabels {
     to: &'static str,
 }
 
+/// The numeric gRPC status code as a label value (`rpc_grpc_status_code`).
+fn status_label(code: tonic::Code) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    CODES.get(code as usize).copied().unwrap_or("2")
+}
+
+/// A metrics exposition format.
+///
+/// ```
+/// use steadfast::metrics::Format;
+/// assert_eq!(Format::negotiate(None), Format::Text);
+/// assert_eq!(Format::negotiate(Some("text/plain;version=0.0.4")), Format::Text);
+/// assert_eq!(
+///     Format::negotiate(Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")),
+///     Format::OpenMetrics,
+/// );
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The classic Prometheus text format, version 0.0.4: no exemplars.
+    Text,
+    /// OpenMetrics 1.0 text, with exemplars.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format a scraper asks for in its `Accept` header: OpenMetrics when it lists
+    /// `application/openmetrics-text` with a non-zero quality, else the classic text format.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Text;
+        };
+        let wants_openmetrics = accept.split(',').any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            let q_zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !q_zero
+        });
+        if wants_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    /// The `Content-Type` of this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => TEXT_CONTENT_TYPE,
+            Format::OpenMetrics => CONTENT_TYPE,
+        }
+    }
+}
+
 /// Every steadfast metric, as a cheap handle (clones share the same series).
 ///
 /// [`Metrics::global`] is the process-wide default that clients, breakers, servers and
@@ -122,10 +206,10 @@ struct TransitionLabels {
 /// let metrics = Metrics::new();
 /// let mut mine = prometheus_client::registry::Registry::default();
 /// metrics.register_into(&mut mine);
-/// metrics.client_method("user-svc", "GetUser").call(tonic::Code::Ok, Duration::from_millis(3), None);
+/// metrics.client_method("user.UserService", "GetUser").call(tonic::Code::Ok, Duration::from_millis(3), None);
 /// let mut text = String::new();
 /// prometheus_client::encoding::text::encode(&mut text, &mine).unwrap();
-/// assert!(text.contains(r#"steadfast_client_calls_total{service="user-svc",method="GetUser",code="Ok"} 1"#));
+/// assert!(text.contains(r#"rpc_client_duration_seconds_count{rpc_service="user.UserService",rpc_method="GetUser",rpc_grpc_status_code="0"} 1"#));
 /// assert_eq!(text.matches("# EOF").count(), 1);
 /// ```
 #[derive(Clone)]
@@ -155,7 +239,7 @@ impl Metrics {
         GLOBAL.get_or_init(Metrics::new).clone()
     }
 
-    /// Encodes every metric as OpenMetrics text.
+    /// Encodes every metric as OpenMetrics text (with exemplars).
     pub fn render(&self) -> String {
         let mut out = String::new();
         let registry = self.0.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,48 +248,74 @@ impl Metrics {
         out
     }
 
-    /// Adds every steadfast metric (prefixed `steadfast_`) to `registry`, so an
-    /// application's own endpoint serves them with its own metrics. The series are shared:
-    /// both registries show the same values.
+    /// Encodes every metric in the classic Prometheus text format (version 0.0.4).
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+
+    /// Encodes every metric in `format`.
+    pub fn render_as(&self, format: Format) -> String {
+        match format {
+            Format::Text => self.render_text(),
+            Format::OpenMetrics => self.render(),
+        }
+    }
+
+    /// Adds every steadfast metric to `registry` (the `rpc_*` names as they are, the others
+    /// prefixed `steadfast_`), so an application's own endpoint serves them with its own
+    /// metrics. The series are shared: both registries show the same values.
     pub fn register_into(&self, registry: &mut Registry) {
-        self.0
-            .register(registry.sub_registry_with_prefix("steadfast"));
+        self.0.register(registry);
     }
 
     /// The handles of one client method, resolved once (at client construction) so that a
-    /// successful call records without a label lookup or an allocation.
-    pub fn client_method(&self, service: &str, method: &str) -> MethodMetrics {
-        let labels = |code| CallLabels {
-            service: service.to_owned(),
-            method: method.to_owned(),
-            code,
+    /// successful call records without a label lookup or an allocation. `rpc_service` is the
+    /// full gRPC service name.
+    pub fn client_method(&self, rpc_service: &str, rpc_method: &str) -> MethodMetrics {
+        let method = MethodMetrics {
+            metrics: self.clone(),
+            method: Name(rpc_method.into()),
+            resolved: OnceLock::new(),
         };
-        let ok = labels(crate::code::code_name(tonic::Code::Ok));
+        method.resolve(rpc_service);
+        method
+    }
+
+    /// The handles of one client method whose gRPC service name is not known yet: it is
+    /// learned from the first call that reaches the transport ([`MethodMetrics::learn`]).
+    /// Calls that end before that are recorded with an empty `rpc_service`.
+    pub fn client_method_unresolved(&self, rpc_method: &str) -> MethodMetrics {
         MethodMetrics {
-            ok_calls: self.0.client_calls.get_or_create(&ok).clone(),
-            ok_duration: self.0.client_duration.get_or_create(&ok).clone(),
-            retries: self
-                .0
-                .client_retries
-                .get_or_create(&MethodLabels {
-                    service: service.to_owned(),
-                    method: method.to_owned(),
-                })
-                .clone(),
-            service: service.into(),
-            method: method.into(),
+            metrics: self.clone(),
+            method: Name(rpc_method.into()),
+            resolved: OnceLock::new(),
+        }
+    }
+
+    /// The handles of one server method (see [`ServerMethodMetrics`]).
+    pub fn server_method(&self, rpc_service: &str, rpc_method: &str) -> ServerMethodMetrics {
+        let labels = RpcLabels {
+            rpc_service: Name(rpc_service.into()),
+            rpc_method: Name(rpc_method.into()),
+            rpc_grpc_status_code: status_label(tonic::Code::Ok),
+        };
+        ServerMethodMetrics {
+            ok: self.0.server_duration.get_or_create(&labels).clone(),
+            labels,
             metrics: self.clone(),
         }
     }
 }
 
 /// The metric handles of one client method (see [`Metrics::client_method`]).
-#[derive(Clone)]
 pub struct MethodMetrics {
     metrics: Metrics,
-    service: Arc<str>,
-    method: Arc<str>,
-    ok_calls: CounterWithExemplar<TraceLabel>,
+    method: Name,
+    resolved: OnceLock<Resolved>,
+}
+
+struct Resolved {
+    service: Name,
     ok_duration: HistogramWithExemplars<TraceLabel>,
     retries: CounterWithExemplar<TraceLabel>,
 }
@@ -213,26 +323,78 @@ pub struct MethodMetrics {
 impl std::fmt::Debug for MethodMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MethodMetrics")
-            .field("service", &self.service)
-            .field("method", &self.method)
+            .field("service", &self.service())
+            .field("method", &self.method())
             .finish_non_exhaustive()
     }
 }
 
 impl MethodMetrics {
+    fn resolve(&self, rpc_service: &str) -> &Resolved {
+        self.resolved.get_or_init(|| {
+            let service = Name(rpc_service.into());
+            let ok = RpcLabels {
+                rpc_service: service.clone(),
+                rpc_method: self.method.clone(),
+                rpc_grpc_status_code: status_label(tonic::Code::Ok),
+            };
+            let families = &self.metrics.0;
+            Resolved {
+                ok_duration: families.client_duration.get_or_create(&ok).clone(),
+                retries: families
+                    .client_retries
+                    .get_or_create(&MethodLabels {
+                        rpc_service: service.clone(),
+                        rpc_method: self.method.clone(),
+                    })
+                    .clone(),
+                service,
+            }
+        })
+    }
+
+    /// Whether the gRPC service name is known.
+    pub fn is_resolved(&self) -> bool {
+        self.resolved.get().is_some()
+    }
+
+    /// Sets the gRPC service name when it is not known yet (the transport calls this with
+    /// the name tonic puts on the request). Later calls keep the first name.
+    pub fn learn(&self, rpc_service: &str) {
+        if self.resolved.get().is_none() {
+            self.resolve(rpc_service);
+        }
+    }
+
     /// Records one finished call with its final code, latency and trace id (exemplar).
     pub fn call(&self, code: tonic::Code, elapsed: std::time::Duration, trace_id: Option<TraceId>) {
+        let Some(resolved) = self.resolved.get() else {
+            // No attempt ever reached the transport, and no name was given: nothing joins
+            // this call to a server series, so it is counted under the method alone.
+            record(
+                &self.metrics.0.client_duration,
+                RpcLabels {
+                    rpc_service: Name(Arc::from("")),
+                    rpc_method: self.method.clone(),
+                    rpc_grpc_status_code: status_label(code),
+                },
+                elapsed,
+                trace_id,
+            );
+            return;
+        };
         if code == tonic::Code::Ok {
-            self.ok_calls.inc_by(1, exemplar(trace_id), None);
-            self.ok_duration
+            resolved
+                .ok_duration
                 .observe(elapsed.as_secs_f64(), exemplar(trace_id), None);
         } else {
-            record_call(
-                &self.metrics.0.client_calls,
+            record(
                 &self.metrics.0.client_duration,
-                &self.service,
-                &self.method,
-                crate::code::code_name(code),
+                RpcLabels {
+                    rpc_service: resolved.service.clone(),
+                    rpc_method: self.method.clone(),
+                    rpc_grpc_status_code: status_label(code),
+                },
                 elapsed,
                 trace_id,
             );
@@ -241,26 +403,77 @@ impl MethodMetrics {
 
     /// Records one retry.
     pub fn retry(&self, trace_id: Option<TraceId>) {
-        self.retries.inc_by(1, exemplar(trace_id), None);
+        match self.resolved.get() {
+            Some(r) => {
+                r.retries.inc_by(1, exemplar(trace_id), None);
+            }
+            None => {
+                self.metrics
+                    .0
+                    .client_retries
+                    .get_or_create(&MethodLabels {
+                        rpc_service: Name(Arc::from("")),
+                        rpc_method: self.method.clone(),
+                    })
+                    .inc_by(1, exemplar(trace_id), None);
+            }
+        }
     }
 
-    /// The service name.
-    pub fn service(&self) -> &str {
-        &self.service
+    /// The gRPC service name, once known.
+    pub fn service(&self) -> Option<&str> {
+        self.resolved.get().map(|r| &*r.service.0)
     }
 
-    /// The method name.
+    /// The gRPC method name.
     pub fn method(&self) -> &str {
-        &self.method
+        &self.method.0
+    }
+}
+
+/// The metric handles of one server method, resolved once per handler: a successful call
+/// records without a label lookup or an allocation.
+///
+/// ```
+/// use std::time::Duration;
+/// let m = steadfast::metrics::Metrics::new();
+/// m.server_method("user.UserService", "GetUser").call(tonic::Code::NotFound, Duration::from_millis(1), None);
+/// assert!(m.render_text().contains(r#"rpc_server_duration_seconds_count{rpc_service="user.UserService",rpc_method="GetUser",rpc_grpc_status_code="5"} 1"#));
+/// ```
+pub struct ServerMethodMetrics {
+    metrics: Metrics,
+    labels: RpcLabels,
+    ok: HistogramWithExemplars<TraceLabel>,
+}
+
+impl std::fmt::Debug for ServerMethodMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMethodMetrics")
+            .field("service", &self.labels.rpc_service.0)
+            .field("method", &self.labels.rpc_method.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerMethodMetrics {
+    /// Records one handled call.
+    pub fn call(&self, code: tonic::Code, elapsed: std::time::Duration, trace_id: Option<TraceId>) {
+        if code == tonic::Code::Ok {
+            self.ok
+                .observe(elapsed.as_secs_f64(), exemplar(trace_id), None);
+        } else {
+            let mut labels = self.labels.clone();
+            labels.rpc_grpc_status_code = status_label(code);
+            record(&self.metrics.0.server_duration, labels, elapsed, trace_id);
+        }
     }
 }
 
 struct Families {
-    client_calls: Family<CallLabels, CounterWithExemplar<TraceLabel>>,
     client_retries: Family<MethodLabels, CounterWithExemplar<TraceLabel>>,
-    client_duration: LatencyFamily,
-    server_calls: Family<CallLabels, CounterWithExemplar<TraceLabel>>,
-    server_duration: LatencyFamily,
+    client_duration: LatencyFamily<RpcLabels>,
+    server_duration: LatencyFamily<RpcLabels>,
+    http_duration: LatencyFamily<HandlerLabels>,
     health_latency: Family<CheckLabel, FloatGauge>,
     health_up: Family<CheckLabel, Gauge>,
     breaker_state: Family<ServiceLabel, Gauge>,
@@ -272,11 +485,10 @@ struct Families {
 impl Families {
     fn new() -> Families {
         let mut families = Families {
-            client_calls: Family::default(),
             client_retries: Family::default(),
             client_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
-            server_calls: Family::default(),
             server_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
+            http_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
             health_latency: Family::default(),
             health_up: Family::default(),
             breaker_state: Family::default(),
@@ -284,14 +496,35 @@ impl Families {
             breaker_rejections: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
-        let mut registry = Registry::with_prefix("steadfast");
+        let mut registry = Registry::default();
         families.register(&mut registry);
         families.registry = Mutex::new(registry);
         families
     }
 
-    /// Registers every family (shared handles) in `r`.
-    fn register(&self, r: &mut Registry) {
+    /// Registers every family (shared handles) in `root`.
+    fn register(&self, root: &mut Registry) {
+        root.register(
+            "rpc_client_duration_seconds",
+            "Duration of gRPC calls made by resilient clients, all attempts included",
+            self.client_duration.clone(),
+        );
+        root.register(
+            "rpc_server_duration_seconds",
+            "Duration of gRPC calls handled by #[traced] handlers",
+            self.server_duration.clone(),
+        );
+        let r = root.sub_registry_with_prefix("steadfast");
+        r.register(
+            "client_retries",
+            "Retry attempts made by resilient clients",
+            self.client_retries.clone(),
+        );
+        r.register(
+            "http_handler_duration_seconds",
+            "Duration of HTTP requests handled by #[traced] handlers",
+            self.http_duration.clone(),
+        );
         r.register(
             "breaker_state",
             "Circuit breaker state per downstream service: 0 closed, 1 open, 2 half-open",
@@ -306,31 +539,6 @@ impl Families {
             "breaker_rejections",
             "Calls rejected by an open or saturated half-open breaker",
             self.breaker_rejections.clone(),
-        );
-        r.register(
-            "client_calls",
-            "Calls made by resilient clients, by final status",
-            self.client_calls.clone(),
-        );
-        r.register(
-            "client_retries",
-            "Retry attempts made by resilient clients",
-            self.client_retries.clone(),
-        );
-        r.register(
-            "client_call_duration_seconds",
-            "Duration of client calls, all attempts included",
-            self.client_duration.clone(),
-        );
-        r.register(
-            "server_calls",
-            "Calls handled by #[traced] handlers, by status",
-            self.server_calls.clone(),
-        );
-        r.register(
-            "server_call_duration_seconds",
-            "Duration of calls handled by #[traced] handlers",
-            self.server_duration.clone(),
         );
         r.register(
             "health_check_latency_seconds",
@@ -350,9 +558,70 @@ pub fn global() -> Metrics {
     Metrics::global()
 }
 
-/// Encodes the process-wide metrics as OpenMetrics text, for a `/metrics` endpoint.
+/// Encodes the process-wide metrics as OpenMetrics text.
 pub fn render() -> String {
     Metrics::global().render()
+}
+
+/// Rewrites OpenMetrics text as the classic Prometheus text format: counter families take
+/// their `_total` sample name, exemplars, `# UNIT` and `# EOF` are dropped.
+fn openmetrics_to_text(open: &str) -> String {
+    let mut out = String::with_capacity(open.len());
+    let mut counters: Vec<&str> = Vec::new();
+    for line in open.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.push(name);
+                let _ = writeln!(out, "# TYPE {name}_total counter");
+            } else {
+                let _ = writeln!(out, "{line}");
+            }
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or("");
+            let is_counter = open.contains(&format!("# TYPE {name} counter"));
+            if is_counter {
+                let _ = writeln!(out, "# HELP {name}_total{}", &rest[name.len()..]);
+            } else {
+                let _ = writeln!(out, "{line}");
+            }
+        } else if line.starts_with('#') {
+            // `# UNIT`, `# EOF`: not part of the classic format.
+        } else {
+            let _ = writeln!(out, "{}", strip_exemplar(line));
+        }
+    }
+    out
+}
+
+/// The sample without its exemplar (` # {labels} value [timestamp]` after the value). Label
+/// values may contain ` # `, so the search starts after the label set.
+fn strip_exemplar(line: &str) -> &str {
+    let after_labels = match line
+        .find([' ', '{'])
+        .filter(|&i| line.as_bytes()[i] == b'{')
+    {
+        Some(open) => {
+            // Find the closing brace outside quoted label values.
+            let bytes = line.as_bytes();
+            let (mut i, mut quoted, mut escaped) = (open + 1, false, false);
+            while i < bytes.len() {
+                match bytes[i] {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => quoted = !quoted,
+                    b'}' if !quoted => break,
+                    _ => {}
+                }
+                i += 1;
+            }
+            i
+        }
+        None => 0,
+    };
+    match line[after_labels..].find(" # ") {
+        Some(at) => &line[..after_labels + at],
+        None => line,
+    }
 }
 
 fn service(name: &str) -> ServiceLabel {
@@ -406,65 +675,45 @@ fn exemplar(trace_id: Option<TraceId>) -> Option<TraceLabel> {
     })
 }
 
-/// Records one retry.
-pub(crate) fn client_retry(service: &str, method: &str, trace_id: Option<crate::trace::TraceId>) {
-    let labels = MethodLabels {
-        service: service.to_owned(),
-        method: method.to_owned(),
-    };
-    global()
-        .0
-        .client_retries
-        .get_or_create(&labels)
-        .inc_by(1, exemplar(trace_id), None);
-}
-
-/// Records one handled call (from `#[traced]`).
-#[doc(hidden)]
-pub fn server_call(
+/// Records one HTTP request handled by a `#[traced]` handler.
+pub(crate) fn http_handler(
     service: &str,
-    method: &str,
-    code: &'static str,
+    handler: &str,
+    outcome: &'static str,
     elapsed: std::time::Duration,
-    trace_id: Option<crate::trace::TraceId>,
+    trace_id: Option<TraceId>,
 ) {
-    let m = global();
-    record_call(
-        &m.0.server_calls,
-        &m.0.server_duration,
-        service,
-        method,
-        code,
+    record(
+        &global().0.http_duration,
+        HandlerLabels {
+            service: Name(service.into()),
+            handler: Name(handler.into()),
+            outcome,
+        },
         elapsed,
         trace_id,
     );
 }
 
-/// One call into a calls counter and a latency histogram, both with the trace id as exemplar.
-fn record_call(
-    calls: &Family<CallLabels, CounterWithExemplar<TraceLabel>>,
-    duration: &LatencyFamily,
-    service: &str,
-    method: &str,
-    code: &'static str,
+/// One latency sample with the trace id as exemplar.
+fn record<L>(
+    family: &LatencyFamily<L>,
+    labels: L,
     elapsed: std::time::Duration,
-    trace_id: Option<crate::trace::TraceId>,
-) {
-    let labels = CallLabels {
-        service: service.to_owned(),
-        method: method.to_owned(),
-        code,
-    };
-    calls
-        .get_or_create(&labels)
-        .inc_by(1, exemplar(trace_id), None);
-    duration
+    trace_id: Option<TraceId>,
+) where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+{
+    family
         .get_or_create(&labels)
         .observe(elapsed.as_secs_f64(), exemplar(trace_id), None);
 }
 
 /// The OpenMetrics content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of the classic Prometheus text format ([`Metrics::render_text`]).
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Records one health check run.
 pub(crate) fn health_check(check: &str, latency: std::time::Duration, ok: bool) {
@@ -478,17 +727,104 @@ pub(crate) fn health_check(check: &str, latency: std::time::Duration, ok: bool) 
     m.0.health_up.get_or_create(&label).set(i64::from(ok));
 }
 
-/// An axum router serving [`render`] at `/metrics` with the OpenMetrics content type.
+/// An axum router serving the process-wide metrics at `/metrics`: the classic Prometheus
+/// text format, or OpenMetrics with exemplars when the scraper's `Accept` asks for it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower::ServiceExt;
+/// let ask = |accept: &'static str| {
+///     steadfast::metrics::router().oneshot(
+///         http::Request::get("/metrics").header("accept", accept).body(axum::body::Body::empty()).unwrap(),
+///     )
+/// };
+/// let classic = ask("text/plain").await.unwrap();
+/// assert_eq!(classic.headers()["content-type"], steadfast::metrics::TEXT_CONTENT_TYPE);
+/// let open = ask("application/openmetrics-text; version=1.0.0").await.unwrap();
+/// assert_eq!(open.headers()["content-type"], steadfast::metrics::CONTENT_TYPE);
+/// # }
+/// ```
 pub fn router() -> axum::Router {
+    router_for(Metrics::global())
+}
+
+/// [`router`] for another set of metrics.
+pub fn router_for(metrics: Metrics) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
-        axum::routing::get(|| async {
-            let mut r = axum::response::IntoResponse::into_response(render());
-            r.headers_mut().insert(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static(CONTENT_TYPE),
-            );
-            r
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let metrics = metrics.clone();
+            async move {
+                let accept = headers
+                    .get(axum::http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let format = Format::negotiate(accept);
+                let mut r = axum::response::IntoResponse::into_response(metrics.render_as(format));
+                r.headers_mut().insert(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static(format.content_type()),
+                );
+                r
+            }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_has_no_exemplars_units_or_eof_and_names_counters_total() {
+        let m = Metrics::new();
+        let id = TraceId::random();
+        m.client_method("a.B", "C").call(
+            tonic::Code::Ok,
+            std::time::Duration::from_millis(2),
+            Some(id),
+        );
+        m.client_method("a.B", "C").retry(Some(id));
+        let open = m.render();
+        assert!(open.contains(" # {trace_id=\""), "{open}");
+        let text = m.render_text();
+        assert!(!text.contains("trace_id"), "{text}");
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE steadfast_client_retries_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP steadfast_client_retries_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"steadfast_client_retries_total{rpc_service="a.B",rpc_method="C"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE rpc_client_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_exemplar_is_cut_after_the_labels_even_when_a_label_value_has_a_hash() {
+        assert_eq!(
+            strip_exemplar(r#"x_total{a="p # q"} 1 # {trace_id="ab"} 1.0"#),
+            r#"x_total{a="p # q"} 1"#
+        );
+        assert_eq!(strip_exemplar("x_total 1 # {t=\"a\"} 1"), "x_total 1");
+        assert_eq!(strip_exemplar("x 1"), "x 1");
+    }
+
+    #[test]
+    fn a_zero_quality_openmetrics_is_not_chosen() {
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0,text/plain")),
+            Format::Text
+        );
+    }
 }

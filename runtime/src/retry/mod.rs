@@ -83,7 +83,9 @@ pub struct CallPolicy {
     retry: Option<RetryPolicy>,
     throttle: Option<Arc<RetryThrottle>>,
     breaker: Option<Arc<CircuitBreaker>>,
-    metrics: Option<Arc<MethodMetrics>>,
+    metrics: Arc<std::sync::OnceLock<Arc<MethodMetrics>>>,
+    grpc_service: Option<Arc<str>>,
+    span: Arc<std::sync::OnceLock<crate::trace::ClientSpanLayer>>,
     jitter: fn() -> f64,
 }
 
@@ -113,7 +115,9 @@ impl CallPolicy {
             retry: None,
             throttle: None,
             breaker: None,
-            metrics: None,
+            metrics: Arc::default(),
+            grpc_service: None,
+            span: Arc::default(),
             jitter: fastrand::f64,
         }
     }
@@ -144,19 +148,39 @@ impl CallPolicy {
     }
     /// Sets where this method's calls and retries are counted (resolved once per method by
     /// [`Metrics::client_method`](crate::metrics::Metrics::client_method)); without it, the
-    /// process-wide [`Metrics`](crate::metrics::Metrics) are used.
+    /// process-wide [`Metrics`](crate::metrics::Metrics) are used, with the gRPC service
+    /// name learned from the first call.
     pub fn metrics(mut self, metrics: Option<Arc<MethodMetrics>>) -> Self {
-        self.metrics = metrics;
+        self.metrics = Arc::new(metrics.map(std::sync::OnceLock::from).unwrap_or_default());
         self
     }
     /// This method's metric handles: the ones set, else the process-wide ones.
     pub fn method_metrics(&self) -> Arc<MethodMetrics> {
-        match &self.metrics {
-            Some(m) => m.clone(),
-            None => Arc::new(
-                crate::metrics::Metrics::global().client_method(&self.service, &self.method),
-            ),
-        }
+        self.metrics
+            .get_or_init(|| {
+                Arc::new(crate::metrics::Metrics::global().client_method_unresolved(&self.method))
+            })
+            .clone()
+    }
+    /// Sets the full gRPC service name of the method (`pkg.Service`), for spans; without
+    /// it, the name is learned from the first call that reaches a steadfast
+    /// [`Channel`](crate::client::Channel).
+    pub fn grpc_service(mut self, name: Option<&str>) -> Self {
+        self.grpc_service = name.map(Into::into);
+        self.span = Arc::default();
+        self
+    }
+    /// The client span layer of this method, made once.
+    pub fn client_span_layer(&self) -> crate::trace::ClientSpanLayer {
+        self.span
+            .get_or_init(|| {
+                crate::trace::ClientSpanLayer::new(
+                    &self.service,
+                    self.grpc_service.as_deref(),
+                    &self.method,
+                )
+            })
+            .clone()
     }
     /// Replaces the jitter source, a function returning uniform samples from `[0, 1)`.
     /// Tests use it to make backoff exact.
@@ -413,10 +437,7 @@ impl CallPolicy {
                 code = code_name(status.code()), delay_ms = delay.as_millis() as u64,
                 "retrying"
             );
-            match &self.metrics {
-                Some(m) => m.retry(trace_id),
-                None => crate::metrics::client_retry(&self.service, &self.method, trace_id),
-            }
+            self.method_metrics().retry(trace_id);
             tokio::time::sleep(delay).await;
         }
     }

@@ -3,14 +3,49 @@
 //! these through `::steadfast::__private::trace`.
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::Status;
 
 use crate::Context;
+use crate::metrics::ServerMethodMetrics;
+use crate::trace::RequestPath;
 use crate::trace::{SpanId, TraceContext, TraceId, extract, extract_metadata};
 use crate::wire::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
+
+/// Where `#[traced]` was applied: one `static` per instrumented fn, holding what is
+/// resolved once for all its calls (the gRPC names and the metric handles), so a handled
+/// call records without a label lookup or an allocation.
+#[derive(Debug)]
+pub struct Site {
+    rpc: OnceLock<RpcSite>,
+}
+
+#[derive(Debug)]
+struct RpcSite {
+    service: Box<str>,
+    method: Box<str>,
+    /// `service/method`, the OpenTelemetry span name.
+    full: Box<str>,
+    metrics: ServerMethodMetrics,
+}
+
+impl Site {
+    /// An empty site (generated code makes one `static` per fn).
+    pub const fn new() -> Site {
+        Site {
+            rpc: OnceLock::new(),
+        }
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Site::new()
+    }
+}
 
 /// One handled call.
 #[derive(Debug)]
@@ -21,6 +56,9 @@ pub struct Call {
     own: bool,
     service: &'static str,
     method: &'static str,
+    rpc: Option<&'static RpcSite>,
+    peer: Option<std::net::SocketAddr>,
+    message_type: &'static str,
     started: Instant,
 }
 
@@ -30,11 +68,21 @@ fn short_type_name(name: &'static str) -> &'static str {
     base.rsplit("::").next().unwrap_or(base)
 }
 
+/// `/pkg.Service/Method` -> (`pkg.Service`, `Method`).
+fn split_grpc_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
 impl Call {
     /// A tonic handler: the context the server layers put in the request, or else the trace
-    /// and deadline from the request's own metadata.
+    /// and deadline from the request's own metadata. The gRPC names come from the request
+    /// path (recorded by [`TraceLayer`](crate::trace::TraceLayer)), else from the handler's
+    /// type and fn names.
     pub fn grpc<T>(
         req: &tonic::Request<T>,
+        site: &'static Site,
         service_type: &'static str,
         method: &'static str,
     ) -> Call {
@@ -53,7 +101,23 @@ impl Call {
         {
             ctx = ctx.with_timeout(t);
         }
-        Call::new(ctx, own, short_type_name(service_type), method)
+        let rpc = site.rpc.get_or_init(|| {
+            let path = req.extensions().get::<RequestPath>();
+            let (service, rpc_method) = path
+                .and_then(|p| split_grpc_path(p.as_str()))
+                .unwrap_or((short_type_name(service_type), method));
+            RpcSite {
+                full: format!("{service}/{rpc_method}").into(),
+                metrics: crate::metrics::Metrics::global().server_method(service, rpc_method),
+                service: service.into(),
+                method: rpc_method.into(),
+            }
+        });
+        let mut call = Call::new(ctx, own, short_type_name(service_type), method);
+        call.rpc = Some(rpc);
+        call.peer = req.remote_addr();
+        call.message_type = std::any::type_name::<T>();
+        call
     }
 
     /// An HTTP handler with the request headers: the trace layer's context, or else the
@@ -93,6 +157,9 @@ impl Call {
             own,
             service,
             method,
+            rpc: None,
+            peer: None,
+            message_type: "",
             started: Instant::now(),
         }
     }
@@ -112,6 +179,27 @@ impl Call {
     pub fn service(&self) -> &'static str {
         self.service
     }
+    /// The full gRPC service name (`pkg.Service`), for the span's `rpc.service`.
+    pub fn rpc_service(&self) -> &str {
+        self.rpc.map_or(self.service, |r| &r.service)
+    }
+    /// The gRPC method name, for the span's `rpc.method`.
+    pub fn rpc_method(&self) -> &str {
+        self.rpc.map_or(self.method, |r| &r.method)
+    }
+    /// `pkg.Service/Method`, the span's OpenTelemetry name.
+    pub fn otel_name(&self) -> &str {
+        self.rpc.map_or(self.method, |r| &r.full)
+    }
+    /// The span's OpenTelemetry kind: `server` when this call opened the hop, else
+    /// `internal` (the server layer's span is the hop's server span).
+    pub fn span_kind(&self) -> &'static str {
+        if self.own { "server" } else { "internal" }
+    }
+    /// The request message's Rust type (never its contents).
+    pub fn message_type(&self) -> &'static str {
+        self.message_type
+    }
     /// Records the ids on `span`; when this call opened the hop, binds the span to the trace
     /// context first (with `otel`: sets its OpenTelemetry parent and adopts its ids).
     pub fn bind(&mut self, span: &tracing::Span) {
@@ -126,6 +214,10 @@ impl Call {
             }
             trace
         };
+        if let Some(peer) = self.peer {
+            span.record("client.address", tracing::field::display(peer.ip()));
+            span.record("client.port", peer.port());
+        }
         self.ctx = self.ctx.clone().with_trace(trace);
     }
 
@@ -161,7 +253,11 @@ impl Call {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
-        self.finish(&span, crate::code::code_name(code), true);
+        span.record("rpc.grpc.status_code", code as i32);
+        if is_server_error(code) {
+            span.record("otel.status_code", "error");
+        }
+        self.finish(&span, crate::code::code_name(code), Some(code), true);
         result
     }
 
@@ -176,14 +272,30 @@ impl Call {
     ) -> F::Output {
         use tracing::Instrument;
         let out = self.ctx.clone().scope(body).instrument(span.clone()).await;
-        self.finish(&span, code(&out), metrics);
+        let code = code(&out);
+        if metrics {
+            crate::metrics::http_handler(
+                self.service,
+                self.method,
+                code,
+                self.started.elapsed(),
+                Some(self.trace_id()),
+            );
+        }
+        self.finish(&span, code, None, metrics);
         out
     }
 
-    fn finish(&self, span: &tracing::Span, code: &'static str, metrics: bool) {
+    fn finish(
+        &self,
+        span: &tracing::Span,
+        code: &'static str,
+        grpc: Option<tonic::Code>,
+        info: bool,
+    ) {
         let elapsed: Duration = self.started.elapsed();
         span.in_scope(|| {
-            if metrics {
+            if info {
                 tracing::info!(
                     latency_ms = elapsed.as_secs_f64() * 1000.0,
                     code,
@@ -199,16 +311,20 @@ impl Call {
                 );
             }
         });
-        if metrics {
-            crate::metrics::server_call(
-                self.service,
-                self.method,
-                code,
-                elapsed,
-                Some(self.trace_id()),
-            );
+        if let (Some(code), Some(rpc)) = (grpc, self.rpc) {
+            rpc.metrics.call(code, elapsed, Some(self.trace_id()));
         }
     }
+}
+
+/// The codes that mark a server span as failed, per the OpenTelemetry gRPC conventions (the
+/// others are the caller's problem, not the server's).
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+    )
 }
 
 /// `OK` or `ERROR` for a `Result`, for handlers whose return type is a `Result`.

@@ -11,7 +11,7 @@ use tower_layer::Layer;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
-use super::{TraceContext, X_TRACE_ID, extract, inject};
+use super::{X_TRACE_ID, extract, inject};
 use crate::Context;
 use crate::trace::context::CURRENT;
 
@@ -78,6 +78,8 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let span = request_span(&req);
+        let path = RequestPath(req.uri().clone());
+        req.extensions_mut().insert(path);
         let trace = extract(req.headers()).bind_span(&span);
         let ctx = req
             .extensions()
@@ -97,15 +99,51 @@ where
     }
 }
 
+/// The path of the request being served (`/pkg.Service/Method` for gRPC), kept in its
+/// extensions by [`TraceLayer`] so handlers can name the call as the wire does.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestPath(http::Uri);
+
+impl RequestPath {
+    pub(crate) fn as_str(&self) -> &str {
+        self.0.path()
+    }
+}
+
+/// The server span of one request: for gRPC named `pkg.Service/Method` with the RPC
+/// attributes, else named by the HTTP method (the route is not known here).
 fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
-    tracing::info_span!(
+    let path = req.uri().path();
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let span = tracing::info_span!(
         "request",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
         method = %req.method(),
-        path = %req.uri().path(),
+        path = %path,
+        rpc.system = tracing::field::Empty,
+        rpc.service = tracing::field::Empty,
+        rpc.method = tracing::field::Empty,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
         parent_span_id = tracing::field::Empty,
-    )
+    );
+    // Recorded before the span starts: an OpenTelemetry span's name is fixed then.
+    match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+        Some((service, method)) if grpc => {
+            span.record("otel.name", path.trim_start_matches('/'));
+            span.record("rpc.system", "grpc");
+            span.record("rpc.service", service);
+            span.record("rpc.method", method);
+        }
+        _ => {
+            span.record("otel.name", req.method().as_str());
+        }
+    }
+    span
 }
 
 pin_project! {
@@ -137,7 +175,9 @@ where
 }
 
 /// Propagates the current trace context on outbound HTTP requests (`traceparent`,
-/// `tracestate`, `x-trace-id`). A request made outside any trace starts a new one.
+/// `tracestate`, `x-trace-id`). Each request gets its own client span (`http.client`), a
+/// child of the caller's, and the callee sees that span as its parent. A request made
+/// outside any trace starts a new one.
 ///
 /// ```
 /// use steadfast::trace::PropagateLayer;
@@ -182,18 +222,28 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Instrumented<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let trace = Context::current()
-            .trace()
-            .cloned()
-            .unwrap_or_else(TraceContext::new_root);
+        let caller = tracing::Span::current();
+        let span = tracing::info_span!(
+            "http.client",
+            otel.kind = "client",
+            http.request.method = %req.method(),
+            server.address = req.uri().host(),
+            url.path = req.uri().path(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        let parent = super::caller_context(&caller, Context::current().trace());
+        // Each outgoing request is its own span: the callee's parent is this request.
+        let trace = super::child_of(&parent, &span, &caller);
         inject(&trace, req.headers_mut());
-        self.inner.call(req)
+        self.inner.call(req).instrument(span)
     }
 }

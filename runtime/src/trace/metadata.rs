@@ -1,16 +1,24 @@
-//! Trace propagation on outgoing gRPC calls: the call's trace context into each attempt's
-//! metadata.
+//! Trace propagation on outgoing gRPC calls: one span per attempt, whose context goes into
+//! the attempt's metadata.
 
 use std::task::{Context as TaskContext, Poll};
 
+use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
+use super::CallSpan;
+use super::client::{Finish, SpanFuture};
 use crate::Context;
+use crate::outcome::AttemptInfo;
 
-/// Writes the call's trace context (`traceparent`, `tracestate`, `X-Trace-ID`) into the
-/// metadata of every request it sends. The context is the call's [`Context`] (a request
-/// extension set by the client stack), else the running task's, else a new trace.
+/// Opens a span for every attempt (`grpc.attempt`, with `rpc.grpc.attempt`, the status
+/// code and the endpoint that served it), a child of the call's span, and writes its trace
+/// context (`traceparent`, `tracestate`, `X-Trace-ID`) into the attempt's metadata: each
+/// attempt has its own span id, and the callee's span is its child. The call's context is
+/// its [`Context`] (a request extension set by the client stack), else the running task's,
+/// else a new trace.
 ///
 /// ```
 /// use steadfast::trace::PropagateMetadataLayer;
@@ -66,24 +74,54 @@ impl<S> PropagateMetadata<S> {
     }
 }
 
-impl<S, M> Service<tonic::Request<M>> for PropagateMetadata<S>
+impl<S, M, R> Service<tonic::Request<M>> for PropagateMetadata<S>
 where
-    S: Service<tonic::Request<M>>,
+    S: Service<tonic::Request<M>, Response = tonic::Response<R>, Error = Status>,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Response = tonic::Response<R>;
+    type Error = Status;
+    type Future = SpanFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: tonic::Request<M>) -> S::Future {
-        let trace = Context::of_call(req.extensions_mut())
+    fn call(&mut self, mut req: tonic::Request<M>) -> Self::Future {
+        let call = Context::of_call(req.extensions_mut())
             .trace()
             .cloned()
             .expect("of_call gives every call a trace");
-        super::inject_metadata(&trace, req.metadata_mut());
-        self.inner.call(req)
+        let parent = req
+            .extensions()
+            .get::<CallSpan>()
+            .map_or_else(tracing::Span::current, |s| s.0.clone());
+        // Set by the retry layer on every attempt after the first (gRFC A6).
+        let attempt = req
+            .metadata()
+            .get("grpc-previous-rpc-attempts")
+            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+            .map_or(1, |previous| previous.saturating_add(1));
+        let span = tracing::info_span!(
+            parent: &parent,
+            "grpc.attempt",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.grpc.attempt = attempt,
+            rpc.grpc.status_code = tracing::field::Empty,
+            steadfast.endpoint = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        // Each attempt is its own span: the callee's parent is this attempt, not the caller.
+        let ctx = super::child_of(&call, &span, &parent);
+        super::inject_metadata(&ctx, req.metadata_mut());
+        let info = req.extensions().get::<AttemptInfo>().cloned();
+        SpanFuture::new(
+            self.inner.call(req).instrument(span.clone()),
+            span,
+            Finish::Attempt(info),
+        )
     }
 }

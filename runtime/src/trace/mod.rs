@@ -23,12 +23,14 @@
 //!   `tokio::spawn` loses them: the new task has no context, and calls it makes start new
 //!   traces.
 
+mod client;
 #[doc(hidden)]
 pub(crate) mod context;
 mod ids;
 mod layer;
 mod metadata;
 #[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
 pub mod otel;
 mod traceparent;
 mod tracestate;
@@ -39,7 +41,10 @@ use http::HeaderMap;
 use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 
+pub(crate) use self::client::CallSpan;
+pub use self::client::{CallerSpan, ClientSpan, ClientSpanLayer, LearnSpanService, SpanFuture};
 pub use self::ids::{SpanId, TraceId};
+pub(crate) use self::layer::RequestPath;
 pub use self::layer::{Propagate, PropagateLayer, Trace, TraceLayer};
 pub use self::metadata::{PropagateMetadata, PropagateMetadataLayer};
 pub use self::traceparent::{TraceFlags, Traceparent, TraceparentError};
@@ -170,6 +175,46 @@ impl TraceContext {
         let bytes = traceparent::format(self.trace_id, self.span_id, self.flags);
         String::from_utf8(bytes.to_vec()).expect("ASCII")
     }
+}
+
+/// The trace context a new outgoing call continues: with `otel`, the caller's
+/// OpenTelemetry span when it has one (an ordinary `tracing` span under
+/// tracing-opentelemetry counts); else `ctx` (the hop's); else a new trace.
+pub(crate) fn caller_context(caller: &tracing::Span, ctx: Option<&TraceContext>) -> TraceContext {
+    #[cfg(feature = "otel")]
+    if let Some(parent) = otel::span_context(caller) {
+        return parent;
+    }
+    let _ = caller;
+    ctx.cloned().unwrap_or_else(TraceContext::new_root)
+}
+
+/// The context of a new span `span` whose parent is `parent`: a new span id of the same
+/// trace, recorded on the span's `trace_id`, `span_id` and `parent_span_id` fields. With
+/// `otel`, the span takes the id OpenTelemetry gives it; its OpenTelemetry parent is its
+/// `tracing` parent `tracing_parent` when that is `parent`'s span, else `parent` as a
+/// remote span context.
+pub(crate) fn child_of(
+    parent: &TraceContext,
+    span: &tracing::Span,
+    tracing_parent: &tracing::Span,
+) -> TraceContext {
+    let child = parent.child();
+    #[cfg(feature = "otel")]
+    let child = match otel::span_context(tracing_parent) {
+        Some(p) if p.trace_id == parent.trace_id && p.span_id == parent.span_id => {
+            otel::adopt(span, child)
+        }
+        _ => otel::bind(span, child),
+    };
+    #[cfg(not(feature = "otel"))]
+    let _ = tracing_parent;
+    span.record("trace_id", tracing::field::display(child.trace_id));
+    span.record("span_id", tracing::field::display(child.span_id));
+    if let Some(parent) = child.parent_id {
+        span.record("parent_span_id", tracing::field::display(parent));
+    }
+    child
 }
 
 /// Parses an `X-Trace-ID`: 32 hex digits (any case) or a UUID; never all zero.

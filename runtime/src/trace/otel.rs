@@ -60,6 +60,12 @@ pub(crate) fn bind(span: &tracing::Span, ctx: TraceContext) -> TraceContext {
     if let Some(parent) = ctx.parent_id() {
         let _ = span.set_parent(remote(&ctx, parent));
     }
+    adopt(span, ctx)
+}
+
+/// `ctx` with the ids OpenTelemetry gave `span` (its parent comes from `tracing`), or
+/// unchanged when no OpenTelemetry layer is installed.
+pub(crate) fn adopt(span: &tracing::Span, ctx: TraceContext) -> TraceContext {
     let cx = span.context();
     let otel = cx.span();
     let sc = otel.span_context();
@@ -70,4 +76,27 @@ pub(crate) fn bind(span: &tracing::Span, ctx: TraceContext) -> TraceContext {
         (Some(trace_id), Some(span_id)) if sc.is_valid() => ctx.with_ids(trace_id, span_id),
         _ => ctx,
     }
+}
+
+/// The OpenTelemetry context of `span` as the parent of a new span: its trace, its span id
+/// as `span_id`; `None` when it has no valid OpenTelemetry span (no layer, or disabled).
+pub(crate) fn span_context(span: &tracing::Span) -> Option<TraceContext> {
+    if span.is_none() {
+        return None;
+    }
+    let cx = span.context();
+    let otel = cx.span();
+    let sc = otel.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    let state =
+        super::TraceState::parse(&[sc.trace_state().header().as_bytes()]).unwrap_or_default();
+    Some(TraceContext {
+        trace_id: TraceId::from_bytes(sc.trace_id().to_bytes())?,
+        span_id: SpanId::from_bytes(sc.span_id().to_bytes())?,
+        parent_id: None,
+        flags: TraceFlags::from_u8(sc.trace_flags().to_u8()),
+        state,
+    })
 }

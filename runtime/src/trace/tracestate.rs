@@ -14,8 +14,6 @@ pub enum TraceStateError {
     Key,
     /// A member has a value that breaks the grammar (or no `=`).
     Value,
-    /// A key appears twice.
-    DuplicateKey,
     /// More than 32 members.
     TooManyMembers,
 }
@@ -25,7 +23,6 @@ impl std::fmt::Display for TraceStateError {
         f.write_str(match self {
             TraceStateError::Key => "a key breaks the grammar",
             TraceStateError::Value => "a value breaks the grammar",
-            TraceStateError::DuplicateKey => "a key appears twice",
             TraceStateError::TooManyMembers => "more than 32 members",
         })
     }
@@ -39,7 +36,9 @@ impl std::fmt::Display for TraceStateError {
 /// let ts = TraceState::parse(&[b"congo=t61rcWkgMzE , rojo=00f067aa0ba902b7"]).unwrap();
 /// assert_eq!(ts.as_str(), "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
 /// assert_eq!(ts.get("rojo"), Some("00f067aa0ba902b7"));
-/// assert!(TraceState::parse(&[b"foo=1,foo=2"]).is_err());
+/// // A duplicated key keeps its first value; a key that breaks the grammar is an error.
+/// assert_eq!(TraceState::parse(&[b"foo=1,foo=2"]).unwrap().as_str(), "foo=1");
+/// assert!(TraceState::parse(&[b"Foo=1"]).is_err());
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TraceState(Option<Arc<str>>);
@@ -91,8 +90,10 @@ impl TraceState {
                 if !valid_value(value) {
                     return Err(TraceStateError::Value);
                 }
+                // W3C Trace Context (2021 on): a receiver keeps the first of duplicated
+                // keys (the most recent vendor's entry) instead of dropping the header.
                 if members.iter().any(|(k, _)| *k == key) {
-                    return Err(TraceStateError::DuplicateKey);
+                    continue;
                 }
                 members.push((key, value));
                 if members.len() > MAX_MEMBERS {
@@ -163,7 +164,7 @@ mod tests {
             ("foo=1 \t , \t bar=2,,baz=3".into(), Ok(3)),
             ("".into(), Ok(0)),
             (" , ,".into(), Ok(0)),
-            ("foo=1,foo=2".into(), Err(DuplicateKey)),
+            ("foo=1,foo=2".into(), Ok(1)),
             (members(32), Ok(32)),
             (members(33), Err(TooManyMembers)),
             ("FOO=1".into(), Err(Key)),
@@ -193,6 +194,18 @@ mod tests {
     fn several_headers_combine_in_order() {
         let ts = TraceState::parse(&[b"a=1", b"b=2, c=3"]).unwrap();
         assert_eq!(ts.as_str(), "a=1,b=2,c=3");
-        assert!(TraceState::parse(&[b"a=1", b"a=2"]).is_err());
+    }
+
+    #[test]
+    fn a_duplicated_key_keeps_its_first_value_and_the_rest_of_the_header() {
+        let ts = TraceState::parse(&[b"a=1,b=2", b"a=3,c=4"]).unwrap();
+        assert_eq!(ts.as_str(), "a=1,b=2,c=4");
+        assert_eq!(ts.get("a"), Some("1"));
+        // Duplicates do not count toward the 32-member limit.
+        let many = format!(
+            "{},x=2",
+            (0..32).map(|_| "x=1").collect::<Vec<_>>().join(",")
+        );
+        assert_eq!(parse(&many).unwrap().as_str(), "x=1");
     }
 }

@@ -1,5 +1,5 @@
-#[steadfast::traced(fields(id = 1))]
-async fn lookup(id: u64) -> u64 {
+#[steadfast::traced(target = "audit")]
+async fn handler(id: u64) -> u64 {
     id
 }
 

@@ -6,6 +6,7 @@
 pub mod etcd;
 pub mod http;
 pub mod replicas;
+pub mod spans;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

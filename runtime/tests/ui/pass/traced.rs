@@ -26,8 +26,9 @@ async fn http_handler(headers: http::HeaderMap, body: Vec<u8>) -> Result<String,
     Ok("created".into())
 }
 
-#[steadfast::traced]
+#[steadfast::traced(fields(user.id = id, kind = %"plain", debug = ?Some(1), later))]
 async fn plain(id: u64) -> u64 {
+    tracing::Span::current().record("later", 2);
     if id == 0 {
         return 1; // an early return keeps its type
     }
@@ -37,7 +38,12 @@ async fn plain(id: u64) -> u64 {
 #[steadfast::traced(level = "trace")]
 async fn unit() {}
 
+#[steadfast::traced(skip_all, fields(headers = ?steadfast::telemetry::redacted(&headers)))]
+async fn with_headers(headers: http::HeaderMap, password: String) -> usize {
+    headers.len() + password.len()
+}
+
 fn main() {
-    let _ = (http_handler, plain, unit);
+    let _ = (http_handler, plain, unit, with_headers);
     let _ = <Svc as Greeter>::greet;
 }

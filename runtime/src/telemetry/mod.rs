@@ -9,6 +9,22 @@
 //! A line inside a request (a span that carries `trace_id`, as the trace layer and
 //! `#[traced]` create) also has `"trace_id"`, `"span_id"` and `"span"` (the innermost span's
 //! name). The ids come from the nearest enclosing span that has them.
+//!
+//! With the feature `otlp`, [`init`] also exports every span to an OpenTelemetry collector
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`otlp`]).
+//!
+//! # Secrets
+//! Nothing steadfast records carries request metadata or headers: `#[traced]` never records
+//! an argument that holds them (a `Request`, a `HeaderMap`, a `MetadataMap`), and the trace
+//! layers log only the trace headers they parse. To record headers on purpose, record
+//! [`redacted`] headers: values of sensitive keys ([`is_sensitive`]) are hidden.
+
+#[cfg(feature = "otlp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
+pub mod otlp;
+mod redact;
+
+pub use self::redact::{Headers, Redacted, is_sensitive, redacted};
 
 use std::fmt;
 
@@ -25,10 +41,28 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::Error;
 
 /// Installs the JSON log subscriber on stdout as the global default. The filter comes from
-/// `RUST_LOG` (default `info`); an invalid `RUST_LOG` is an error naming it.
+/// `RUST_LOG` (default `info`); an invalid `RUST_LOG` is an error naming it. With the
+/// feature `otlp` and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported there
+/// ([`otlp`]); call it inside a tokio runtime then, and [`shutdown`] before exit.
 pub fn init() -> Result<(), Error> {
     init_with_writer(std::io::stdout)
 }
+
+/// Sends the spans still buffered for export and stops exporting (feature `otlp`; without
+/// it, or when nothing is exported, it returns at once). Waits at most about 5 s.
+pub async fn shutdown() {
+    #[cfg(feature = "otlp")]
+    if let Some(provider) = OTLP_PROVIDER.get().cloned() {
+        let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!("span export did not shut down cleanly: {e}");
+        }
+    }
+}
+
+#[cfg(feature = "otlp")]
+static OTLP_PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> =
+    std::sync::OnceLock::new();
 
 /// [`init`] with another destination.
 pub fn init_with_writer<W>(writer: W) -> Result<(), Error>
@@ -40,7 +74,19 @@ where
             .map_err(|e| Error::config("RUST_LOG", format!("`{spec}`: {e}")))?,
         _ => EnvFilter::new("info"),
     };
-    tracing::subscriber::set_global_default(subscriber(writer).with(filter)).map_err(|e| {
+    #[cfg(feature = "otlp")]
+    let export = match otlp::OtlpConfig::from_env() {
+        Some(config) => {
+            let (layer, provider) = otlp::layer(&config)?;
+            let _ = OTLP_PROVIDER.set(provider);
+            Some(layer)
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "otlp"))]
+    let export: Option<tracing_subscriber::layer::Identity> = None;
+    let subscriber = subscriber(writer).with(export).with(filter);
+    tracing::subscriber::set_global_default(subscriber).map_err(|e| {
         Error::config(
             "telemetry",
             format!("a global subscriber is already set: {e}"),

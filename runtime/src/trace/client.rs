@@ -1,0 +1,261 @@
+//! Client spans: one span per outgoing call ([`ClientSpanLayer`]) and one per attempt
+//! ([`PropagateMetadataLayer`](super::PropagateMetadataLayer)), named and attributed after
+//! the OpenTelemetry RPC conventions. Each attempt has its own span id, and that id is the
+//! parent the callee sees in `traceparent`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context as TaskContext, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tonic::Status;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
+
+use crate::Context;
+use crate::outcome::AttemptInfo;
+
+/// The caller's `tracing` span, captured when a call is made (before it is spawned or
+/// polled elsewhere), so the call's span is its child.
+#[derive(Clone, Debug)]
+pub struct CallerSpan(pub tracing::Span);
+
+/// The span of one call, kept in its request's extensions so that every attempt's span is
+/// its child.
+#[derive(Clone, Debug)]
+pub(crate) struct CallSpan(pub(crate) tracing::Span);
+
+/// Opens the client span of each call, a child of the caller's current `tracing` span (or
+/// of the [`CallerSpan`] in the request's extensions), with the attributes of the
+/// OpenTelemetry RPC conventions: `rpc.system = "grpc"`, `rpc.service` (the full gRPC
+/// service name, once known), `rpc.method`, `rpc.grpc.status_code`, `peer.service` (the
+/// steadfast name of the downstream), and `otel.kind = "client"`. The call's trace context
+/// becomes this span's, so every attempt is its child.
+///
+/// ```
+/// use steadfast::trace::{ClientSpanLayer, PropagateMetadataLayer};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(ClientSpanLayer::new("user-svc", Some("user.UserService"), "GetUser"))
+///     .layer(PropagateMetadataLayer::new())
+///     .service_fn(|req: tonic::Request<()>| async move {
+///         let sent = req.metadata().get("traceparent").is_some();
+///         Ok::<_, tonic::Status>(tonic::Response::new(sent))
+///     });
+/// assert!(svc.oneshot(tonic::Request::new(())).await.unwrap().into_inner());
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientSpanLayer {
+    names: Arc<Names>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Names {
+    peer: Box<str>,
+    method: Box<str>,
+    /// The full gRPC service name: given, or learned from the first call that reaches the
+    /// transport (tonic names it on the request).
+    service: OnceLock<Box<str>>,
+}
+
+impl ClientSpanLayer {
+    /// Spans for calls of `method` on the downstream `peer` (its steadfast name), whose
+    /// full gRPC service name is `service` when known (else it is learned from the first
+    /// call that reaches a steadfast [`Channel`](crate::client::Channel)).
+    pub fn new(peer: &str, service: Option<&str>, method: &str) -> Self {
+        let known = OnceLock::new();
+        if let Some(s) = service {
+            let _ = known.set(s.into());
+        }
+        ClientSpanLayer {
+            names: Arc::new(Names {
+                peer: peer.into(),
+                method: method.into(),
+                service: known,
+            }),
+        }
+    }
+}
+
+/// A request extension asking the transport to tell a [`ClientSpanLayer`] that was built
+/// without it the call's gRPC service name.
+#[derive(Clone, Debug)]
+pub struct LearnSpanService(Arc<Names>);
+
+impl LearnSpanService {
+    /// Passes on the gRPC service name tonic put on an outgoing request.
+    pub fn learn_from(extensions: &http::Extensions) {
+        if let (Some(learn), Some(method)) = (
+            extensions.get::<LearnSpanService>(),
+            extensions.get::<tonic::GrpcMethod<'static>>(),
+        ) {
+            let _ = learn.0.service.set(method.service().into());
+        }
+    }
+}
+
+impl<S> Layer<S> for ClientSpanLayer {
+    type Service = ClientSpan<S>;
+    fn layer(&self, inner: S) -> ClientSpan<S> {
+        ClientSpan {
+            inner,
+            names: self.names.clone(),
+        }
+    }
+}
+
+/// The service of [`ClientSpanLayer`].
+#[derive(Clone, Debug)]
+pub struct ClientSpan<S> {
+    inner: S,
+    names: Arc<Names>,
+}
+
+impl<S> ClientSpan<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, M, R> Service<tonic::Request<M>> for ClientSpan<S>
+where
+    S: Service<tonic::Request<M>, Response = tonic::Response<R>, Error = Status>,
+{
+    type Response = tonic::Response<R>;
+    type Error = Status;
+    type Future = SpanFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Status>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: tonic::Request<M>) -> Self::Future {
+        let caller = req
+            .extensions_mut()
+            .remove::<CallerSpan>()
+            .map_or_else(tracing::Span::current, |c| c.0);
+        let names = &self.names;
+        let service = names.service.get();
+        if service.is_none() {
+            req.extensions_mut().insert(LearnSpanService(names.clone()));
+        }
+        let span = tracing::info_span!(
+            parent: &caller,
+            "grpc.client",
+            otel.name = tracing::field::Empty,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = tracing::field::Empty,
+            rpc.method = &*names.method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            peer.service = &*names.peer,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        if let Some(service) = service {
+            record_names(&span, service, &names.method);
+        }
+        let parent = super::caller_context(&caller, Context::of_call(req.extensions_mut()).trace());
+        let ctx = super::child_of(&parent, &span, &caller);
+        let call_ctx = Context::of_call(req.extensions_mut())
+            .clone()
+            .with_trace(ctx);
+        req.extensions_mut().insert(call_ctx);
+        req.extensions_mut().insert(CallSpan(span.clone()));
+        SpanFuture::new(
+            self.inner.call(req).instrument(span.clone()),
+            span,
+            Finish::Call(service.is_none().then(|| names.clone())),
+        )
+    }
+}
+
+pin_project! {
+    /// The response future of [`ClientSpan`] and
+    /// [`PropagateMetadata`](super::PropagateMetadata): runs the call or attempt inside its
+    /// span and records how it ended on the span.
+    pub struct SpanFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        span: tracing::Span,
+        finish: Finish,
+    }
+}
+
+/// What a [`SpanFuture`] records at the end besides the status.
+pub(crate) enum Finish {
+    /// A call: its gRPC names, when they were learned during the call.
+    Call(Option<Arc<Names>>),
+    /// An attempt: the endpoint that served it.
+    Attempt(Option<AttemptInfo>),
+}
+
+impl<F> SpanFuture<F> {
+    pub(crate) fn new(inner: Instrumented<F>, span: tracing::Span, finish: Finish) -> Self {
+        SpanFuture {
+            inner,
+            span,
+            finish,
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for SpanFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, R> Future for SpanFuture<F>
+where
+    F: Future<Output = Result<tonic::Response<R>, Status>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        match this.finish {
+            Finish::Call(Some(names)) => {
+                if let Some(service) = names.service.get() {
+                    record_names(this.span, service, &names.method);
+                }
+            }
+            Finish::Attempt(Some(info)) => {
+                if let Some(endpoint) = info.endpoint() {
+                    this.span.record("steadfast.endpoint", &*endpoint);
+                }
+            }
+            Finish::Call(None) | Finish::Attempt(None) => {}
+        }
+        let code = match &out {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        // Any failure marks a client span as failed, as the conventions ask.
+        this.span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            this.span.record("otel.status_code", "error");
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// Records the gRPC names: `rpc.service` and the OpenTelemetry span name `service/method`
+/// (formatted only when a subscriber records it).
+pub(crate) fn record_names(span: &tracing::Span, service: &str, method: &str) {
+    span.record("rpc.service", service);
+    span.record(
+        "otel.name",
+        tracing::field::display(format_args!("{service}/{method}")),
+    );
+}
