@@ -65,6 +65,8 @@ pub struct PhaseResult {
     pub transitions: Vec<String>,
     /// Calls that reached any user-svc replica.
     pub downstream_calls: u64,
+    /// Of those, the ones in the second half of the phase.
+    pub second_half_downstream_calls: u64,
     /// Latency percentiles, in ms.
     pub p50_ms: f64,
     /// Latency percentiles, in ms.
@@ -203,11 +205,11 @@ fn counter(text: &str, prefix: &str) -> f64 {
 /// Calls that order-svc's user-svc clients finished, and how many of them succeeded, as the
 /// clients' own metrics count them (every replica of order-svc runs in this process).
 fn user_client_calls(text: &str) -> (u64, u64) {
-    const PREFIX: &str = "steadfast_client_calls_total{service=\"user-svc\",";
+    const PREFIX: &str = "rpc_client_duration_seconds_count{rpc_service=\"user.UserService\",";
     let total = counter(text, PREFIX) as u64;
     let ok = text
         .lines()
-        .filter(|l| l.starts_with(PREFIX) && l.contains("code=\"Ok\""))
+        .filter(|l| l.starts_with(PREFIX) && l.contains("rpc_grpc_status_code=\"0\""))
         .map(|l| counter(l, PREFIX))
         .sum::<f64>() as u64;
     (total, ok)
@@ -401,8 +403,12 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
         phase_starts.push(started);
         let mut slice_start = user_client();
         let mut next_slice = started + SLICE;
+        let mut mid_user_calls = None;
         while started.elapsed() < opts.phase {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            if mid_user_calls.is_none() && started.elapsed() >= opts.phase / 2 {
+                mid_user_calls = Some(user_counts(&users).0);
+            }
             ejected_seen.extend(orders_client.core().channel().ejected_ids());
             if Instant::now() >= next_slice {
                 next_slice += SLICE;
@@ -432,6 +438,8 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
             retries: delta("steadfast_client_retries_total") as u64,
             transitions,
             downstream_calls: user_counts(&users).0 - before_user_calls,
+            second_half_downstream_calls: user_counts(&users).0
+                - mid_user_calls.unwrap_or(before_user_calls),
             ..PhaseResult::default()
         });
     }
