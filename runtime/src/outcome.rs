@@ -254,6 +254,7 @@ struct Inner {
     outcome: OnceLock<AttemptOutcome>,
     committed: AtomicBool,
     endpoint: Mutex<Option<Arc<str>>>,
+    address: OnceLock<Arc<str>>,
     reporter: OnceLock<Reporter>,
     reported: AtomicBool,
 }
@@ -324,6 +325,14 @@ impl AttemptInfo {
     pub fn set_endpoint(&self, id: Arc<str>, reporter: Reporter) {
         *self.0.endpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
         let _ = self.0.reporter.set(reporter);
+    }
+    /// Records the address (`http://host:port`) of the endpoint the balancer chose.
+    pub fn set_address(&self, address: Arc<str>) {
+        let _ = self.0.address.set(address);
+    }
+    /// The address of the endpoint that served the attempt, if a balancer chose one.
+    pub fn address(&self) -> Option<&str> {
+        self.0.address.get().map(|a| &**a)
     }
     /// The endpoint that served the attempt, if a balancer chose one.
     pub fn endpoint(&self) -> Option<Arc<str>> {

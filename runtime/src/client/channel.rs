@@ -167,6 +167,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 let self_report = match &commit {
                     Some(info) => {
                         let (pool, slot) = (pool.clone(), slot.clone());
+                        info.set_address(slot.addr.clone());
                         info.set_endpoint(
                             slot.id.clone(),
                             Box::new(move |outcome| pool.report(&slot, outcome)),

@@ -37,7 +37,7 @@ use crate::registry::{Instance, Instances, Registry};
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) id: Arc<str>,
-    addr: String,
+    pub(crate) addr: Arc<str>,
     pub(crate) channel: tonic::transport::Channel,
     /// Ejected while the pool's clock is below this (ms); 0 = never ejected.
     ejected_until_ms: AtomicU64,
@@ -125,7 +125,7 @@ impl Pool {
     fn update(&self, instances: &[Instance]) {
         let old = self.snapshot();
         let mut kept: HashMap<(&str, &str), &Arc<Slot>> =
-            old.iter().map(|s| ((&*s.id, s.addr.as_str()), s)).collect();
+            old.iter().map(|s| ((&*s.id, &*s.addr), s)).collect();
         let mut next = Vec::with_capacity(instances.len());
         for i in instances {
             if let Some(s) = kept.remove(&(i.id.as_str(), i.addr.as_str())) {
@@ -142,7 +142,7 @@ impl Pool {
             match (self.config.endpoint)(&uri) {
                 Ok(ep) => next.push(Arc::new(Slot {
                     id: i.id.as_str().into(),
-                    addr: i.addr.clone(),
+                    addr: i.addr.as_str().into(),
                     channel: ep.connect_lazy(),
                     ejected_until_ms: AtomicU64::new(0),
                     multiplier: AtomicU32::new(0),

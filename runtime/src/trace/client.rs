@@ -230,12 +230,20 @@ where
                     record_names(this.span, service, &names.method);
                 }
             }
-            Finish::Attempt(Some(info)) => {
+            Finish::Attempt(Some(info)) if !this.span.is_disabled() => {
                 if let Some(endpoint) = info.endpoint() {
                     this.span.record("steadfast.endpoint", &*endpoint);
                 }
+                if let Some(uri) = info.address().and_then(|a| a.parse::<http::Uri>().ok()) {
+                    if let Some(host) = uri.host() {
+                        this.span.record("server.address", host);
+                    }
+                    if let Some(port) = uri.port_u16() {
+                        this.span.record("server.port", port);
+                    }
+                }
             }
-            Finish::Call(None) | Finish::Attempt(None) => {}
+            Finish::Call(None) | Finish::Attempt(_) => {}
         }
         let code = match &out {
             Ok(_) => tonic::Code::Ok,

@@ -14,7 +14,8 @@ use crate::Context;
 use crate::outcome::AttemptInfo;
 
 /// Opens a span for every attempt (`grpc.attempt`, with `rpc.grpc.attempt`, the status
-/// code and the endpoint that served it), a child of the call's span, and writes its trace
+/// code, and the endpoint that served it: `steadfast.endpoint` (instance id),
+/// `server.address` and `server.port`), a child of the call's span, and writes its trace
 /// context (`traceparent`, `tracestate`, `X-Trace-ID`) into the attempt's metadata: each
 /// attempt has its own span id, and the callee's span is its child. The call's context is
 /// its [`Context`] (a request extension set by the client stack), else the running task's,
@@ -110,6 +111,8 @@ where
             rpc.grpc.attempt = attempt,
             rpc.grpc.status_code = tracing::field::Empty,
             steadfast.endpoint = tracing::field::Empty,
+            server.address = tracing::field::Empty,
+            server.port = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             parent_span_id = tracing::field::Empty,

@@ -316,7 +316,10 @@ pub fn extract_metadata(metadata: &MetadataMap) -> TraceContext {
 }
 
 /// Writes `traceparent`, `tracestate` (when not empty) and `x-trace-id` for a call made
-/// from `ctx`.
+/// from `ctx`: the callee's parent is `ctx`'s span, as given. An outgoing request should be
+/// a span of its own, so that two requests from one handler do not share a parent id:
+/// [`PropagateLayer`] and every resilient client open one per request (per attempt) and
+/// inject its context; by hand, inject `ctx.child()` and record that span.
 ///
 /// ```
 /// let ctx = steadfast::trace::TraceContext::new_root();
