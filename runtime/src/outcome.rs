@@ -192,23 +192,21 @@ pub(crate) fn classify_http(
             }
             AttemptOutcome::Transport
         }
-        Ok(response) => {
-            let headers = response.headers();
-            match headers.get("grpc-status") {
-                None => AttemptOutcome::Success,
-                Some(v) => {
-                    let code = tonic::Code::from_bytes(v.as_bytes());
-                    if code == tonic::Code::Ok {
-                        AttemptOutcome::Success
-                    } else if headers.contains_key(PASSED_THROUGH_KEY) {
-                        AttemptOutcome::PassedThrough(code)
-                    } else {
-                        AttemptOutcome::Remote(code)
-                    }
-                }
-            }
-        }
+        // Headers without a status: the status comes in the trailers, after a response.
+        Ok(response) => classify_status(response.headers()).unwrap_or(AttemptOutcome::Success),
     }
+}
+
+/// The outcome the `grpc-status` of headers or trailers tells, if they carry one.
+pub(crate) fn classify_status(headers: &http::HeaderMap) -> Option<AttemptOutcome> {
+    let code = tonic::Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    Some(if code == tonic::Code::Ok {
+        AttemptOutcome::Success
+    } else if headers.contains_key(PASSED_THROUGH_KEY) {
+        AttemptOutcome::PassedThrough(code)
+    } else {
+        AttemptOutcome::Remote(code)
+    })
 }
 
 /// Marks `status` as relayed from `service` (kept as it is when already marked, so the

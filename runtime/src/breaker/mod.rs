@@ -39,6 +39,7 @@
 //! state is one atomic load and a mutex is taken only on transitions.
 
 mod config;
+mod http;
 mod layer;
 mod registry;
 mod state;
@@ -57,6 +58,7 @@ use tonic::metadata::MetadataValue;
 use crate::outcome::{AttemptInfo, AttemptOutcome, classify};
 
 pub use self::config::{BreakerConfig, BreakerConfigBuilder, DEFAULT_FAILURE_CODES};
+pub use self::http::{HttpBreaker, HttpBreakerFuture, HttpBreakerLayer};
 pub use self::layer::BreakerLayer;
 pub use self::registry::BreakerRegistry;
 pub(crate) use self::state::OwnedPermit;

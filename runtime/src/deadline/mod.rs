@@ -1,9 +1,11 @@
 //! Deadlines across hops: on servers, enforce the caller's `grpc-timeout` and hand it to the
 //! handler ([`DeadlineLayer`]); on clients, set each call's overall deadline
-//! ([`CallDeadlineLayer`]) and bound each attempt by it ([`AttemptTimeoutLayer`]).
+//! ([`CallDeadlineLayer`]) and bound each attempt by it ([`AttemptTimeoutLayer`]); on a
+//! plain tonic `Channel`, bound each call the same way ([`HttpDeadlineLayer`]).
 
 mod client;
 mod future;
+mod http;
 mod layer;
 
 use std::task::{Context as TaskContext, Poll};
@@ -12,6 +14,7 @@ pub use self::client::{
     AttemptFuture, AttemptTimeout, AttemptTimeoutLayer, CallDeadline, CallDeadlineLayer,
 };
 pub use self::future::ResponseFuture;
+pub use self::http::{HttpDeadline, HttpDeadlineFuture, HttpDeadlineLayer};
 pub use self::layer::DeadlineLayer;
 use crate::wire::sanitize;
 pub use crate::wire::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
@@ -58,9 +61,9 @@ impl<S> Deadline<S> {
     }
 }
 
-impl<S, B> tower_service::Service<http::Request<B>> for Deadline<S>
+impl<S, B> tower_service::Service<::http::Request<B>> for Deadline<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower_service::Service<::http::Request<B>, Response = ::http::Response<tonic::body::Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -70,7 +73,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: ::http::Request<B>) -> Self::Future {
         let timeout = req.headers().get(GRPC_TIMEOUT).and_then(|value| {
             parse_grpc_timeout(value.as_bytes())
                 .map_err(|why| {

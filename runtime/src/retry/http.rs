@@ -316,6 +316,14 @@ impl Shared {
                     return result;
                 }
                 AttemptOutcome::PassedThrough(_) => return result,
+                // A breaker below failed fast: the downstream was not asked, and asking
+                // again now would only be refused again.
+                _ if result.as_ref().is_ok_and(|r| {
+                    r.headers().contains_key(crate::breaker::OPEN_REJECTION_KEY)
+                }) =>
+                {
+                    return result;
+                }
                 AttemptOutcome::NotSent if transparent < MAX_TRANSPARENT_RETRIES => {
                     transparent += 1;
                     attempts -= 1;

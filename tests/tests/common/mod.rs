@@ -65,6 +65,14 @@ impl Scripted {
         self.seen.lock().unwrap().len()
     }
 
+    /// Replaces what is left of the script (the last action repeats when it runs out).
+    pub fn script(&self, actions: impl IntoIterator<Item = Action>) {
+        let mut script = self.script.lock().unwrap();
+        script.clear();
+        script.extend(actions);
+        *self.last.lock().unwrap() = None;
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
