@@ -48,6 +48,15 @@ struct Args {
     /// Run the server and print its address (used by the bench itself).
     #[arg(long, hide = true)]
     serve: bool,
+    /// Instead of the timed rounds: warm up, then make this many calls one after another
+    /// with the variant `--variant` and exit. For counting instructions with
+    /// `valgrind --tool=callgrind`, which is exact whatever else the machine does: the
+    /// difference between two counts (N and 2N calls) is the cost of N calls.
+    #[arg(long)]
+    calls: Option<u64>,
+    /// The variant for `--calls`, by its number in the table (0 is raw tonic).
+    #[arg(long, default_value_t = 0)]
+    variant: usize,
 }
 
 #[steadfast::resilient_client(service = "overhead-user", client = UserServiceClient,
@@ -373,8 +382,31 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
     Ok(serde_json::Value::Object(json))
 }
 
+/// `--calls`: one variant, calls one after another (see [`Args::calls`]).
+async fn sequential(calls: u64, variant: usize) -> Result<(), BoxError> {
+    let (server, addr) = spawn_server()?;
+    let variants = variants(&addr).await?;
+    let (name, call) = variants.get(variant).ok_or("no such variant")?;
+    for i in 0..200 {
+        call(i).await;
+    }
+    let mut errors = 0;
+    for i in 0..calls {
+        errors += u64::from(!call(i).await);
+    }
+    eprintln!("{name}: {calls} calls, {errors} errors");
+    drop(server);
+    Ok(())
+}
+
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    if let Some(calls) = args.calls {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(sequential(calls, args.variant));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

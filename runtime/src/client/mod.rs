@@ -247,14 +247,17 @@ where
     if request.extensions().get::<crate::Context>().is_none() {
         request.extensions_mut().insert(crate::Context::current());
     }
-    request
-        .extensions_mut()
-        .insert(crate::trace::CallerSpan(tracing::Span::current()));
+
     let request = match &core.inner.wire.interceptor {
         Some(interceptor) => intercept(interceptor, request),
         None => Ok(request),
     };
-    let svc: stack::MethodStack<F> = stack(&core.inner.methods[index], tower::service_fn(attempt));
+    // The caller's span, now: the call's span is its child even when the call is spawned.
+    let svc: stack::MethodStack<F> = stack::stack_for_call(
+        &core.inner.methods[index],
+        tower::service_fn(attempt),
+        tracing::Span::current(),
+    );
     async move {
         tower::ServiceExt::oneshot(svc, request?)
             .await

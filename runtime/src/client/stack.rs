@@ -14,7 +14,7 @@ use crate::deadline::{AttemptTimeout, AttemptTimeoutLayer, CallDeadline, CallDea
 use crate::metrics::{CallMetrics, CallMetricsLayer};
 use crate::outcome::{MarkRelayed, MarkRelayedLayer};
 use crate::retry::{CallPolicy, Retry, RetryLayer};
-use crate::trace::{ClientSpan, PropagateMetadata, PropagateMetadataLayer};
+use crate::trace::{ClientSpan, ClientSpanLayer, PropagateMetadata, PropagateMetadataLayer};
 
 /// The type of [`stack`] around the service `S`.
 pub type ClientStack<S> = ClientSpan<
@@ -59,9 +59,26 @@ pub type ClientStack<S> = ClientSpan<
 /// # }
 /// ```
 pub fn stack<S>(policy: &Arc<CallPolicy>, inner: S) -> ClientStack<S> {
+    build(policy, inner, policy.client_span_layer())
+}
+
+/// [`stack`] for one call made from the span `caller`.
+pub(crate) fn stack_for_call<S>(
+    policy: &Arc<CallPolicy>,
+    inner: S,
+    caller: tracing::Span,
+) -> ClientStack<S> {
+    build(
+        policy,
+        inner,
+        policy.client_span_layer().with_caller(caller),
+    )
+}
+
+fn build<S>(policy: &Arc<CallPolicy>, inner: S, span: ClientSpanLayer) -> ClientStack<S> {
     ServiceBuilder::new()
         // The call's span, child of the caller's; the call's trace context becomes its.
-        .layer(policy.client_span_layer())
+        .layer(span)
         // One count and one latency sample per call, by final code.
         .layer(CallMetricsLayer::new(policy.method_metrics()))
         // Errors we return carry their origin to the callers up the chain.

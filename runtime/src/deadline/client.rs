@@ -194,6 +194,10 @@ where
         };
         if let Some(bound) = bound {
             req.set_timeout(bound);
+            // A new value on every request: never indexed (see `trace::inject_metadata`).
+            if let Some(v) = req.metadata_mut().get_mut(crate::wire::GRPC_TIMEOUT) {
+                v.set_sensitive(true);
+            }
         }
         let info = match req.extensions().get::<AttemptInfo>() {
             Some(info) => info.clone(),

@@ -18,15 +18,10 @@ use tracing::instrument::Instrumented;
 use crate::Context;
 use crate::outcome::AttemptInfo;
 
-/// The caller's `tracing` span, captured when a call is made (before it is spawned or
-/// polled elsewhere), so the call's span is its child.
+/// The caller's `tracing` span, as a request extension: the call's span is its child
+/// (else the current span when the call is first polled is).
 #[derive(Clone, Debug)]
 pub struct CallerSpan(pub tracing::Span);
-
-/// The span of one call, kept in its request's extensions so that every attempt's span is
-/// its child.
-#[derive(Clone, Debug)]
-pub(crate) struct CallSpan(pub(crate) tracing::Span);
 
 /// Opens the client span of each call, a child of the caller's current `tracing` span (or
 /// of the [`CallerSpan`] in the request's extensions), with the attributes of the
@@ -53,6 +48,7 @@ pub(crate) struct CallSpan(pub(crate) tracing::Span);
 #[derive(Clone, Debug)]
 pub struct ClientSpanLayer {
     names: Arc<Names>,
+    caller: Option<tracing::Span>,
 }
 
 #[derive(Debug)]
@@ -79,7 +75,15 @@ impl ClientSpanLayer {
                 method: method.into(),
                 service: known,
             }),
+            caller: None,
         }
+    }
+
+    /// The same layer for one call whose caller's span is `caller` (captured where the call
+    /// was made, before it was spawned or polled elsewhere).
+    pub fn with_caller(mut self, caller: tracing::Span) -> Self {
+        self.caller = Some(caller);
+        self
     }
 }
 
@@ -106,6 +110,7 @@ impl<S> Layer<S> for ClientSpanLayer {
         ClientSpan {
             inner,
             names: self.names.clone(),
+            caller: self.caller.clone(),
         }
     }
 }
@@ -115,6 +120,7 @@ impl<S> Layer<S> for ClientSpanLayer {
 pub struct ClientSpan<S> {
     inner: S,
     names: Arc<Names>,
+    caller: Option<tracing::Span>,
 }
 
 impl<S> ClientSpan<S> {
@@ -137,10 +143,13 @@ where
     }
 
     fn call(&mut self, mut req: tonic::Request<M>) -> Self::Future {
-        let caller = req
-            .extensions_mut()
-            .remove::<CallerSpan>()
-            .map_or_else(tracing::Span::current, |c| c.0);
+        let caller = match self.caller.take() {
+            Some(caller) => caller,
+            None => req
+                .extensions_mut()
+                .remove::<CallerSpan>()
+                .map_or_else(tracing::Span::current, |c| c.0),
+        };
         let names = &self.names;
         let service = names.service.get();
         if service.is_none() {
@@ -166,11 +175,10 @@ where
         }
         let parent = super::caller_context(&caller, Context::of_call(req.extensions_mut()).trace());
         let ctx = super::child_of(&parent, &span, &caller);
-        let call_ctx = Context::of_call(req.extensions_mut())
-            .clone()
-            .with_trace(ctx);
-        req.extensions_mut().insert(call_ctx);
-        req.extensions_mut().insert(CallSpan(span.clone()));
+        Context::of_call(req.extensions_mut());
+        if let Some(call) = req.extensions_mut().get_mut::<Context>() {
+            call.set_trace(ctx);
+        }
         SpanFuture::new(
             self.inner.call(req).instrument(span.clone()),
             span,

@@ -104,6 +104,11 @@ impl Context {
         self
     }
 
+    /// Sets the trace context in place.
+    pub(crate) fn set_trace(&mut self, trace: super::TraceContext) {
+        self.trace = Some(trace);
+    }
+
     /// The trace context, if the request has one.
     pub fn trace(&self) -> Option<&super::TraceContext> {
         self.trace.as_ref()

@@ -8,7 +8,6 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
-use super::CallSpan;
 use super::client::{Finish, SpanFuture};
 use crate::Context;
 use crate::outcome::AttemptInfo;
@@ -92,10 +91,8 @@ where
             .trace()
             .cloned()
             .expect("of_call gives every call a trace");
-        let parent = req
-            .extensions()
-            .get::<CallSpan>()
-            .map_or_else(tracing::Span::current, |s| s.0.clone());
+        // Attempts are made while the call's future runs, inside the call's span.
+        let parent = tracing::Span::current();
         // Set by the retry layer on every attempt after the first (gRFC A6).
         let attempt = req
             .metadata()

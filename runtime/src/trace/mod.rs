@@ -41,7 +41,6 @@ use http::HeaderMap;
 use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 
-pub(crate) use self::client::CallSpan;
 pub use self::client::{CallerSpan, ClientSpan, ClientSpanLayer, LearnSpanService, SpanFuture};
 pub use self::ids::{SpanId, TraceId};
 pub(crate) use self::layer::RequestPath;
@@ -345,10 +344,18 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
 }
 
 /// [`inject`] into gRPC metadata.
+///
+/// The values are new on every request, so they are sent as HPACK literals that are never
+/// indexed: adding them to the connection's header table would only evict the entries that
+/// do repeat (content type, user agent, authority) and make every request larger.
 pub fn inject_metadata(ctx: &TraceContext, metadata: &mut MetadataMap) {
+    let unindexed = |mut v: tonic::metadata::AsciiMetadataValue| {
+        v.set_sensitive(true);
+        v
+    };
     let tp = traceparent::format(ctx.trace_id, ctx.span_id, ctx.flags);
     if let Ok(v) = tonic::metadata::MetadataValue::try_from(&tp[..]) {
-        metadata.insert(TRACEPARENT, v);
+        metadata.insert(TRACEPARENT, unindexed(v));
     }
     if !ctx.state.is_empty()
         && let Ok(v) = tonic::metadata::MetadataValue::try_from(ctx.state.as_str())
@@ -356,7 +363,7 @@ pub fn inject_metadata(ctx: &TraceContext, metadata: &mut MetadataMap) {
         metadata.insert(TRACESTATE, v);
     }
     if let Ok(v) = tonic::metadata::MetadataValue::try_from(&ctx.trace_id.to_hex()[..]) {
-        metadata.insert(X_TRACE_ID, v);
+        metadata.insert(X_TRACE_ID, unindexed(v));
     }
 }
 

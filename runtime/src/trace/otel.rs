@@ -38,11 +38,14 @@ pub fn from_otel(cx: &opentelemetry::Context) -> Option<TraceContext> {
 }
 
 fn remote(ctx: &TraceContext, span_id: SpanId) -> opentelemetry::Context {
-    let state = ctx
-        .state()
-        .as_str()
-        .parse::<OtelState>()
-        .unwrap_or_default();
+    let state = if ctx.state().is_empty() {
+        OtelState::default()
+    } else {
+        ctx.state()
+            .as_str()
+            .parse::<OtelState>()
+            .unwrap_or_default()
+    };
     let sc = SpanContext::new(
         opentelemetry::trace::TraceId::from_bytes(ctx.trace_id().to_bytes()),
         opentelemetry::trace::SpanId::from_bytes(span_id.to_bytes()),
@@ -57,6 +60,10 @@ fn remote(ctx: &TraceContext, span_id: SpanId) -> opentelemetry::Context {
 /// returns `ctx` with the ids OpenTelemetry assigned (unchanged when no OpenTelemetry layer
 /// is installed).
 pub(crate) fn bind(span: &tracing::Span, ctx: TraceContext) -> TraceContext {
+    // No subscriber records the span: there is no OpenTelemetry span to bind.
+    if span.is_disabled() {
+        return ctx;
+    }
     if let Some(parent) = ctx.parent_id() {
         let _ = span.set_parent(remote(&ctx, parent));
     }
@@ -66,6 +73,9 @@ pub(crate) fn bind(span: &tracing::Span, ctx: TraceContext) -> TraceContext {
 /// `ctx` with the ids OpenTelemetry gave `span` (its parent comes from `tracing`), or
 /// unchanged when no OpenTelemetry layer is installed.
 pub(crate) fn adopt(span: &tracing::Span, ctx: TraceContext) -> TraceContext {
+    if span.is_disabled() {
+        return ctx;
+    }
     let cx = span.context();
     let otel = cx.span();
     let sc = otel.span_context();
@@ -81,7 +91,7 @@ pub(crate) fn adopt(span: &tracing::Span, ctx: TraceContext) -> TraceContext {
 /// The OpenTelemetry context of `span` as the parent of a new span: its trace, its span id
 /// as `span_id`; `None` when it has no valid OpenTelemetry span (no layer, or disabled).
 pub(crate) fn span_context(span: &tracing::Span) -> Option<TraceContext> {
-    if span.is_none() {
+    if span.is_disabled() {
         return None;
     }
     let cx = span.context();
