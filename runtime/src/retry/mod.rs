@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tower::ServiceExt;
 
-pub use self::config::{MethodName, ServiceConfig};
+pub use self::config::{HedgingPolicy, MethodConfig, MethodName, ServiceConfig};
 pub use self::http::{DEFAULT_BUFFER_LIMIT, HttpRetry, HttpRetryFuture, HttpRetryLayer};
 pub use self::layer::RetryLayer;
 pub use self::policy::{MAX_ATTEMPTS_LIMIT, RetryPolicy, RetryPolicyBuilder};

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::json::{Fields, bad};
+
 use crate::Error;
 
 /// Outlier detection: which endpoints of a service stop receiving calls for a while.
@@ -250,50 +252,11 @@ impl OutlierDetection {
 /// writes `outlier_detection_experimental`).
 const LB_NAMES: [&str; 2] = ["outlier_detection", "outlier_detection_experimental"];
 
-fn bad(path: &str, what: impl std::fmt::Display) -> Error {
-    Error::ServiceConfig(format!("`{path}` {what}"))
-}
-
-fn obj<'a>(path: &str, v: &'a Value) -> Result<&'a serde_json::Map<String, Value>, Error> {
-    v.as_object()
-        .ok_or_else(|| bad(path, "must be a JSON object"))
-}
-
-fn uint(
-    path: &str,
-    m: &serde_json::Map<String, Value>,
-    key: &str,
-    default: u32,
-) -> Result<u32, Error> {
-    match m.get(key) {
+/// A whole number field as `u32`, `default` when absent.
+fn uint(f: &Fields<'_>, camel: &str, default: u32) -> Result<u32, Error> {
+    match f.uint(camel)? {
         None => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                bad(
-                    &format!("{path}.{key}"),
-                    format!("is {v}; write a whole number"),
-                )
-            }),
-    }
-}
-
-fn dur(
-    path: &str,
-    m: &serde_json::Map<String, Value>,
-    key: &str,
-    default: Duration,
-) -> Result<Duration, Error> {
-    match m.get(key) {
-        None => Ok(default),
-        Some(Value::String(s)) => {
-            crate::duration::parse(s).map_err(|why| bad(&format!("{path}.{key}"), why))
-        }
-        Some(v) => Err(bad(
-            &format!("{path}.{key}"),
-            format!("is {v}; write a duration string such as \"10s\""),
-        )),
+        Some(n) => u32::try_from(n).map_err(|_| bad(&f.at(camel), format!("is {n}; too large"))),
     }
 }
 
@@ -312,10 +275,31 @@ impl OutlierDetection {
         };
         for (i, entry) in entries.iter().enumerate() {
             let path = format!("loadBalancingConfig[{i}]");
-            for (name, body) in obj(&path, entry)? {
-                if LB_NAMES.contains(&name.as_str()) {
-                    let od = Self::from_a50(&format!("{path}.{name}"), body)?;
-                    return Ok(Some(od));
+            let Some(policies) = entry.as_object() else {
+                return Err(bad(&path, "must be a JSON object"));
+            };
+            for (name, body) in policies {
+                match name.as_str() {
+                    n if LB_NAMES.contains(&n) => {
+                        let od = Self::from_a50(&format!("{path}.{name}"), body)?;
+                        return Ok(Some(od));
+                    }
+                    // What steadfast does anyway: round-robin over instances in good
+                    // standing.
+                    "round_robin" => return Ok(None),
+                    "pick_first" => {
+                        tracing::warn!(
+                            field = %format!("{path}.{name}"),
+                            "pick_first is not followed: steadfast balances round-robin over \
+                             instances in good standing"
+                        );
+                        return Ok(None);
+                    }
+                    // gRPC takes the first policy it knows; so does steadfast.
+                    other => tracing::warn!(
+                        field = %format!("{path}.{other}"),
+                        "skipping a load balancing policy steadfast does not know"
+                    ),
                 }
             }
         }
@@ -323,52 +307,57 @@ impl OutlierDetection {
     }
 
     fn from_a50(path: &str, body: &Value) -> Result<OutlierDetection, Error> {
-        let m = obj(path, body)?;
+        let m = Fields::new(path, body)?;
         let d = OutlierDetection::default();
         let sr = match m.get("successRateEjection") {
             None => None,
             Some(v) => {
-                let p = format!("{path}.successRateEjection");
-                let s = obj(&p, v)?;
+                let s = Fields::new(m.at("successRateEjection"), v)?;
                 let base = SuccessRateEjection::default();
-                Some(SuccessRateEjection {
-                    stdev_factor: f64::from(uint(&p, s, "stdevFactor", 1900)?) / 1000.0,
+                let rule = SuccessRateEjection {
+                    stdev_factor: f64::from(uint(&s, "stdevFactor", 1900)?) / 1000.0,
                     enforcement_percentage: uint(
-                        &p,
-                        s,
+                        &s,
                         "enforcementPercentage",
                         base.enforcement_percentage,
                     )?,
-                    minimum_hosts: uint(&p, s, "minimumHosts", base.minimum_hosts)?,
-                    request_volume: uint(&p, s, "requestVolume", base.request_volume)?,
-                })
+                    minimum_hosts: uint(&s, "minimumHosts", base.minimum_hosts)?,
+                    request_volume: uint(&s, "requestVolume", base.request_volume)?,
+                };
+                s.warn_unknown();
+                Some(rule)
             }
         };
         let fp = match m.get("failurePercentageEjection") {
             None => None,
             Some(v) => {
-                let p = format!("{path}.failurePercentageEjection");
-                let f = obj(&p, v)?;
-                Some(FailurePercentageEjection {
-                    threshold: uint(&p, f, "threshold", 85)?,
-                    enforcement_percentage: uint(&p, f, "enforcementPercentage", 100)?,
+                let f = Fields::new(m.at("failurePercentageEjection"), v)?;
+                let rule = FailurePercentageEjection {
+                    threshold: uint(&f, "threshold", 85)?,
+                    enforcement_percentage: uint(&f, "enforcementPercentage", 100)?,
                     // A50's own defaults here, not steadfast's small-deployment ones.
-                    minimum_hosts: uint(&p, f, "minimumHosts", 5)?,
-                    request_volume: uint(&p, f, "requestVolume", 50)?,
-                })
+                    minimum_hosts: uint(&f, "minimumHosts", 5)?,
+                    request_volume: uint(&f, "requestVolume", 50)?,
+                };
+                f.warn_unknown();
+                Some(rule)
             }
         };
         let optional = |key: &str, default: Option<u32>| -> Result<Option<u32>, Error> {
-            match m.get(key) {
-                None => Ok(default),
-                Some(_) => Ok(Some(uint(path, m, key, 0)?).filter(|n| *n > 0)),
-            }
+            Ok(match m.uint(key)? {
+                None => default,
+                Some(_) => Some(uint(&m, key, 0)?).filter(|n| *n > 0),
+            })
         };
         let od = OutlierDetection {
-            interval: dur(path, m, "interval", d.interval)?,
-            base_ejection_time: dur(path, m, "baseEjectionTime", d.base_ejection_time)?,
-            max_ejection_time: dur(path, m, "maxEjectionTime", d.max_ejection_time)?,
-            max_ejection_percent: uint(path, m, "maxEjectionPercent", d.max_ejection_percent)?,
+            interval: m.duration("interval")?.unwrap_or(d.interval),
+            base_ejection_time: m
+                .duration("baseEjectionTime")?
+                .unwrap_or(d.base_ejection_time),
+            max_ejection_time: m
+                .duration("maxEjectionTime")?
+                .unwrap_or(d.max_ejection_time),
+            max_ejection_percent: uint(&m, "maxEjectionPercent", d.max_ejection_percent)?,
             success_rate: sr,
             failure_percentage: fp,
             consecutive_local_origin_failure: optional(
@@ -377,6 +366,9 @@ impl OutlierDetection {
             )?,
             consecutive_failure: optional("consecutiveFailure", d.consecutive_failure)?,
         };
+        // The child policy is the balancing below outlier detection: round-robin here.
+        let _ = m.get("childPolicy");
+        m.warn_unknown();
         od.validate()
             .map_err(|e| bad(path, format!("is invalid: {e}")))?;
         Ok(od)
