@@ -29,6 +29,9 @@ pub(crate) mod kw {
     syn::custom_keyword!(half_open_max_calls);
     syn::custom_keyword!(half_open_successes);
     syn::custom_keyword!(failures);
+    syn::custom_keyword!(hedge);
+    syn::custom_keyword!(delay);
+    syn::custom_keyword!(non_fatal);
 }
 
 /// `#[resilient_client(...)]` arguments.
@@ -39,6 +42,7 @@ pub(crate) struct ClientArgs {
     pub(crate) grpc_service: Option<LitStr>,
     pub(crate) timeout: Option<LitStr>,
     pub(crate) retry: Option<RetryArgs>,
+    pub(crate) hedge: Option<(Span, HedgeArgs)>,
     pub(crate) throttle: Option<ThrottleArgs>,
     pub(crate) breaker: Option<BreakerArgs>,
 }
@@ -65,6 +69,14 @@ pub(crate) struct RetryArgs {
     pub(crate) multiplier: Option<Lit>,
     pub(crate) per_attempt_timeout: Option<LitStr>,
     pub(crate) on: Option<(Span, Vec<Ident>)>,
+}
+
+/// `hedge(...)` arguments, at trait or method level.
+#[derive(Default, Clone)]
+pub(crate) struct HedgeArgs {
+    pub(crate) max_attempts: Option<LitInt>,
+    pub(crate) delay: Option<LitStr>,
+    pub(crate) non_fatal: Option<(Span, Vec<Ident>)>,
 }
 
 /// `throttle(...)` arguments.
@@ -134,6 +146,11 @@ impl Parse for ClientArgs {
                 let content;
                 parenthesized!(content in input);
                 set_once(&mut args.retry, &k, "retry", content.parse()?)
+            } else if look.peek(kw::hedge) {
+                let k: kw::hedge = input.parse()?;
+                let content;
+                parenthesized!(content in input);
+                set_once(&mut args.hedge, &k, "hedge", (k.span, content.parse()?))
             } else if look.peek(kw::breaker) {
                 let k: kw::breaker = input.parse()?;
                 let content;
@@ -185,6 +202,28 @@ impl Parse for RetryArgs {
             } else if look.peek(kw::on) {
                 let k: kw::on = input.parse()?;
                 set_once(&mut args.on, &k, "on", code_list(input)?)
+            } else {
+                Err(look.error())
+            }
+        })?;
+        Ok(args)
+    }
+}
+
+impl Parse for HedgeArgs {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut args = HedgeArgs::default();
+        parse_keys(input, |input| {
+            let look = input.lookahead1();
+            if look.peek(kw::max_attempts) {
+                let k: kw::max_attempts = input.parse()?;
+                set_once(&mut args.max_attempts, &k, "max_attempts", value(input)?)
+            } else if look.peek(kw::delay) {
+                let k: kw::delay = input.parse()?;
+                set_once(&mut args.delay, &k, "delay", value(input)?)
+            } else if look.peek(kw::non_fatal) {
+                let k: kw::non_fatal = input.parse()?;
+                set_once(&mut args.non_fatal, &k, "non_fatal", code_list(input)?)
             } else {
                 Err(look.error())
             }
@@ -277,6 +316,7 @@ impl Parse for ThrottleArgs {
 pub(crate) struct MethodArgs {
     pub(crate) no_retry: Option<syn::Attribute>,
     pub(crate) retry: Option<(Span, RetryArgs)>,
+    pub(crate) hedge: Option<(Span, HedgeArgs)>,
     pub(crate) timeout: Option<LitStr>,
 }
 
@@ -292,7 +332,7 @@ pub(crate) fn helper_name(attr: &syn::Attribute) -> Option<&'static str> {
     if !qualified_ok {
         return None;
     }
-    ["no_retry", "retry", "timeout"]
+    ["no_retry", "retry", "hedge", "timeout"]
         .into_iter()
         .find(|name| *name == last)
 }
@@ -310,6 +350,9 @@ pub(crate) fn method_args(attrs: &[syn::Attribute]) -> syn::Result<MethodArgs> {
             Some("retry") => attr
                 .parse_args::<RetryArgs>()
                 .and_then(|r| set_once(&mut args.retry, attr, "retry", (attr_span(attr), r))),
+            Some("hedge") => attr
+                .parse_args::<HedgeArgs>()
+                .and_then(|h| set_once(&mut args.hedge, attr, "hedge", (attr_span(attr), h))),
             Some("timeout") => match &attr.meta {
                 syn::Meta::NameValue(nv) => match &nv.value {
                     syn::Expr::Lit(syn::ExprLit {

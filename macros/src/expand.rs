@@ -265,11 +265,23 @@ fn method_spec(m: &Method) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    let hedging = match &m.hedge {
+        Some(h) => {
+            let max = h.max_attempts;
+            let delay = duration(h.delay);
+            let codes = h.non_fatal_codes.bits();
+            quote!(::core::option::Option::Some(
+                ::steadfast::__private::HedgingPolicy::__from_macro(#max, #delay, #codes)
+            ))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     quote! {
         ::steadfast::__private::MethodSpec {
             grpc_method: #grpc_method,
             timeout: ::core::option::Option::Some(#timeout),
             retry: #retry,
+            hedging: #hedging,
         }
     }
 }

@@ -40,6 +40,12 @@ pub fn retry(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::helper_outside_client("retry", args.into(), item.into()).into()
 }
 
+/// Hedges the calls of one method of a `#[resilient_client]` trait (gRFC A6 hedging).
+#[proc_macro_attribute]
+pub fn hedge(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::helper_outside_client("hedge", args.into(), item.into()).into()
+}
+
 /// Overrides the overall timeout of one method of a `#[resilient_client]` trait.
 #[proc_macro_attribute]
 pub fn timeout(args: TokenStream, item: TokenStream) -> TokenStream {

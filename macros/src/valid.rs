@@ -8,7 +8,7 @@ mod policy;
 use std::time::Duration;
 
 use proc_macro2::Span;
-use steadfast_spec::{BreakerSpec, RetrySpec, ThrottleSpec};
+use steadfast_spec::{BreakerSpec, HedgeSpec, RetrySpec, ThrottleSpec};
 use syn::{FnArg, Ident, ItemTrait, LitStr, Path, ReturnType, TraitItem, Type};
 
 use crate::attr::{self, BreakerArgs, ClientArgs, RetryArgs};
@@ -41,6 +41,7 @@ pub(crate) struct Method {
     pub(crate) request_form: bool,
     pub(crate) timeout: Duration,
     pub(crate) retry: Option<RetrySpec>,
+    pub(crate) hedge: Option<HedgeSpec>,
 }
 
 /// Collects errors so that all of them are reported together.
@@ -206,6 +207,30 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
                 "`no_retry` and `retry(...)` contradict each other; keep one",
             );
         }
+        if let (Some(attr), Some((span, _))) = (&margs.no_retry, &margs.hedge) {
+            let _ = attr;
+            errors.at(
+                *span,
+                "`no_retry` and `hedge(...)` contradict each other: a method that is not idempotent cannot be hedged; keep one",
+            );
+        }
+        if let (Some((span, _)), Some(_)) = (&margs.hedge, &margs.retry) {
+            errors.at(
+                *span,
+                "`hedge(...)` and `retry(...)` on one method: gRFC A6 allows one policy per method; keep one",
+            );
+        }
+        // Method level wins over trait level; `retry(...)` on a method turns the trait's
+        // hedging off for it, and `hedge(...)` on a method its retries.
+        let hedge = if margs.no_retry.is_some() || margs.retry.is_some() {
+            None
+        } else {
+            margs
+                .hedge
+                .as_ref()
+                .or(args.hedge.as_ref())
+                .and_then(|(_, h)| policy::hedge(&mut errors, h))
+        };
         let retry = if margs.no_retry.is_some() {
             None
         } else {
@@ -224,12 +249,22 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
                 message,
                 timeout,
                 retry,
+                hedge,
             });
         }
     }
     // Check the trait-level retry even when every method opts out, so typos surface.
     if args.retry.is_some() {
         let _ = policy::retry(&mut errors, trait_retry);
+    }
+    if let (Some((span, _)), Some(_)) = (&args.hedge, &args.retry) {
+        errors.at(
+            *span,
+            "`hedge(...)` and `retry(...)` on one client: gRFC A6 allows one policy per method; keep one, or put them on different methods",
+        );
+    }
+    if let Some((_, h)) = &args.hedge {
+        let _ = policy::hedge(&mut errors, h);
     }
     errors.finish()?;
     Ok(Client {

@@ -81,6 +81,24 @@
 //! `half_open_successes` 3, `failures = [..]` to change which codes count as failures). Retries are on by default: mark methods
 //! that are not idempotent `#[no_retry]`.
 //!
+//! Hedging (gRFC A6 `hedgingPolicy`, [`retry::HedgingPolicy`]) sends several copies of an
+//! idempotent call, the next one after `delay` or at once when a copy fails with a
+//! non-fatal code; the first good answer wins and the other copies are cancelled:
+//! `hedge(max_attempts = 3, delay = "20ms", non_fatal = [Unavailable])` on the client, or
+//! `#[hedge(...)]` on one method (the defaults are those values). A method has retries or
+//! hedging, not both; `#[no_retry]` methods are never hedged. Service config's
+//! `hedgingPolicy` does the same.
+//!
+//! ```
+//! # #[path = "../tests/ui/pass/fake.rs"] mod pb;
+//! #[steadfast::resilient_client(service = "user-svc", client = pb::UserClient)]
+//! trait Users {
+//!     // Reads: a slow replica costs 20 ms, not its latency.
+//!     #[steadfast::hedge(max_attempts = 3, delay = "20ms", non_fatal = [Unavailable])]
+//!     async fn get_user(&self, id: u64) -> Result<String, tonic::Status>;
+//! }
+//! ```
+//!
 //! The generated struct is named after the trait with a `Client` suffix. The trait stays an
 //! ordinary trait: write fakes for tests by implementing it by hand.
 //!
@@ -189,7 +207,7 @@ pub mod trace;
 mod wire;
 
 pub use error::Error;
-pub use steadfast_macros::{no_retry, resilient_client, retry, timeout, traced};
+pub use steadfast_macros::{hedge, no_retry, resilient_client, retry, timeout, traced};
 pub use trace::Context;
 pub use trace::spawn;
 
@@ -199,7 +217,7 @@ pub mod __private {
     pub use crate::Error;
     pub use crate::breaker::BreakerConfig;
     pub use crate::client::{Channel, ClientConfig, ClientCore, ClientSpec, MethodSpec, unary};
-    pub use crate::retry::RetryPolicy;
+    pub use crate::retry::{HedgingPolicy, RetryPolicy};
     pub use ::core::time::Duration;
     pub use ::tonic;
     pub use ::tonic::async_trait;

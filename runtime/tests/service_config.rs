@@ -53,7 +53,6 @@ fn a6s_examples_parse_in_json_and_proto_names() {
         .lookup("grpc.testing.TestService", "UnaryCall")
         .unwrap()
         .hedging
-        .clone()
         .unwrap();
     assert_eq!(h.max_attempts, 4);
     assert_eq!(h.hedging_delay, Duration::from_millis(500));

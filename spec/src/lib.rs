@@ -37,11 +37,13 @@ mod breaker;
 pub mod code;
 pub mod duration;
 mod error;
+mod hedge;
 mod retry;
 mod throttle;
 
 pub use crate::breaker::BreakerSpec;
 pub use crate::code::{Code, CodeSet};
 pub use crate::error::FieldError;
+pub use crate::hedge::HedgeSpec;
 pub use crate::retry::RetrySpec;
 pub use crate::throttle::ThrottleSpec;

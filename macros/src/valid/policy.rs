@@ -5,12 +5,14 @@
 use std::time::Duration;
 
 use proc_macro2::Span;
-use steadfast_spec::{BreakerSpec, Code, CodeSet, FieldError, RetrySpec, ThrottleSpec, duration};
+use steadfast_spec::{
+    BreakerSpec, Code, CodeSet, FieldError, HedgeSpec, RetrySpec, ThrottleSpec, duration,
+};
 use syn::spanned::Spanned;
 use syn::{Ident, Lit, LitInt, LitStr};
 
 use super::Errors;
-use crate::attr::{BreakerArgs, RetryArgs, ThrottleArgs};
+use crate::attr::{BreakerArgs, HedgeArgs, RetryArgs, ThrottleArgs};
 
 /// The checked retry policy, or `None` when something is wrong (and reported).
 pub(crate) fn retry(errors: &mut Errors, a: &RetryArgs) -> Option<RetrySpec> {
@@ -39,6 +41,26 @@ fn retry_at(a: &RetryArgs, e: &FieldError) -> Option<(&'static str, Option<Span>
         "retryable_codes" => ("on", code_span(&a.on, e.code)),
         _ => return None,
     })
+}
+
+/// The checked hedging policy, or `None` when something is wrong (and reported).
+pub(crate) fn hedge(errors: &mut Errors, a: &HedgeArgs) -> Option<HedgeSpec> {
+    let d = HedgeSpec::DEFAULT;
+    let mut r = Reader::new(errors);
+    let spec = HedgeSpec {
+        max_attempts: r.int(&a.max_attempts, "max_attempts", d.max_attempts),
+        delay: r.duration(&a.delay, "delay", d.delay),
+        non_fatal_codes: r.codes(&a.non_fatal, d.non_fatal_codes),
+    };
+    r.report(spec.validate(), |e| {
+        Some(match e.field {
+            "hedge.max_attempts" => ("max_attempts", span(&a.max_attempts)),
+            "hedge.delay" => ("delay", span(&a.delay)),
+            "hedge.non_fatal_codes" => ("non_fatal", code_span(&a.non_fatal, e.code)),
+            _ => return None,
+        })
+    })
+    .then_some(spec)
 }
 
 /// The checked throttle, or `None` when something is wrong (and reported).

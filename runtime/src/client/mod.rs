@@ -129,6 +129,7 @@ pub struct MethodSpec {
     pub grpc_method: &'static str,
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
+    pub hedging: Option<crate::retry::HedgingPolicy>,
 }
 
 /// The runtime half of a generated client: the channel and one [`CallPolicy`] per method.
@@ -175,13 +176,23 @@ impl ClientCore {
             .map(|m| {
                 let over = sc.and_then(|sc| sc.lookup(match_name, m.grpc_method));
                 let timeout = over.and_then(|o| o.timeout).or(m.timeout);
-                // A method marked `no_retry` is not idempotent: config cannot add retries.
+                // A method marked `no_retry` is not idempotent: config cannot add retries,
+                // nor hedging.
                 let retry = m.retry.and(over.and_then(|o| o.retry).or(m.retry));
+                // A config entry replaces the method's policy: its retry policy turns the
+                // method's hedging off, its hedging policy replaces the method's retries.
+                let hedging = match over {
+                    Some(o) if o.retry.is_some() => None,
+                    Some(o) if o.hedging.is_some() => o.hedging,
+                    _ => m.hedging,
+                };
+                let hedging = m.retry.and(hedging);
                 Arc::new(
                     CallPolicy::new(spec.service, m.grpc_method)
                         .grpc_service(spec.grpc_service)
                         .timeout(timeout)
                         .retry(retry)
+                        .hedging(hedging)
                         .throttle(Some(throttle.clone()))
                         .breaker(Some(breaker.clone()))
                         .metrics(Some(Arc::new(match spec.grpc_service {

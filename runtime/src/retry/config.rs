@@ -6,7 +6,7 @@ use std::time::Duration;
 use steadfast_spec::{FieldError, RetrySpec, ThrottleSpec};
 
 use super::policy::MAX_ATTEMPTS_LIMIT;
-use super::{RetryPolicy, RetryThrottle};
+use super::{HedgingPolicy, RetryPolicy, RetryThrottle};
 use crate::Error;
 use crate::code::CodeSet;
 use crate::spec::json::Fields;
@@ -37,9 +37,9 @@ use crate::spec::outlier::OutlierDetection;
 /// `round_robin` is what steadfast does anyway, and `pick_first` is read but not followed
 /// (steadfast balances round-robin over instances in good standing), with a warning.
 ///
-/// Not applied yet: `hedgingPolicy` is read and checked, but calls are not hedged (a
-/// warning says so); `waitForReady` and the message size limits are read for
-/// [`MethodConfig`] but the client takes its limits from
+/// `hedgingPolicy` hedges the method's calls ([`HedgingPolicy`]), except for methods marked
+/// `#[no_retry]`, which are not idempotent. Not applied yet: `waitForReady` and the message
+/// size limits are read for [`MethodConfig`] but the client takes its limits from
 /// [`ClientConfig`](crate::client::ClientConfig).
 ///
 /// ```
@@ -92,7 +92,7 @@ pub struct MethodConfig {
     pub timeout: Option<Duration>,
     /// The retry policy, if the entry has one.
     pub retry: Option<RetryPolicy>,
-    /// The hedging policy, if the entry has one (read and checked; not applied yet).
+    /// The hedging policy, if the entry has one.
     pub hedging: Option<HedgingPolicy>,
     /// `waitForReady`.
     pub wait_for_ready: Option<bool>,
@@ -100,19 +100,6 @@ pub struct MethodConfig {
     pub max_request_message_bytes: Option<u64>,
     /// `maxResponseMessageBytes`.
     pub max_response_message_bytes: Option<u64>,
-}
-
-/// gRFC A6's `hedgingPolicy`: up to `max_attempts` copies of a call, one every
-/// `hedging_delay`, the next at once when a copy fails with a non-fatal code.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct HedgingPolicy {
-    /// Copies in all, 2 to 5 (more is clamped to 5, as A6 says).
-    pub max_attempts: u32,
-    /// The wait before sending the next copy; zero sends them all at once.
-    pub hedging_delay: Duration,
-    /// Codes after which the next copy is sent at once instead of failing the call.
-    pub non_fatal_codes: CodeSet,
 }
 
 /// A `methodConfig` name: empty `service` matches every service; empty `method` every method.
@@ -312,12 +299,6 @@ fn parse_method(path: &str, v: &serde_json::Value) -> Result<MethodConfig, Error
             "has both retryPolicy and hedgingPolicy; gRFC A6 allows one per method",
         ));
     }
-    if hedging.is_some() {
-        tracing::warn!(
-            field = %f.at("hedgingPolicy"),
-            "hedgingPolicy is read and checked, but calls are not hedged yet: they are sent once"
-        );
-    }
     let config = MethodConfig {
         names,
         timeout,
@@ -370,20 +351,26 @@ fn parse_retry(at: &str, v: &serde_json::Value) -> Result<RetryPolicy, Error> {
 
 fn parse_hedging(at: &str, v: &serde_json::Value) -> Result<HedgingPolicy, Error> {
     let f = Fields::new(at, v)?;
-    let max_attempts = max_attempts(&f)?;
-    if max_attempts < 2 {
-        return Err(err(
-            f.at("maxAttempts"),
-            format!("is {max_attempts}; hedging needs at least 2 copies"),
-        ));
-    }
-    let policy = HedgingPolicy {
-        max_attempts,
-        hedging_delay: f.duration("hedgingDelay")?.unwrap_or_default(),
-        non_fatal_codes: codes(&f, "nonFatalStatusCodes")?.unwrap_or_default(),
+    let spec = steadfast_spec::HedgeSpec {
+        max_attempts: max_attempts(&f)?,
+        delay: f.duration("hedgingDelay")?.unwrap_or_default(),
+        non_fatal_codes: codes(&f, "nonFatalStatusCodes")?
+            .unwrap_or_default()
+            .to_spec(),
     };
     f.warn_unknown();
-    Ok(policy)
+    HedgingPolicy::from_spec(spec).map_err(|errors| match errors.into_iter().next() {
+        Some(e) => {
+            let camel = match e.field {
+                "hedge.max_attempts" => "maxAttempts",
+                "hedge.delay" => "hedgingDelay",
+                "hedge.non_fatal_codes" => "nonFatalStatusCodes",
+                other => other,
+            };
+            Error::ServiceConfig(format!("`{}`: {}", f.at(camel), e.message))
+        }
+        None => err(at, "is invalid"),
+    })
 }
 
 #[cfg(test)]

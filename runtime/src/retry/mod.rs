@@ -30,6 +30,7 @@
 //!    [`crate::outcome`]).
 
 mod config;
+mod hedge;
 mod http;
 mod layer;
 mod policy;
@@ -46,7 +47,8 @@ use tokio::time::Instant;
 use tonic::Status;
 use tower::ServiceExt;
 
-pub use self::config::{HedgingPolicy, MethodConfig, MethodName, ServiceConfig};
+pub use self::config::{MethodConfig, MethodName, ServiceConfig};
+pub use self::hedge::HedgingPolicy;
 pub use self::http::{DEFAULT_BUFFER_LIMIT, HttpRetry, HttpRetryFuture, HttpRetryLayer};
 pub use self::layer::RetryLayer;
 pub use self::policy::{MAX_ATTEMPTS_LIMIT, RetryPolicy, RetryPolicyBuilder};
@@ -81,6 +83,7 @@ pub struct CallPolicy {
     method: Arc<str>,
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
+    hedging: Option<HedgingPolicy>,
     throttle: Option<Arc<RetryThrottle>>,
     breaker: Option<Arc<CircuitBreaker>>,
     metrics: Arc<std::sync::OnceLock<Arc<MethodMetrics>>>,
@@ -96,6 +99,7 @@ impl std::fmt::Debug for CallPolicy {
             .field("method", &self.method)
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
+            .field("hedging", &self.hedging)
             .field("throttle", &self.throttle)
             .field(
                 "breaker",
@@ -113,6 +117,7 @@ impl CallPolicy {
             method: method.into(),
             timeout: None,
             retry: None,
+            hedging: None,
             throttle: None,
             breaker: None,
             metrics: Arc::default(),
@@ -130,6 +135,16 @@ impl CallPolicy {
     pub fn retry(mut self, retry: Option<RetryPolicy>) -> Self {
         self.retry = retry;
         self
+    }
+    /// Sets a hedging policy: calls are sent as several copies ([`HedgingPolicy`]) instead
+    /// of being retried; it replaces the retry policy while set. Only for idempotent methods.
+    pub fn hedging(mut self, hedging: Option<HedgingPolicy>) -> Self {
+        self.hedging = hedging;
+        self
+    }
+    /// The hedging policy, if any.
+    pub fn get_hedging(&self) -> Option<HedgingPolicy> {
+        self.hedging
     }
     /// Sets the retry throttle, normally shared by every client of the downstream service.
     pub fn throttle(mut self, throttle: Option<Arc<RetryThrottle>>) -> Self {
@@ -308,7 +323,12 @@ where
     fn call(&mut self, request: tonic::Request<M>) -> Self::Future {
         let inner = self.inner.clone();
         let policy = self.policy.clone();
-        Box::pin(async move { policy.attempts(inner, request).await })
+        Box::pin(async move {
+            match policy.hedging {
+                Some(hedging) => policy.hedged(inner, request, hedging).await,
+                None => policy.attempts(inner, request).await,
+            }
+        })
     }
 }
 
