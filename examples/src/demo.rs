@@ -12,7 +12,9 @@ use steadfast::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::pb::order::order_service_server::OrderServiceServer;
+use crate::pb::user::user_service_client::UserServiceClient;
 use crate::pb::user::user_service_server::UserServiceServer;
+use crate::pb::user::{GetUserReply, GetUserRequest};
 use crate::run::{Options, Process, Running, serve, wait_until};
 use crate::services::gateway::{self, OrdersClient};
 use crate::services::order::{OrderSvc, Store, UsersClient};
@@ -44,6 +46,32 @@ pub const PHASES: [&str; 5] = [
     "user-svc fully down",
     "user-svc restored",
 ];
+
+/// user-svc as a reader that is not hedged sees it (the read probe of the slow phase).
+#[steadfast::resilient_client(service = "user-svc", client = UserServiceClient,
+    grpc_service = "user.UserService", timeout = "2s")]
+trait PlainReads {
+    async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, tonic::Status>;
+}
+
+/// The same reader with hedging: a second copy after 20 ms, to another replica.
+#[steadfast::resilient_client(service = "user-svc", client = UserServiceClient,
+    grpc_service = "user.UserService", timeout = "2s",
+    hedge(max_attempts = 3, delay = "20ms", non_fatal = [Unavailable]))]
+trait HedgedReads {
+    async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, tonic::Status>;
+}
+
+/// Direct `GetUser` reads during the slow-replica phase, without and with hedging.
+#[derive(Clone, Debug, Default)]
+pub struct ReadProbe {
+    /// Reads without hedging: (calls, p50 ms, p99 ms).
+    pub plain: (usize, f64, f64),
+    /// Reads with hedging: (calls, p50 ms, p99 ms).
+    pub hedged: (usize, f64, f64),
+    /// Failed reads, both kinds.
+    pub errors: usize,
+}
 
 /// What one phase did.
 #[derive(Clone, Debug, Default)]
@@ -115,6 +143,8 @@ pub struct Report {
     pub recovery: Vec<Recovery>,
     /// order-svc replicas the gateway ejected at any time.
     pub order_ejections: Vec<String>,
+    /// Direct reads during the slow-replica phase, without and with hedging.
+    pub reads: ReadProbe,
 }
 
 struct Sample {
@@ -385,6 +415,18 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
     // (calls, ok) of order-svc's calls to user-svc per slice of the last phase, as the
     // callers saw them (a fail-fast rejection by an open breaker counts as a failure).
     let mut user_slices: Vec<(u64, u64)> = Vec::new();
+    // The read probe: one reader without hedging and one with, side by side, while a
+    // replica is slow (phase 3).
+    let plain_reads = PlainReadsClient::connect(
+        ClientConfig::discover(registry.clone()).downstreams(Downstreams::new()),
+    )
+    .await?;
+    let hedged_reads = HedgedReadsClient::connect(
+        ClientConfig::discover(registry.clone()).downstreams(Downstreams::new()),
+    )
+    .await?;
+    let mut probe_tasks = Vec::new();
+    let probe_on = Arc::new(AtomicBool::new(false));
     for (i, name) in PHASES.iter().enumerate() {
         match i {
             1 => users[1].process.kill(),
@@ -394,6 +436,32 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
             3 => users.iter().for_each(|u| u.svc.set_fault(Fault::Down)),
             4 => users.iter().for_each(|u| u.svc.set_fault(Fault::None)),
             _ => {}
+        }
+        if i == 2 {
+            probe_on.store(true, Ordering::Relaxed);
+            let reader = |hedged: bool| {
+                let (plain, hedged_client, on) =
+                    (plain_reads.clone(), hedged_reads.clone(), probe_on.clone());
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut errors = 0;
+                    let mut id = 1;
+                    while on.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let req = GetUserRequest { id };
+                        let ok = if hedged {
+                            hedged_client.get_user(req).await.is_ok()
+                        } else {
+                            plain.get_user(req).await.is_ok()
+                        };
+                        lat.push(started.elapsed());
+                        errors += usize::from(!ok);
+                        id += 1;
+                    }
+                    (lat, errors)
+                })
+            };
+            probe_tasks = vec![reader(false), reader(true)];
         }
         bar.set_message(format!("phase {}: {name}", i + 1));
         let before_metrics = steadfast::metrics::render();
@@ -420,6 +488,7 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
                 bar.inc(SLICE.as_millis() as u64);
             }
         }
+        probe_on.store(false, Ordering::Relaxed);
         let after = steadfast::metrics::render();
         let delta = |prefix: &str| counter(&after, prefix) - counter(&before_metrics, prefix);
         let mut transitions = Vec::new();
@@ -447,6 +516,19 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.await;
+    }
+
+    let mut reads = ReadProbe::default();
+    for (k, task) in probe_tasks.into_iter().enumerate() {
+        let (mut lat, errors) = task.await.unwrap_or_default();
+        lat.sort();
+        let summary = (lat.len(), percentile(&lat, 0.5), percentile(&lat, 0.99));
+        if k == 0 {
+            reads.plain = summary;
+        } else {
+            reads.hedged = summary;
+        }
+        reads.errors += errors;
     }
 
     let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
@@ -550,6 +632,7 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
         final_breaker_states,
         recovery,
         order_ejections: ejected_seen.into_iter().collect(),
+        reads,
     })
 }
 
@@ -574,6 +657,12 @@ pub fn print(report: &Report) {
             p.transitions.join(" ")
         );
     }
+    let r = &report.reads;
+    println!(
+        "phase 3, direct GetUser reads while one replica is slow: without hedging p50 {:.1} ms, p99 {:.1} ms ({} reads); \
+         with hedging (3 copies, 20 ms apart) p50 {:.1} ms, p99 {:.1} ms ({} reads); {} failed",
+        r.plain.1, r.plain.2, r.plain.0, r.hedged.1, r.hedged.2, r.hedged.0, r.errors
+    );
     println!("time to recovery after user-svc was restored (>= 95 % success from then on):");
     for r in &report.recovery {
         match r.after {

@@ -70,6 +70,15 @@ async fn the_demo_survives_its_timeline_on_memory_and_on_etcd() {
         restored.second_half_calls > 50 && restored.second_half_pct() >= 95.0,
         "the second half of the restored phase: {restored:?}"
     );
+    // Hedged reads: a slow replica costs one hedging delay, not its latency.
+    let reads = &report.reads;
+    assert!(reads.plain.0 > 5 && reads.hedged.0 > 50, "{reads:?}");
+    assert_eq!(reads.errors, 0, "{reads:?}");
+    assert!(
+        reads.plain.2 >= 300.0,
+        "the slow replica shows without hedging: {reads:?}"
+    );
+    assert!(reads.hedged.2 < 100.0, "hedging hides it: {reads:?}");
     for r in &report.recovery {
         let after = r
             .after
