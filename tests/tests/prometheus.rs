@@ -3,49 +3,24 @@
 //! stores exemplars that carry the caller's trace id, on the client and the server series
 //! of one call, which join on (`rpc_service`, `rpc_method`).
 
+mod common;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::traced::TracedUsers;
 use steadfast::client::{ClientConfig, Downstreams};
 use steadfast::deadline::DeadlineLayer;
 use steadfast::trace::{TraceContext, TraceLayer};
 use steadfast_examples::pb::user::user_service_client::UserServiceClient;
-use steadfast_examples::pb::user::user_service_server::{UserService, UserServiceServer};
-use steadfast_examples::pb::user::{
-    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
-};
+use steadfast_examples::pb::user::user_service_server::UserServiceServer;
+use steadfast_examples::pb::user::{GetUserReply, GetUserRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tonic::{Request, Response, Status};
-
-struct Users;
-
-#[tonic::async_trait]
-impl UserService for Users {
-    #[steadfast::traced]
-    async fn get_user(
-        &self,
-        request: Request<GetUserRequest>,
-    ) -> Result<Response<GetUserReply>, Status> {
-        let id = request.into_inner().id;
-        Ok(Response::new(GetUserReply {
-            id,
-            name: format!("user-{id}"),
-            served_by: "p1".into(),
-        }))
-    }
-
-    #[steadfast::traced]
-    async fn create_user(
-        &self,
-        _request: Request<CreateUserRequest>,
-    ) -> Result<Response<CreateUserReply>, Status> {
-        Err(Status::unimplemented("not used"))
-    }
-}
+use tonic::Status;
 
 #[steadfast::resilient_client(service = "prom-user-svc", client = UserServiceClient)]
 trait UsersApi {
@@ -105,7 +80,7 @@ async fn promtool_accepts_the_metrics_and_prometheus_stores_the_callers_trace_id
         tonic::transport::Server::builder()
             .layer(TraceLayer::new())
             .layer(DeadlineLayer::new())
-            .add_service(UserServiceServer::new(Users))
+            .add_service(UserServiceServer::new(TracedUsers))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let client = UsersApiClient::connect(

@@ -5,6 +5,7 @@
 mod common;
 
 use common::spans::SpanLog;
+use common::traced::TracedUsers;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,10 +19,8 @@ use steadfast_examples::pb::order::order_service_client::OrderServiceClient;
 use steadfast_examples::pb::order::order_service_server::{OrderService, OrderServiceServer};
 use steadfast_examples::pb::order::{CreateOrderRequest, GetOrderRequest, Order};
 use steadfast_examples::pb::user::user_service_client::UserServiceClient;
-use steadfast_examples::pb::user::user_service_server::{UserService, UserServiceServer};
-use steadfast_examples::pb::user::{
-    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
-};
+use steadfast_examples::pb::user::user_service_server::UserServiceServer;
+use steadfast_examples::pb::user::{GetUserReply, GetUserRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -59,38 +58,7 @@ impl Capture {
     }
 }
 
-// ---------- user-svc ----------
-
-struct UserSvc;
-
-#[tonic::async_trait]
-impl UserService for UserSvc {
-    #[steadfast::traced]
-    async fn get_user(
-        &self,
-        request: Request<GetUserRequest>,
-    ) -> Result<Response<GetUserReply>, Status> {
-        let id = request.get_ref().id;
-        tracing::info!(id, "looking up user");
-        if id == 0 {
-            return Err(Status::not_found("no user 0"));
-        }
-        Ok(Response::new(GetUserReply {
-            id,
-            name: format!("user-{id}"),
-            served_by: "u1".into(),
-        }))
-    }
-
-    #[steadfast::traced(skip(request))]
-    async fn create_user(
-        &self,
-        request: Request<CreateUserRequest>,
-    ) -> Result<Response<CreateUserReply>, Status> {
-        let _ = request;
-        Err(Status::unimplemented("not used"))
-    }
-}
+// ---------- user-svc: common::traced::TracedUsers ----------
 
 // ---------- order-svc ----------
 
@@ -247,7 +215,7 @@ async fn one_trace_id_across_gateway_order_and_user_services() {
         spans.clone(),
     ));
 
-    let user_url = serve_grpc(UserServiceServer::new(UserSvc)).await;
+    let user_url = serve_grpc(UserServiceServer::new(TracedUsers)).await;
     let cfg = |url: String| {
         ClientConfig::endpoints([url])
             .unwrap()
@@ -479,7 +447,7 @@ async fn a_bearer_token_reaches_no_log_line_no_span_field_and_no_exported_span()
     let _guard = tracing::subscriber::set_default(subscriber);
 
     // A gRPC handler called with an authorization header, straight from tonic.
-    let user_url = serve_grpc(UserServiceServer::new(UserSvc)).await;
+    let user_url = serve_grpc(UserServiceServer::new(TracedUsers)).await;
     let mut raw = UserServiceClient::connect(user_url.clone()).await.unwrap();
     let mut request = Request::new(GetUserRequest { id: 5 });
     let bearer = format!("Bearer {SECRET}");

@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod http;
 pub mod replicas;
 pub mod spans;
+pub mod traced;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -1,0 +1,39 @@
+//! A user service whose handlers are `#[traced]`, as a steadfast service writes them.
+
+use steadfast_examples::pb::user::user_service_server::UserService;
+use steadfast_examples::pb::user::{
+    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
+};
+use tonic::{Request, Response, Status};
+
+/// Answers `user-{id}`, NOT_FOUND for id 0; logs "looking up user" inside its span.
+pub struct TracedUsers;
+
+#[tonic::async_trait]
+impl UserService for TracedUsers {
+    #[steadfast::traced]
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserReply>, Status> {
+        let id = request.get_ref().id;
+        tracing::info!(id, "looking up user");
+        if id == 0 {
+            return Err(Status::not_found("no user 0"));
+        }
+        Ok(Response::new(GetUserReply {
+            id,
+            name: format!("user-{id}"),
+            served_by: "u1".into(),
+        }))
+    }
+
+    #[steadfast::traced(skip(request))]
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserReply>, Status> {
+        let _ = request;
+        Err(Status::unimplemented("not used"))
+    }
+}
