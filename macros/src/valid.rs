@@ -365,7 +365,7 @@ fn positive_duration(errors: &mut Errors, lit: &LitStr, name: &str) -> Option<Du
 }
 
 /// `get_user` -> `GetUser`, as tonic-build derives Rust names from proto names.
-fn camel(snake: &str) -> String {
+pub(crate) fn camel(snake: &str) -> String {
     snake
         .trim_start_matches("r#")
         .split('_')

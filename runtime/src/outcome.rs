@@ -192,9 +192,30 @@ pub(crate) fn classify_http(
             }
             AttemptOutcome::Transport
         }
-        // Headers without a status: the status comes in the trailers, after a response.
-        Ok(response) => classify_status(response.headers()).unwrap_or(AttemptOutcome::Success),
+        Ok(response) => classify_status(response.headers()).unwrap_or_else(|| {
+            match http_status_code(response.status()) {
+                // Headers without a status: the status comes in the trailers, after a
+                // response.
+                None => AttemptOutcome::Success,
+                // Not a gRPC answer at all (a proxy's error page).
+                Some(code) => AttemptOutcome::Remote(code),
+            }
+        }),
     }
+}
+
+/// The gRPC code of an HTTP status that is not 200 on a response without `grpc-status`, as
+/// gRPC maps them (a proxy or load balancer answered, not the server): `None` for 200.
+pub(crate) fn http_status_code(status: http::StatusCode) -> Option<Code> {
+    Some(match status.as_u16() {
+        200 => return None,
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    })
 }
 
 /// The outcome the `grpc-status` of headers or trailers tells, if they carry one.

@@ -166,7 +166,11 @@ async fn a_slow_replica_of_three_no_longer_sets_the_latency() {
         sent_to_slow >= 20,
         "{sent_to_slow} copies reached the slow replica"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while slow.cancelled.load(Ordering::SeqCst) < sent_to_slow && Instant::now() < deadline {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(slow.cancelled.load(Ordering::SeqCst), sent_to_slow);
 }
 
@@ -205,14 +209,22 @@ async fn the_hedge_attribute_hedges_as_service_config_does() {
     );
     // Every first copy that went to the slow replica was followed by a hedged copy, marked
     // with grpc-previous-rpc-attempts, to the other endpoint.
-    let to_slow = slow.calls.load(Ordering::SeqCst);
-    assert!(to_slow >= 10, "{to_slow}");
-    assert_eq!(
+    let (slow_first, slow_hedged) = (
+        slow.calls.load(Ordering::SeqCst) - slow.hedged.load(Ordering::SeqCst),
         slow.hedged.load(Ordering::SeqCst),
-        0,
-        "no copy went back to it"
     );
-    assert_eq!(fast.hedged.load(Ordering::SeqCst), to_slow);
+    let (fast_first, fast_hedged) = (
+        fast.calls.load(Ordering::SeqCst) - fast.hedged.load(Ordering::SeqCst),
+        fast.hedged.load(Ordering::SeqCst),
+    );
+    assert!(slow_first >= 10, "{slow_first}");
+    assert!(
+        fast_hedged >= slow_first,
+        "{fast_hedged} hedges for {slow_first}"
+    );
+    // A copy avoids the endpoint of the copy before it: a hedge reaches the slow replica
+    // only after a copy went to the fast one (when that one was late too).
+    assert!(slow_hedged <= fast_first, "{slow_hedged} > {fast_first}");
 }
 
 /// Copies that reached one replica (hedging over a single endpoint) for one call.
@@ -262,6 +274,52 @@ async fn copies_sent_are_as_a6_says() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_copy_that_never_reached_a_server_is_sent_again_at_once_uncounted() {
+    let live = Replica {
+        delay: Duration::from_millis(1),
+        ..Replica::default()
+    };
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    // A replica that crashed without deregistering: its port refuses connections.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    registry
+        .register(&Instance::new("hedged-user-svc", "dead", dead))
+        .await
+        .unwrap();
+    let url = serve(live.clone()).await;
+    registry
+        .register(&Instance::new("hedged-user-svc", "live", url))
+        .await
+        .unwrap();
+    let users = UsersClient::connect(
+        ClientConfig::discover(registry)
+            .service_config(config(
+                r#"{"maxAttempts": 2, "hedgingDelay": "1s", "nonFatalStatusCodes": ["UNAVAILABLE"]}"#,
+                r#", "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}"#,
+            ))
+            .downstreams(Downstreams::new()),
+    )
+    .await
+    .unwrap();
+    for id in 0..10 {
+        let started = Instant::now();
+        users.get_user(GetUserRequest { id }).await.unwrap();
+        // Not the hedging delay: the refused copy was replaced at once.
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // No copy was counted as a hedge: none carried grpc-previous-rpc-attempts.
+    assert_eq!(live.calls.load(Ordering::SeqCst), 10);
+    assert_eq!(live.hedged.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -160,3 +160,43 @@ async fn the_deadline_layer_bounds_calls_by_its_timeout_and_the_callers_deadline
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert_eq!(svc.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_proxy_error_page_counts_as_unavailable_for_the_breaker() {
+    // A load balancer in front of a dead service: 502 with an HTML page, no gRPC status.
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::BAD_GATEWAY,
+            [("content-type", "text/html")],
+            "<html><body>502 Bad Gateway</body></html>",
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    // Served over HTTP/2, as gRPC clients speak it.
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(tonic::service::Routes::from(app))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let breaker = Arc::new(CircuitBreaker::new(
+        "behind-a-proxy",
+        BreakerConfig::builder().min_failures(3).build().unwrap(),
+    ));
+    let channel = channel(&url);
+    let mut users = UserServiceClient::new(
+        ServiceBuilder::new()
+            .layer(HttpBreakerLayer::new(breaker.clone()))
+            .service(channel),
+    );
+    for _ in 0..3 {
+        let err = users.get_user(GetUserRequest { id: 1 }).await.unwrap_err();
+        assert!(!is_open_rejection(&err), "{err:?}");
+    }
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Open,
+        "{:?}",
+        breaker.counts()
+    );
+}

@@ -420,6 +420,12 @@ async fn inspect(request: &Request<GetUserRequest>, note: &str) -> usize {
     request.metadata().len() + note.len()
 }
 
+/// Headers inside another type are not recorded either.
+#[steadfast::traced]
+async fn peek(headers: Option<http::HeaderMap>, id: u64) -> u64 {
+    headers.map_or(0, |h| h.len() as u64) + id
+}
+
 #[tokio::test]
 async fn a_bearer_token_reaches_no_log_line_no_span_field_and_no_exported_span() {
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
@@ -499,6 +505,9 @@ async fn a_bearer_token_reaches_no_log_line_no_span_field_and_no_exported_span()
         .metadata_mut()
         .insert("authorization", bearer.parse().unwrap());
     assert_eq!(inspect(&request, "n").await, 2);
+    let mut wrapped = http::HeaderMap::new();
+    wrapped.insert("authorization", bearer.parse().unwrap());
+    assert_eq!(peek(Some(wrapped), 1).await, 2);
     provider.force_flush().unwrap();
 
     // The handlers ran and were recorded: the checks below can see a leak.
@@ -512,6 +521,10 @@ async fn a_bearer_token_reaches_no_log_line_no_span_field_and_no_exported_span()
         Some("\"n\""),
         "other arguments still recorded"
     );
+    let peeked = spans.named("peek");
+    assert_eq!(peeked.len(), 1);
+    assert_eq!(peeked[0].get("id"), Some("1"));
+    assert!(peeked[0].get("headers").is_none());
     let exported = exporter.get_finished_spans().unwrap();
     assert!(
         exported

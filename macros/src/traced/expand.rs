@@ -22,10 +22,16 @@ pub(crate) fn expand(t: Traced) -> TokenStream {
         has_receiver,
     } = t;
     let level = Ident::new(level, Span::call_site());
+    let grpc_service = match &service {
+        Some(s) => quote!(::core::option::Option::Some(#s)),
+        None => quote!(::core::option::Option::None),
+    };
     let service = match service {
         Some(s) => quote!(#s),
         None => quote!(::core::env!("CARGO_PKG_NAME")),
     };
+    // The gRPC name of the method when the request path is not known: `get_user` -> `GetUser`.
+    let grpc_method = crate::valid::camel(&method);
     let call = match &kind {
         Kind::Grpc { request } => {
             let service_type = if has_receiver {
@@ -36,7 +42,14 @@ pub(crate) fn expand(t: Traced) -> TokenStream {
             quote! {{
                 static __STEADFAST_SITE: ::steadfast::__private::trace::Site =
                     ::steadfast::__private::trace::Site::new();
-                ::steadfast::__private::trace::Call::grpc(&#request, &__STEADFAST_SITE, #service_type, #method)
+                ::steadfast::__private::trace::Call::grpc(
+                    &#request,
+                    &__STEADFAST_SITE,
+                    #service_type,
+                    #method,
+                    #grpc_service,
+                    #grpc_method,
+                )
             }}
         }
         Kind::Http { headers } => {

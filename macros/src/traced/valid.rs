@@ -93,16 +93,62 @@ fn async_trait_block(block: &Block) -> Option<Expr> {
     }
 }
 
-/// Types that carry request metadata or headers (tokens, cookies): never recorded, whatever
-/// the options say, so no secret reaches a span by accident. `fields(...)` can still record
+/// Types that carry request metadata, headers or credentials (tokens, cookies): never
+/// recorded, whatever the options say, so no secret reaches a span by accident. Looks
+/// through references, pointers, tuples, arrays and generic arguments (`Option<HeaderMap>`,
+/// `Box<Request<T>>`, `TypedHeader<Authorization<Bearer>>`). `fields(...)` can still record
 /// a part of them on purpose.
 fn carries_metadata(ty: &Type) -> bool {
-    last_ident(ty).is_some_and(|s| {
-        ["Request", "HeaderMap", "MetadataMap", "Parts", "Extensions"]
-            .iter()
-            .any(|name| s.ident == name)
-    })
+    const NAMES: [&str; 16] = [
+        "Request",
+        "HeaderMap",
+        "MetadataMap",
+        "Parts",
+        "Extensions",
+        "TypedHeader",
+        "Authorization",
+        "ProxyAuthorization",
+        "Bearer",
+        "Basic",
+        "Credentials",
+        "Cookie",
+        "CookieJar",
+        "PrivateCookieJar",
+        "SignedCookieJar",
+        "Secret",
+    ];
+    match ty {
+        Type::Path(p) => p.path.segments.iter().any(|seg| {
+            NAMES.iter().any(|n| seg.ident == n)
+                || match &seg.arguments {
+                    PathArguments::AngleBracketed(a) => a
+                        .args
+                        .iter()
+                        .any(|g| matches!(g, GenericArgument::Type(t) if carries_metadata(t))),
+                    _ => false,
+                }
+        }),
+        Type::Reference(r) => carries_metadata(&r.elem),
+        Type::Ptr(p) => carries_metadata(&p.elem),
+        Type::Paren(p) => carries_metadata(&p.elem),
+        Type::Group(g) => carries_metadata(&g.elem),
+        Type::Array(a) => carries_metadata(&a.elem),
+        Type::Slice(a) => carries_metadata(&a.elem),
+        Type::Tuple(t) => t.elems.iter().any(carries_metadata),
+        _ => false,
+    }
 }
+
+/// Argument names that would repeat a field `#[traced]` records itself: such arguments are
+/// not recorded (a second `trace_id` field would hide the real one in log pipelines).
+const RECORDED: [&str; 6] = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "service",
+    "method",
+    "message_type",
+];
 
 /// Span fields `#[traced]` records itself.
 const RESERVED: [&str; 6] = [
@@ -289,7 +335,11 @@ pub(crate) fn traced(args: TracedArgs, item: ItemFn) -> syn::Result<Traced> {
         params
             .iter()
             .filter(|(i, ty)| {
-                !skip.contains(i) && !carries_metadata(ty) && !seen.contains(&i.to_string())
+                let name = i.to_string();
+                !skip.contains(i)
+                    && !carries_metadata(ty)
+                    && !seen.contains(&name)
+                    && !RECORDED.contains(&name.as_str())
             })
             .map(|(i, _)| i.clone())
             .collect()

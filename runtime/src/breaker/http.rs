@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{CircuitBreaker, OwnedPermit, effect, rejection_status};
-use crate::outcome::{AttemptOutcome, classify_http, classify_status};
+use crate::outcome::{AttemptOutcome, classify_http, classify_status, http_status_code};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -22,8 +22,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// [`CircuitBreaker`]: every request asks for admission; an open breaker answers at once
 /// with `UNAVAILABLE` and the [`OPEN_REJECTION_KEY`](super::OPEN_REJECTION_KEY) marker (which
 /// [`HttpRetryLayer`](crate::retry::HttpRetryLayer) never retries); the outcome is recorded
-/// when the status is known: from the headers of a trailers-only answer, or from the
-/// trailers once the response body ends. A response dropped before its trailers records
+/// when the status is known: from the headers of a trailers-only answer, from the HTTP
+/// status of an answer that is not gRPC (a proxy's 502 counts as `UNAVAILABLE`, as gRPC maps
+/// it), or from the trailers once the response body ends. A response dropped before its trailers records
 /// nothing (and frees a half-open probe slot). Outcomes count as in
 /// [`Breaker`](super::Breaker): statuses relayed from a deeper hop and requests that never
 /// reached a server record nothing.
@@ -159,8 +160,10 @@ where
             }
             Ok(response) => response,
         };
-        if let Some(outcome) = classify_status(response.headers()) {
-            // Trailers-only: the status is known now.
+        let known = classify_status(response.headers())
+            .or_else(|| http_status_code(response.status()).map(AttemptOutcome::Remote));
+        if let Some(outcome) = known {
+            // Trailers-only, or not a gRPC answer (a proxy's error page): known now.
             record(permit, outcome);
             return Poll::Ready(Ok(response.map(tonic::body::Body::new)));
         }

@@ -21,8 +21,10 @@ use crate::wire::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, grpc_timeout_value, parse_
 /// [`Context`] (set by [`DeadlineLayer`](super::DeadlineLayer) in a handler), so a deadline
 /// shrinks from hop to hop on plain tonic clients too. A call whose deadline has already
 /// passed is answered at once with `DEADLINE_EXCEEDED`, without a request; a call whose
-/// deadline passes in flight ends with `DEADLINE_EXCEEDED` too (tonic's own timer says
-/// `CANCELLED`, which gRPC keeps for calls the caller cancelled).
+/// deadline passes before the response headers arrive ends with `DEADLINE_EXCEEDED` too
+/// (tonic's timer says `CANCELLED`, which gRPC keeps for calls the caller cancelled). The
+/// timer is tonic's: it bounds the wait for the response headers, and the server enforces
+/// the whole call by the same `grpc-timeout`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -105,6 +107,7 @@ where
             Some(left) if left.is_zero() => HttpDeadlineFuture {
                 inner: None,
                 expired: Some(expired("the call's deadline passed before it was sent")),
+                expires: None,
             },
             left => {
                 if let Some(left) = left {
@@ -115,6 +118,7 @@ where
                 HttpDeadlineFuture {
                     inner: Some(self.inner.call(request)),
                     expired: None,
+                    expires: left.and_then(|l| Instant::now().checked_add(l)),
                 }
             }
         }
@@ -127,6 +131,8 @@ pin_project! {
         #[pin]
         inner: Option<F>,
         expired: Option<http::Response<B>>,
+        // When the deadline this layer wrote passes.
+        expires: Option<Instant>,
     }
 }
 
@@ -148,7 +154,14 @@ where
         let this = self.project();
         match this.inner.as_pin_mut() {
             Some(inner) => match std::task::ready!(inner.poll(cx)).map_err(Into::into) {
-                Err(e) if timed_out(&*e) => {
+                // tonic's timer fired at the deadline written here (not at an earlier
+                // `Endpoint::timeout`): the call's deadline passed.
+                Err(e)
+                    if timed_out(&*e)
+                        && this.expires.is_some_and(|at| {
+                            Instant::now() + std::time::Duration::from_millis(1) >= at
+                        }) =>
+                {
                     Poll::Ready(Ok(expired("the call's deadline passed in flight")))
                 }
                 other => Poll::Ready(other),

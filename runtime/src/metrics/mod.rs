@@ -156,23 +156,29 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format a scraper asks for in its `Accept` header: OpenMetrics when it lists
-    /// `application/openmetrics-text` with a non-zero quality, else the classic text format.
+    /// The format a scraper asks for in its `Accept` header: OpenMetrics when it rates
+    /// `application/openmetrics-text` at least as high as the classic format (`text/plain`,
+    /// or a wildcard) and above zero, else the classic text format.
     pub fn negotiate(accept: Option<&str>) -> Format {
         let Some(accept) = accept else {
             return Format::Text;
         };
-        let wants_openmetrics = accept.split(',').any(|range| {
+        let (mut open, mut text) = (0.0f32, 0.0f32);
+        for range in accept.split(',') {
             let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or("");
-            let q_zero = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            media.eq_ignore_ascii_case("application/openmetrics-text") && !q_zero
-        });
-        if wants_openmetrics {
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => open = open.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if open > 0.0 && open >= text {
             Format::OpenMetrics
         } else {
             Format::Text
@@ -826,5 +832,25 @@ mod tests {
             Format::negotiate(Some("application/openmetrics-text;q=0,text/plain")),
             Format::Text
         );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;Q=0,text/plain")),
+            Format::Text
+        );
+    }
+
+    #[test]
+    fn the_higher_quality_wins() {
+        assert_eq!(
+            Format::negotiate(Some("text/plain;q=1, application/openmetrics-text;q=0.1")),
+            Format::Text
+        );
+        // What Prometheus sends when it can store exemplars.
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
     }
 }

@@ -17,7 +17,7 @@ use crate::Context;
 use crate::Error;
 use crate::breaker;
 use crate::code::CodeSet;
-use crate::outcome::{AttemptInfo, AttemptOutcome};
+use crate::outcome::{AttemptInfo, AttemptOutcome, MAX_TRANSPARENT_RETRIES};
 
 /// gRFC A6's `hedgingPolicy`: up to `max_attempts` copies of a call, the next one sent
 /// `hedging_delay` after the previous, or at once when a copy fails with a non-fatal code.
@@ -30,7 +30,11 @@ use crate::outcome::{AttemptInfo, AttemptOutcome};
 /// - with a retry throttle, a copy is sent only while the throttle allows retries, and every
 ///   failed copy counts as a failure (every success as a success);
 /// - each copy is sent to another endpoint than the one before when one exists, and carries
-///   `grpc-previous-rpc-attempts`;
+///   `grpc-previous-rpc-attempts`; a copy that never reached a server is sent again at once,
+///   uncounted;
+/// - a copy whose response had started (committed) is the call's answer;
+/// - a breaker that fails fast stops further copies, and the copies in flight may still win;
+/// - there is no per-attempt timeout: a copy runs until it answers or the call's deadline;
 /// - when every copy failed, the call ends with the last failure.
 ///
 /// Only for idempotent methods: a copy may run on the server even when another one wins.
@@ -115,12 +119,12 @@ impl CallPolicy {
         M: Clone,
     {
         let (metadata, extensions, message) = request.into_parts();
-        let trace_id = extensions
-            .get::<Context>()
-            .and_then(Context::trace)
-            .map(|t| t.trace_id());
+        let ctx = extensions.get::<Context>();
+        let trace_id = ctx.and_then(Context::trace).map(|t| t.trace_id());
+        let deadline = ctx.and_then(Context::deadline);
         let mut in_flight = FuturesUnordered::new();
         let mut sent = 0u32;
+        let mut transparent = 0u32;
         let mut next_at = Some(Instant::now());
         // The copy sent last: the next one avoids its endpoint.
         let mut last_sent: Option<AttemptInfo> = None;
@@ -199,12 +203,37 @@ impl CallPolicy {
                         }
                         Err(status) => status,
                     };
-                    if matches!(outcome, AttemptOutcome::PassedThrough(_)) {
+                    match outcome {
+                        AttemptOutcome::PassedThrough(_) => return Err(status),
+                        // Never reached a server: sent again at once, elsewhere, uncounted
+                        // (as A6's transparent retry).
+                        AttemptOutcome::NotSent if transparent < MAX_TRANSPARENT_RETRIES => {
+                            transparent += 1;
+                            sent -= 1;
+                            next_at = Some(Instant::now());
+                            last_failure = Some(status);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    // The breaker failed fast: no more copies, but the ones in flight may
+                    // still answer (one of them may be the breaker's probe).
+                    if breaker::is_open_rejection(&status) {
+                        next_at = None;
+                        sent = hedging.max_attempts;
+                        if last_failure.is_none() {
+                            last_failure = Some(status);
+                        }
+                        continue;
+                    }
+                    // A copy whose response had started is the call's answer (A6 commit).
+                    if info.is_committed() {
                         return Err(status);
                     }
-                    let non_fatal = !breaker::is_open_rejection(&status)
-                        && (hedging.non_fatal_codes.contains(status.code())
-                            || outcome == AttemptOutcome::NotSent);
+                    // Our own attempt timer is not the server's answer: as non-fatal as can be.
+                    let non_fatal = hedging.non_fatal_codes.contains(status.code())
+                        || outcome == AttemptOutcome::Timeout
+                        || outcome == AttemptOutcome::NotSent;
                     if !non_fatal {
                         return Err(status);
                     }
@@ -214,7 +243,11 @@ impl CallPolicy {
                     match Pushback::from_metadata(status.metadata()) {
                         Pushback::DoNotRetry => next_at = None,
                         Pushback::RetryAfter(d) if sent < hedging.max_attempts => {
-                            next_at = Some(Instant::now() + d);
+                            next_at = match Instant::now().checked_add(d) {
+                                Some(at) if deadline.is_none_or(|dl| at < dl) => Some(at),
+                                // Past the call's deadline: no more copies.
+                                _ => None,
+                            };
                         }
                         _ if sent < hedging.max_attempts => next_at = Some(Instant::now()),
                         _ => {}

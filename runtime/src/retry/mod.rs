@@ -219,8 +219,12 @@ impl CallPolicy {
     pub fn method_name(&self) -> Arc<str> {
         self.method.clone()
     }
-    /// The per-attempt timeout of the retry policy, if any.
+    /// The per-attempt timeout of the retry policy, if any (none while hedging: a hedged
+    /// copy runs until it answers, and later copies cover a slow one).
     pub fn per_attempt_timeout(&self) -> Option<Duration> {
+        if self.hedging.is_some() {
+            return None;
+        }
         self.retry.and_then(|r| r.per_attempt_timeout())
     }
     /// The overall timeout.

@@ -20,7 +20,22 @@ use crate::wire::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
 /// call records without a label lookup or an allocation.
 #[derive(Debug)]
 pub struct Site {
+    /// Names from the request path (kept by `TraceLayer`).
     rpc: OnceLock<RpcSite>,
+    /// Names from the handler when the path is not known: kept apart, so that one call
+    /// without the path never fixes the labels of the calls that have it.
+    fallback: OnceLock<RpcSite>,
+}
+
+impl RpcSite {
+    fn new(service: &str, method: &str) -> RpcSite {
+        RpcSite {
+            full: format!("{service}/{method}").into(),
+            metrics: crate::metrics::Metrics::global().server_method(service, method),
+            service: service.into(),
+            method: method.into(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -37,6 +52,7 @@ impl Site {
     pub const fn new() -> Site {
         Site {
             rpc: OnceLock::new(),
+            fallback: OnceLock::new(),
         }
     }
 }
@@ -78,13 +94,15 @@ fn split_grpc_path(path: &str) -> Option<(&str, &str)> {
 impl Call {
     /// A tonic handler: the context the server layers put in the request, or else the trace
     /// and deadline from the request's own metadata. The gRPC names come from the request
-    /// path (recorded by [`TraceLayer`](crate::trace::TraceLayer)), else from the handler's
-    /// type and fn names.
+    /// path (kept by [`TraceLayer`](crate::trace::TraceLayer)), else from `#[traced(service =
+    /// "pkg.Service")]` (or the handler's type) and the fn name in PascalCase.
     pub fn grpc<T>(
         req: &tonic::Request<T>,
         site: &'static Site,
         service_type: &'static str,
         method: &'static str,
+        grpc_service: Option<&'static str>,
+        grpc_method: &'static str,
     ) -> Call {
         let mut ctx = req
             .extensions()
@@ -101,18 +119,19 @@ impl Call {
         {
             ctx = ctx.with_timeout(t);
         }
-        let rpc = site.rpc.get_or_init(|| {
-            let path = req.extensions().get::<RequestPath>();
-            let (service, rpc_method) = path
-                .and_then(|p| split_grpc_path(p.as_str()))
-                .unwrap_or((short_type_name(service_type), method));
-            RpcSite {
-                full: format!("{service}/{rpc_method}").into(),
-                metrics: crate::metrics::Metrics::global().server_method(service, rpc_method),
-                service: service.into(),
-                method: rpc_method.into(),
+        let path = req
+            .extensions()
+            .get::<RequestPath>()
+            .and_then(|p| split_grpc_path(p.as_str()));
+        let rpc = match path {
+            Some((service, rpc_method)) => {
+                site.rpc.get_or_init(|| RpcSite::new(service, rpc_method))
             }
-        });
+            None => site.fallback.get_or_init(|| {
+                let service = grpc_service.unwrap_or_else(|| short_type_name(service_type));
+                RpcSite::new(service, grpc_method)
+            }),
+        };
         let mut call = Call::new(ctx, own, short_type_name(service_type), method);
         call.rpc = Some(rpc);
         call.peer = req.remote_addr();

@@ -173,7 +173,13 @@ where
         if let Some(service) = service {
             record_names(&span, service, &names.method);
         }
-        let parent = super::caller_context(&caller, Context::of_call(req.extensions_mut()).trace());
+        // The call's own trace, if it came with one (not one made up for it below).
+        let own = req
+            .extensions()
+            .get::<Context>()
+            .and_then(Context::trace)
+            .cloned();
+        let parent = super::caller_context(&caller, own.as_ref());
         let ctx = super::child_of(&parent, &span, &caller);
         Context::of_call(req.extensions_mut());
         if let Some(call) = req.extensions_mut().get_mut::<Context>() {
@@ -196,6 +202,18 @@ pin_project! {
         inner: Instrumented<F>,
         span: tracing::Span,
         finish: Finish,
+        done: bool,
+    }
+
+    impl<F> PinnedDrop for SpanFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Dropped before it ended: the caller gave up, or another hedged copy won.
+            if !*this.done {
+                this.span
+                    .record("rpc.grpc.status_code", tonic::Code::Cancelled as i32);
+            }
+        }
     }
 }
 
@@ -213,6 +231,7 @@ impl<F> SpanFuture<F> {
             inner,
             span,
             finish,
+            done: false,
         }
     }
 }
@@ -232,6 +251,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = ready!(this.inner.poll(cx));
+        *this.done = true;
         match this.finish {
             Finish::Call(Some(names)) => {
                 if let Some(service) = names.service.get() {

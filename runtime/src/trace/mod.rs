@@ -176,12 +176,15 @@ impl TraceContext {
     }
 }
 
-/// The trace context a new outgoing call continues: with `otel`, the caller's
-/// OpenTelemetry span when it has one (an ordinary `tracing` span under
-/// tracing-opentelemetry counts); else `ctx` (the hop's); else a new trace.
+/// The trace context a new outgoing call continues: the call's own trace `ctx` (given with
+/// the call, or the hop's), else a new trace. With `otel`, the caller's OpenTelemetry span
+/// is the parent when it belongs to that trace (a span inside the handler), or when the call
+/// has no trace of its own (an ordinary `tracing` span under tracing-opentelemetry).
 pub(crate) fn caller_context(caller: &tracing::Span, ctx: Option<&TraceContext>) -> TraceContext {
     #[cfg(feature = "otel")]
-    if let Some(parent) = otel::span_context(caller) {
+    if let Some(parent) = otel::span_context(caller)
+        && ctx.is_none_or(|c| c.trace_id == parent.trace_id)
+    {
         return parent;
     }
     let _ = caller;
