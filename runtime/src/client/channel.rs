@@ -89,6 +89,12 @@ impl Channel {
         }
     }
 
+    /// Whether the transport enforces the `grpc-timeout` each request carries (tonic
+    /// channels do; a custom transport may not).
+    pub fn enforces_grpc_timeout(&self) -> bool {
+        !matches!(self.inner, Transport::Custom(_))
+    }
+
     /// Attempts sent so far to the discovered instance `id` (`None` when it is not in the
     /// pool, or the endpoints are fixed).
     pub fn attempts_to(&self, id: &str) -> Option<u64> {

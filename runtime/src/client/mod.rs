@@ -190,6 +190,7 @@ impl ClientCore {
                 Arc::new(
                     CallPolicy::new(spec.service, m.grpc_method)
                         .grpc_service(spec.grpc_service)
+                        .transport_timer(channel.enforces_grpc_timeout())
                         .timeout(timeout)
                         .retry(retry)
                         .hedging(hedging)

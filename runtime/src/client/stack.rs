@@ -90,7 +90,10 @@ fn build<S>(policy: &Arc<CallPolicy>, inner: S, span: ClientSpanLayer) -> Client
         // Admission per attempt; one breaker shared by every client of the service.
         .option_layer(policy.get_breaker().cloned().map(BreakerLayer::new))
         // grpc-timeout and one timer per attempt; classifies the attempt once.
-        .layer(AttemptTimeoutLayer::new(policy.per_attempt_timeout()))
+        .layer(
+            AttemptTimeoutLayer::new(policy.per_attempt_timeout())
+                .transport_timer(policy.has_transport_timer()),
+        )
         // A span per attempt; its traceparent, tracestate and X-Trace-ID on the attempt.
         .layer(PropagateMetadataLayer::new())
         .service(inner)

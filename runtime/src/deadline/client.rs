@@ -130,12 +130,25 @@ where
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttemptTimeoutLayer {
     per_attempt: Option<Duration>,
+    transport_timer: bool,
 }
 
 impl AttemptTimeoutLayer {
     /// Attempts get at most `per_attempt` (and never more than the call has left).
     pub fn new(per_attempt: Option<Duration>) -> Self {
-        AttemptTimeoutLayer { per_attempt }
+        AttemptTimeoutLayer {
+            per_attempt,
+            transport_timer: false,
+        }
+    }
+
+    /// Tells the layer that the transport below enforces the `grpc-timeout` it sends (a
+    /// tonic `Channel` does: its timer ends the request with `TimeoutExpired`), so the
+    /// layer starts no timer of its own and reads the transport's: one timer per attempt
+    /// instead of two.
+    pub fn transport_timer(mut self, enforced: bool) -> Self {
+        self.transport_timer = enforced;
+        self
     }
 }
 
@@ -145,6 +158,7 @@ impl<S> Layer<S> for AttemptTimeoutLayer {
         AttemptTimeout {
             inner,
             per_attempt: self.per_attempt,
+            transport_timer: self.transport_timer,
         }
     }
 }
@@ -154,12 +168,17 @@ impl<S> Layer<S> for AttemptTimeoutLayer {
 pub struct AttemptTimeout<S> {
     inner: S,
     per_attempt: Option<Duration>,
+    transport_timer: bool,
 }
 
 impl<S> AttemptTimeout<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, per_attempt: Option<Duration>) -> Self {
-        AttemptTimeout { inner, per_attempt }
+        AttemptTimeout {
+            inner,
+            per_attempt,
+            transport_timer: false,
+        }
     }
     /// The inner service.
     pub fn get_ref(&self) -> &S {
@@ -207,9 +226,15 @@ where
                 info
             }
         };
+        // With the transport's timer, only the instant is kept: to tell whether a
+        // DEADLINE_EXCEEDED or the transport's `TimeoutExpired` was our bound running out.
+        let expires = bound.and_then(|b| Instant::now().checked_add(b));
         AttemptFuture {
             inner: self.inner.call(req),
-            sleep: bound.map(tokio::time::sleep),
+            sleep: bound
+                .filter(|_| !self.transport_timer)
+                .map(tokio::time::sleep),
+            expires,
             bound,
             info,
         }
@@ -223,6 +248,7 @@ pin_project! {
         inner: F,
         #[pin]
         sleep: Option<Sleep>,
+        expires: Option<Instant>,
         bound: Option<Duration>,
         info: AttemptInfo,
     }
@@ -247,8 +273,8 @@ where
         let bound = this.bound.unwrap_or_default();
         let result = match this.inner.poll(cx) {
             Poll::Ready(result) => {
-                if let (Err(status), Some(sleep)) = (&result, this.sleep.as_ref().as_pin_ref())
-                    && expired_our_timeout(status, bound, sleep.deadline())
+                if let (Err(status), Some(expires)) = (&result, *this.expires)
+                    && (expired_our_timeout(status, bound, expires) || transport_timed_out(status))
                 {
                     this.info.set_timed_out();
                 }
@@ -278,6 +304,19 @@ where
             _ => status,
         }))
     }
+}
+
+/// Whether the transport's own `grpc-timeout` timer ended the request (tonic reports it as
+/// `TimeoutExpired`).
+fn transport_timed_out(status: &Status) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cur {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Whether a DEADLINE_EXCEEDED from the server reports that the `grpc-timeout` we sent

@@ -89,6 +89,7 @@ pub struct CallPolicy {
     metrics: Arc<std::sync::OnceLock<Arc<MethodMetrics>>>,
     grpc_service: Option<Arc<str>>,
     span: Arc<std::sync::OnceLock<crate::trace::ClientSpanLayer>>,
+    transport_timer: bool,
     jitter: fn() -> f64,
 }
 
@@ -123,6 +124,7 @@ impl CallPolicy {
             metrics: Arc::default(),
             grpc_service: None,
             span: Arc::default(),
+            transport_timer: false,
             jitter: fastrand::f64,
         }
     }
@@ -184,6 +186,16 @@ impl CallPolicy {
         self.grpc_service = name.map(Into::into);
         self.span = Arc::default();
         self
+    }
+    /// Tells the policy that the transport enforces each attempt's `grpc-timeout` (a tonic
+    /// channel does), so the attempt-timeout layer starts no timer of its own.
+    pub fn transport_timer(mut self, enforced: bool) -> Self {
+        self.transport_timer = enforced;
+        self
+    }
+    /// Whether the transport enforces each attempt's `grpc-timeout`.
+    pub fn has_transport_timer(&self) -> bool {
+        self.transport_timer
     }
     /// The client span layer of this method, made once.
     pub fn client_span_layer(&self) -> crate::trace::ClientSpanLayer {
