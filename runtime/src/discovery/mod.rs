@@ -15,6 +15,11 @@
 //!   back once the endpoint is healthy.
 //! - An attempt that never reached a server (connection refused) is sent again at once to
 //!   another endpoint, not counted as an attempt (see [`crate::outcome`]).
+//! - Grace: when the registry suddenly lists no instance at all (etcd expires every lease
+//!   at once when it resumes after a freeze, and the keys come back milliseconds later),
+//!   the pool keeps the last set for a grace period (twice the lease TTL by default) instead
+//!   of failing every call; during it an endpoint whose connection fails is dropped, and
+//!   any non-empty set from the registry ends it.
 //! - Panic mode (Envoy's `healthy_panic_threshold`): when fewer than the threshold share of
 //!   endpoints (default 50 %) is in good standing, calls are balanced over all of them,
 //!   ejected or not, instead of piling onto the few that are left.
@@ -24,7 +29,9 @@ mod outlier;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use crate::spec::outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
@@ -68,6 +75,9 @@ pub(crate) struct PoolConfig {
     pub(crate) outlier_detection: OutlierDetection,
     /// Envoy's healthy panic threshold, in percent.
     pub(crate) panic_threshold: u32,
+    /// How long to keep the last set when the registry lists none (default: twice the
+    /// registry's lease TTL).
+    pub(crate) grace: Option<Duration>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -87,6 +97,12 @@ pub(crate) struct Pool {
     next: AtomicUsize,
     base: Instant,
     config: PoolConfig,
+    grace: Duration,
+    /// While the pool keeps a set the registry no longer lists: until when (pool clock, ms);
+    /// 0 when it follows the registry.
+    stale_until_ms: AtomicU64,
+    /// Dropped with the pool: ends the task that follows the registry, and so its watch.
+    _stop: oneshot::Sender<()>,
 }
 
 impl Pool {
@@ -97,15 +113,23 @@ impl Pool {
         config: PoolConfig,
     ) -> Result<Arc<Pool>, Error> {
         let mut rx = registry.watch(service).await?;
+        let grace = config
+            .grace
+            .or_else(|| registry.lease_ttl().map(|ttl| ttl * 2))
+            .unwrap_or(Duration::ZERO);
+        let (stop, stopped) = oneshot::channel();
         let pool = Arc::new(Pool {
             service: service.into(),
             slots: RwLock::new(Arc::from(Vec::new())),
             next: AtomicUsize::new(0),
             base: Instant::now(),
             config,
+            grace,
+            stale_until_ms: AtomicU64::new(0),
+            _stop: stop,
         });
         pool.update(&rx.borrow_and_update());
-        tokio::spawn(follow(Arc::downgrade(&pool), rx));
+        tokio::spawn(follow(Arc::downgrade(&pool), rx, stopped));
         tokio::spawn(sweep_every_interval(Arc::downgrade(&pool)));
         Ok(pool)
     }
@@ -122,7 +146,59 @@ impl Pool {
         self.slots.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Applies the registry's set, except that an empty set replacing a non-empty one is
+    /// held off for the grace period.
     fn update(&self, instances: &[Instance]) {
+        if instances.is_empty() && !self.grace.is_zero() && !self.snapshot().is_empty() {
+            if self.stale_until_ms.load(Ordering::Acquire) == 0 {
+                let until = self.now_ms() + self.grace.as_millis() as u64;
+                self.stale_until_ms.store(until.max(1), Ordering::Release);
+                tracing::warn!(
+                    service = %self.service,
+                    grace_ms = self.grace.as_millis() as u64,
+                    "the registry lists no instance; keeping the last ones while their connections work"
+                );
+            }
+            return;
+        }
+        self.stale_until_ms.store(0, Ordering::Release);
+        self.apply(instances);
+    }
+
+    /// When the grace period of a stale set ends, if the pool holds one.
+    fn stale_deadline(&self) -> Option<Instant> {
+        match self.stale_until_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.base + Duration::from_millis(ms)),
+        }
+    }
+
+    /// The grace period is over: the registry's empty set applies.
+    fn expire_stale(&self) {
+        if self.stale_until_ms.swap(0, Ordering::AcqRel) != 0 {
+            tracing::warn!(service = %self.service, "grace period over; no instance left");
+            self.apply(&[]);
+        }
+    }
+
+    /// Drops `slot` from a stale set (its connection failed).
+    fn drop_stale(&self, slot: &Slot) {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        let left: Vec<Arc<Slot>> = slots
+            .iter()
+            .filter(|s| !std::ptr::eq(&***s, slot))
+            .cloned()
+            .collect();
+        if left.len() != slots.len() {
+            tracing::warn!(
+                service = %self.service, id = %slot.id, addr = %slot.addr, left = left.len(),
+                "dropping an instance the registry no longer lists: its connection failed"
+            );
+            *slots = left.into();
+        }
+    }
+
+    fn apply(&self, instances: &[Instance]) {
         let old = self.snapshot();
         let mut kept: HashMap<(&str, &str), &Arc<Slot>> =
             old.iter().map(|s| ((&*s.id, s.addr.as_str()), s)).collect();
@@ -228,6 +304,11 @@ impl Pool {
                 slot.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if effect == EndpointEffect::LocalFailure && self.stale_deadline().is_some() {
+            // The registry no longer lists it and it cannot be reached: it is really gone.
+            self.drop_stale(slot);
+            return;
+        }
         let od = self.od();
         let local = if effect == EndpointEffect::LocalFailure {
             slot.local_in_a_row.fetch_add(1, Ordering::AcqRel) + 1
@@ -329,11 +410,28 @@ impl Pool {
     }
 }
 
-async fn follow(pool: Weak<Pool>, mut rx: Instances) {
-    while rx.changed().await.is_ok() {
-        let Some(pool) = pool.upgrade() else { return };
-        let set = rx.borrow_and_update().clone();
-        pool.update(&set);
+/// Applies every change of the registry's set, and the end of a grace period, until the
+/// pool is dropped (which drops `rx` at once, and with it the registry's watch).
+async fn follow(pool: Weak<Pool>, mut rx: Instances, mut stopped: oneshot::Receiver<()>) {
+    loop {
+        let Some(deadline) = pool.upgrade().map(|p| p.stale_deadline()) else {
+            return;
+        };
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(pool) = pool.upgrade() else { return };
+                let set = rx.borrow_and_update().clone();
+                pool.update(&set);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let Some(pool) = pool.upgrade() else { return };
+                pool.expire_stale();
+            }
+            _ = &mut stopped => return,
+        }
     }
 }
 
@@ -358,7 +456,16 @@ mod tests {
     use crate::registry::MemoryRegistry;
 
     async fn pool(n: usize, od: OutlierDetection) -> Arc<Pool> {
-        let registry = MemoryRegistry::new();
+        pool_on(&MemoryRegistry::new(), n, od, None).await
+    }
+
+    async fn pool_on(
+        registry: &MemoryRegistry,
+        n: usize,
+        od: OutlierDetection,
+        grace: Option<Duration>,
+    ) -> Arc<Pool> {
+        let registry = registry.clone();
         for i in 0..n {
             // Connected lazily and never called: only the bookkeeping runs.
             let instance = Instance::new(
@@ -373,6 +480,7 @@ mod tests {
             endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
             outlier_detection: od,
             panic_threshold: 50,
+            grace,
         };
         Pool::start("svc", &registry, config).await.unwrap()
     }
@@ -488,5 +596,117 @@ mod tests {
         for _ in 0..10 {
             assert_ne!(&*pool.pick(Some("e2"), false).unwrap().id, "e2");
         }
+    }
+
+    /// Lets the pool's follow task apply what the registry published.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_instance_vanishing_at_once_keeps_the_last_set_for_the_grace_period() {
+        let registry = MemoryRegistry::new();
+        let grace = Duration::from_secs(20);
+        let pool = pool_on(&registry, 3, OutlierDetection::default(), Some(grace)).await;
+        assert_eq!(pool.ids().len(), 3);
+        // The lease goes: every key at once, as etcd expiring leases on resume.
+        registry.shutdown().await.unwrap();
+        settle().await;
+        assert_eq!(pool.ids().len(), 3, "still calling the last set");
+        assert!(pool.pick(None, false).is_some());
+        tokio::time::sleep(grace - Duration::from_millis(100)).await;
+        assert_eq!(pool.ids().len(), 3);
+        // The services put their keys back: the registry's set applies again.
+        let again = registry.session();
+        again
+            .register(&Instance::new("svc", "e1", "http://127.0.0.1:2"))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(pool.ids(), ["e1"]);
+        tokio::time::sleep(grace * 2).await;
+        assert_eq!(pool.ids(), ["e1"], "no stale expiry left over");
+        // Gone again, and this time for good: empty once the grace period is over.
+        again.shutdown().await.unwrap();
+        settle().await;
+        assert_eq!(pool.ids(), ["e1"]);
+        tokio::time::sleep(grace + Duration::from_millis(100)).await;
+        settle().await;
+        assert!(pool.ids().is_empty());
+        assert!(pool.pick(None, false).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn during_the_grace_period_an_instance_whose_connection_fails_is_dropped() {
+        let registry = MemoryRegistry::new();
+        let pool = pool_on(
+            &registry,
+            2,
+            OutlierDetection::default(),
+            Some(Duration::from_secs(20)),
+        )
+        .await;
+        registry.shutdown().await.unwrap();
+        settle().await;
+        pool.report(&slot(&pool, "e0"), AttemptOutcome::Timeout);
+        assert_eq!(pool.ids().len(), 2, "a timeout is no connection failure");
+        pool.report(&slot(&pool, "e0"), AttemptOutcome::NotSent);
+        assert_eq!(pool.ids(), ["e1"]);
+        pool.report(&slot(&pool, "e1"), AttemptOutcome::Transport);
+        assert!(pool.ids().is_empty(), "real connection failures empty it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_grace_an_empty_set_applies_at_once() {
+        let registry = MemoryRegistry::new();
+        let pool = pool_on(
+            &registry,
+            2,
+            OutlierDetection::default(),
+            Some(Duration::ZERO),
+        )
+        .await;
+        registry.shutdown().await.unwrap();
+        settle().await;
+        assert!(pool.ids().is_empty());
+    }
+
+    /// A registry with one watch channel the test holds the sending end of.
+    #[derive(Debug)]
+    struct OneWatch(tokio::sync::watch::Sender<Arc<[Instance]>>);
+
+    #[async_trait::async_trait]
+    impl Registry for OneWatch {
+        async fn register(&self, _: &Instance) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn deregister(&self, _: &str, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn watch(&self, _: &str) -> Result<Instances, Error> {
+            Ok(self.0.subscribe())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_pool_drops_its_watch_at_once() {
+        let (tx, _) = tokio::sync::watch::channel(Arc::from(Vec::new()));
+        let registry = Arc::new(OneWatch(tx));
+        let config = PoolConfig {
+            endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
+            outlier_detection: OutlierDetection::default(),
+            panic_threshold: 50,
+            grace: None,
+        };
+        let dyn_registry: Arc<dyn Registry> = registry.clone();
+        let pool = Pool::start("svc", &dyn_registry, config).await.unwrap();
+        settle().await;
+        assert_eq!(registry.0.receiver_count(), 1);
+        drop(pool);
+        settle().await;
+        // The follow task ended without waiting for the next change.
+        assert_eq!(registry.0.receiver_count(), 0);
     }
 }

@@ -38,7 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use self::etcd::{EtcdConfig, EtcdRegistry};
+pub use self::etcd::{EtcdConfig, EtcdRegistry, MAX_VALUE_BYTES};
 pub use self::fixed::StaticRegistry;
 pub use self::memory::MemoryRegistry;
 
@@ -101,13 +101,13 @@ impl Instance {
         if self.service.is_empty() || self.service.contains('/') {
             return Err(Error::config(
                 "instance.service",
-                "must be non-empty, without '/'",
+                format!("`{}` must be non-empty, without '/'", self.service),
             ));
         }
         if self.id.is_empty() || self.id.contains('/') {
             return Err(Error::config(
                 "instance.id",
-                "must be non-empty, without '/'",
+                format!("`{}` must be non-empty, without '/'", self.id),
             ));
         }
         match self.addr.parse::<http::Uri>() {
@@ -130,6 +130,38 @@ impl Instance {
 /// The live set of one service, as a watch channel: the current value is the whole set.
 pub type Instances = watch::Receiver<Arc<[Instance]>>;
 
+/// Whether the registrations of this process are in place in the registry.
+///
+/// ```
+/// use steadfast::registry::RegistrationStatus;
+/// let s = RegistrationStatus::Unregistered("cannot reach etcd".into());
+/// assert!(!s.is_registered());
+/// assert_eq!(s.to_string(), "not registered: cannot reach etcd");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistrationStatus {
+    /// Every registration is in place (or none is wanted).
+    Registered,
+    /// Some registration is not known to be in place; why. The registry keeps trying.
+    Unregistered(String),
+}
+
+impl RegistrationStatus {
+    /// Whether every registration is in place.
+    pub fn is_registered(&self) -> bool {
+        matches!(self, RegistrationStatus::Registered)
+    }
+}
+
+impl fmt::Display for RegistrationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistrationStatus::Registered => f.write_str("registered"),
+            RegistrationStatus::Unregistered(why) => write!(f, "not registered: {why}"),
+        }
+    }
+}
+
 /// Where services register and clients discover them.
 #[async_trait::async_trait]
 pub trait Registry: Send + Sync + fmt::Debug {
@@ -142,6 +174,18 @@ pub trait Registry: Send + Sync + fmt::Debug {
     /// Ends every registration of this process at once (for etcd: revokes the lease).
     async fn shutdown(&self) -> Result<(), Error> {
         Ok(())
+    }
+    /// Follows whether every registration of this process is in place. The default, for
+    /// backends whose `register` is done once it returns, is always
+    /// [`RegistrationStatus::Registered`].
+    fn status(&self) -> watch::Receiver<RegistrationStatus> {
+        watch::channel(RegistrationStatus::Registered).1
+    }
+    /// How long a registration outlives its process (etcd's lease TTL), for backends with
+    /// liveness. Discovery keeps the last set for twice this when every instance vanishes
+    /// at once.
+    fn lease_ttl(&self) -> Option<Duration> {
+        None
     }
 }
 
