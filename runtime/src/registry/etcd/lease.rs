@@ -1,7 +1,7 @@
 //! The keeper: the one task that holds this process's lease and keeps every wanted key put
 //! under it, whatever etcd does.
 //!
-//! Its loop, forever, with backoff (100 ms doubling up to TTL/3, at most 5 s) after a failure:
+//! Its loop, forever, with backoff (100 ms doubling up to TTL/3, at most 1 s) after a failure:
 //! 1. no lease: grant one and open its keepalive stream at once (before any put);
 //! 2. put every wanted key that is not put under the lease (and delete keys no longer wanted);
 //!    then revoke the leases it replaced, bounded and in the background;
@@ -135,7 +135,8 @@ pub(super) fn revoke_in_background(client: &Client, ids: Vec<i64>, t: Duration) 
 pub(super) async fn keep(client: Client, config: EtcdConfig, shared: Arc<Shared>) {
     let t = config.request_timeout();
     let every = config.ttl / 3;
-    let cap = every.clamp(Duration::from_millis(500), Duration::from_secs(5));
+    // At most a second between attempts: registered within a second of etcd coming back.
+    let cap = every.clamp(Duration::from_millis(250), Duration::from_secs(1));
     let first = Duration::from_millis(100);
     let mut backoff = first;
     let mut held: Option<Held> = None;

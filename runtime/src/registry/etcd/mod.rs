@@ -105,7 +105,10 @@ impl EtcdRegistry {
             .with_keep_alive(ping, ping)
             .with_keep_alive_while_idle(true);
         if let Some((user, password)) = &config.user {
-            opts = opts.with_user(user.clone(), password.clone());
+            // etcd's auth tokens expire (5 min by default): get a new one when they do.
+            opts = opts
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         if let Some(ca) = &config.tls_ca {
             let path = ca.clone();
