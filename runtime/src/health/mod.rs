@@ -489,6 +489,8 @@ impl Inner {
         }
         if serving {
             tracing::info!(serving, "health changed to SERVING");
+        } else if !up {
+            tracing::info!(serving, "health changed to NOT_SERVING: shutting down");
         } else {
             let failing: Vec<String> = states
                 .iter()
