@@ -304,7 +304,7 @@ impl ClientConfig {
 
     /// How long discovery keeps calling the last known instances when the registry suddenly
     /// lists none (default twice the registry's lease TTL, e.g. 20 s with etcd's default;
-    /// zero with a registry without leases). etcd expires every lease at once when it
+    /// zero with a registry that reports no TTL, such as `memory://` and `static://`). etcd expires every lease at once when it
     /// resumes after a freeze, and the services put their keys back tens of milliseconds
     /// later: an empty set is not applied at once. Meanwhile an instance whose connection
     /// fails is dropped; `Duration::ZERO` applies an empty set at once.

@@ -8,20 +8,25 @@
 //!   service name;
 //! - `etcd://host:port[,host:port...]`: [`EtcdRegistry`], etcd v3 with one TTL lease per
 //!   process. Options as query parameters: `prefix`, `user`, `password`, `ttl` (e.g. `10s`),
-//!   `tls_ca` (a PEM file; with it, etcd is reached over TLS).
+//!   `tls_ca` (a PEM file; with it, etcd is reached over TLS). Values are percent-decoded:
+//!   write a `&` in a password as `%26` and a `%` as `%25`.
 //!
 //! # etcd layout
 //! Key `/steadfast/services/{service}/{instance_id}` (the prefix is configurable), value the
 //! JSON of [`Instance`]:
 //! `{"id","service","addr":"http://127.0.0.1:50051","version","zone","weight","metadata":{},"registered_at"}`.
 //! A client in another language discovers our services by listing the prefix and watching
-//! it; the key lives only while the lease of the process that wrote it does.
+//! it; the key lives only while the lease of the process that wrote it does. Watchers list
+//! the prefix a page at a time and skip (with a warning) values that are not such JSON or
+//! are larger than [`MAX_VALUE_BYTES`] (64 KiB).
 //!
 //! # Writing another backend
 //! Implement [`Registry`]: `register` must make the instance visible to `watch`ers until
 //! `deregister` or `shutdown` (or the process's death, for a backend with liveness such as a
-//! lease or a session); `watch` returns a [`watch::Receiver`] of the full live set, updated
-//! on every change and kept at its last value while the backend is unreachable. A Consul
+//! lease or a session), and keep it so through outages, retrying; `status` says whether it
+//! is in place now, and why not; `watch` returns a [`watch::Receiver`] of the full live set,
+//! updated on every change and kept at its last value while the backend is unreachable, and
+//! stops watching once every receiver is dropped. A Consul
 //! backend would map the lease to a session with a TTL health check and the watch to blocking
 //! queries; a Nacos backend to ephemeral instances with heartbeats and a subscription. Test it
 //! against the real server, as `EtcdRegistry` is.
