@@ -420,3 +420,33 @@ async fn a_registry_with_auth_and_a_password_with_ampersand_and_percent() {
         .to_string();
     assert!(!err.contains("wr0ng"), "{err}");
 }
+
+#[tokio::test]
+async fn with_auth_a_service_started_while_etcd_is_down_registers_once_it_is_up() {
+    let mut etcd = Etcd::start().await;
+    etcd.enable_auth("app", "pw").await;
+    etcd.members[0].kill();
+    // Authenticating needs etcd: that it is down is no error at start.
+    let url = format!("etcd://{}?ttl=2s&user=app&password=pw", etcd.endpoints());
+    let reg = steadfast::registry::from_url(&url).await.unwrap();
+    let health = Health::builder()
+        .registration(reg.clone(), instance("u1"))
+        .build()
+        .unwrap();
+    let mut status = reg.status();
+    timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| !s.is_registered()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    etcd.restart(0).await;
+    let mut c = etcd.client().await;
+    until_present(&mut c, KEY, Duration::from_secs(3)).await;
+    let mut serving = health.subscribe();
+    timeout(Duration::from_secs(2), serving.wait_for(|s| *s))
+        .await
+        .expect("SERVING once registered")
+        .unwrap();
+}

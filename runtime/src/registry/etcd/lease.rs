@@ -17,11 +17,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+use etcd_client::{GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::EtcdConfig;
+use super::conn::Conn;
 use crate::registry::RegistrationStatus;
 
 /// What the registry wants, shared between its handles and the keeper.
@@ -113,7 +114,7 @@ async fn request<T>(
 
 /// Revokes `ids`, each bounded by `t`, in the background; a lease not revoked expires after
 /// its TTL anyway.
-pub(super) fn revoke_in_background(client: &Client, ids: Vec<i64>, t: Duration) {
+pub(super) fn revoke_in_background(client: &Conn, ids: Vec<i64>, t: Duration) {
     if ids.is_empty() {
         return;
     }
@@ -123,8 +124,8 @@ pub(super) fn revoke_in_background(client: &Client, ids: Vec<i64>, t: Duration) 
     let client = client.clone();
     rt.spawn(async move {
         for id in ids {
-            let mut c = client.clone();
-            if let Err(e) = request(t, c.lease_revoke(id)).await {
+            let revoke = async { client.get().await?.lease_revoke(id).await };
+            if let Err(e) = request(t, revoke).await {
                 tracing::debug!(lease = id, "revoking a replaced etcd lease failed: {e}");
             }
         }
@@ -132,7 +133,7 @@ pub(super) fn revoke_in_background(client: &Client, ids: Vec<i64>, t: Duration) 
 }
 
 /// The keeper task. Runs until aborted (by `shutdown`, or when the registry is dropped).
-pub(super) async fn keep(client: Client, config: EtcdConfig, shared: Arc<Shared>) {
+pub(super) async fn keep(client: Conn, config: EtcdConfig, shared: Arc<Shared>) {
     let t = config.request_timeout();
     let every = config.ttl / 3;
     // At most a second between attempts: registered within a second of etcd coming back.
@@ -219,7 +220,7 @@ pub(super) async fn keep(client: Client, config: EtcdConfig, shared: Arc<Shared>
 
 /// Makes etcd hold exactly `wanted` under a live lease (one attempt at each step).
 async fn reconcile(
-    client: &Client,
+    client: &Conn,
     config: &EtcdConfig,
     shared: &Shared,
     held: &mut Option<Held>,
@@ -230,7 +231,10 @@ async fn reconcile(
     if wanted.is_empty() {
         // Nothing to keep: let the lease go (its keys, if any, were deleted one by one).
         for key in put.keys().cloned().collect::<Vec<_>>() {
-            request(t, client.clone().delete(key.clone(), None)).await?;
+            request(t, async {
+                client.get().await?.delete(key.clone(), None).await
+            })
+            .await?;
             put.remove(&key);
         }
         let mut s = shared.state();
@@ -250,10 +254,13 @@ async fn reconcile(
     for (key, value) in wanted {
         if put.get(key) != Some(value) {
             let opts = PutOptions::new().with_lease(id);
-            request(
-                t,
-                client.clone().put(key.clone(), value.clone(), Some(opts)),
-            )
+            request(t, async {
+                client
+                    .get()
+                    .await?
+                    .put(key.clone(), value.clone(), Some(opts))
+                    .await
+            })
             .await
             .map_err(|e| format!("put {key}: {e}"))?;
             put.insert(key.clone(), value.clone());
@@ -265,9 +272,11 @@ async fn reconcile(
         .cloned()
         .collect();
     for key in gone {
-        request(t, client.clone().delete(key.clone(), None))
-            .await
-            .map_err(|e| format!("delete {key}: {e}"))?;
+        request(t, async {
+            client.get().await?.delete(key.clone(), None).await
+        })
+        .await
+        .map_err(|e| format!("delete {key}: {e}"))?;
         put.remove(&key);
     }
     let retired = std::mem::take(&mut shared.state().retired);
@@ -276,15 +285,17 @@ async fn reconcile(
 }
 
 /// Grants a lease and opens its keepalive stream before anything else is done with it.
-async fn grant(client: &Client, config: &EtcdConfig) -> Result<Held, String> {
+async fn grant(client: &Conn, config: &EtcdConfig) -> Result<Held, String> {
     let t = config.request_timeout();
     let ttl = config.ttl.as_secs().max(2) as i64;
     let started = Instant::now();
-    let id = request(t, client.clone().lease_grant(ttl, None))
-        .await
-        .map_err(|e| format!("lease grant: {e}"))?
-        .id();
-    match request(t, client.clone().lease_keep_alive(id)).await {
+    let id = request(t, async {
+        client.get().await?.lease_grant(ttl, None).await
+    })
+    .await
+    .map_err(|e| format!("lease grant: {e}"))?
+    .id();
+    match request(t, async { client.get().await?.lease_keep_alive(id).await }).await {
         Ok((keeper, stream)) => Ok(Held {
             id,
             keeper,
@@ -301,7 +312,7 @@ async fn grant(client: &Client, config: &EtcdConfig) -> Result<Held, String> {
 /// Keeps `h` alive every `every` and checks that the keys of `put` are still there, until
 /// something needs the keeper's attention.
 async fn steady(
-    client: &Client,
+    client: &Conn,
     t: Duration,
     every: Duration,
     h: &mut Held,
@@ -330,7 +341,11 @@ async fn steady(
         let mut missing = Vec::new();
         for key in put.keys() {
             let opts = GetOptions::new().with_keys_only();
-            match request(t, client.clone().get(key.clone(), Some(opts))).await {
+            match request(t, async {
+                client.get().await?.get(key.clone(), Some(opts)).await
+            })
+            .await
+            {
                 Ok(resp) if resp.kvs().iter().any(|kv| kv.lease() == h.id) => {}
                 Ok(_) => missing.push(key.clone()),
                 // A failed read proves nothing; the next keepalive tells.

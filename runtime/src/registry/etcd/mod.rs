@@ -2,17 +2,19 @@
 //! watchers that list a service's prefix a page at a time and then watch it.
 
 mod config;
+mod conn;
 mod lease;
 mod watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{ConnectOptions, GetOptions};
 use tokio::task::JoinHandle;
 
 pub use self::config::EtcdConfig;
 
+use self::conn::{Conn, is_unavailable};
 use self::lease::{Shared, revoke_in_background};
 use super::{Instance, Instances, RegistrationStatus, Registry};
 use crate::Error;
@@ -23,7 +25,7 @@ use crate::Error;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 struct Inner {
-    client: Client,
+    client: Conn,
     config: EtcdConfig,
     shared: Arc<Shared>,
     keeper: Mutex<Option<JoinHandle<()>>>,
@@ -124,13 +126,28 @@ impl EtcdRegistry {
                     .ca_certificate(etcd_client::Certificate::from_pem(pem)),
             );
         }
-        let client = Client::connect(&config.endpoints, Some(opts))
-            .await
-            .map_err(|e| Error::Connect {
-                service: "etcd".into(),
-                endpoint: config.endpoints.join(","),
-                reason: e.to_string(),
-            })?;
+        let client = Conn::new(config.endpoints.clone(), opts);
+        // Connect now, so that a refusal (a wrong password, a bad endpoint) is an error here;
+        // an etcd that is not up yet is none: the keeper and the watchers connect later.
+        match tokio::time::timeout(config.connect_timeout, client.get()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if !is_unavailable(&e) => {
+                return Err(Error::Connect {
+                    service: "etcd".into(),
+                    endpoint: config.endpoints.join(","),
+                    reason: e.to_string(),
+                });
+            }
+            Ok(Err(e)) => tracing::warn!(
+                endpoints = %config.endpoints.join(","),
+                "etcd not reachable yet, connecting in the background: {e}"
+            ),
+            Err(_) => tracing::warn!(
+                endpoints = %config.endpoints.join(","),
+                "etcd not reachable yet, connecting in the background: no answer within {:?}",
+                config.connect_timeout
+            ),
+        }
         Ok(EtcdRegistry {
             inner: Arc::new(Inner {
                 client,
@@ -143,9 +160,12 @@ impl EtcdRegistry {
 
     /// Checks that etcd answers (a read of the prefix).
     pub async fn ping(&self) -> Result<(), Error> {
-        let mut client = self.inner.client.clone();
+        let client = self.inner.client.clone();
         let prefix = self.inner.config.prefix.clone();
-        let read = client.get(prefix, Some(GetOptions::new().with_count_only()));
+        let read = async move {
+            let opts = GetOptions::new().with_count_only();
+            client.get().await?.get(prefix, Some(opts)).await
+        };
         tokio::time::timeout(Duration::from_secs(2), read)
             .await
             .map_err(|_| Error::Connect {
@@ -256,8 +276,15 @@ impl Registry for EtcdRegistry {
         let t = self.inner.config.request_timeout();
         let mut last = String::new();
         for _ in 0..3 {
-            let mut client = self.inner.client.clone();
-            match tokio::time::timeout(t, client.delete(key.clone(), None)).await {
+            let delete = async {
+                self.inner
+                    .client
+                    .get()
+                    .await?
+                    .delete(key.clone(), None)
+                    .await
+            };
+            match tokio::time::timeout(t, delete).await {
                 Ok(Ok(_)) => {
                     let keeper_runs = self
                         .inner
@@ -315,8 +342,8 @@ impl Registry for EtcdRegistry {
         let t = self.inner.config.request_timeout();
         let mut result = Ok(());
         for id in ids {
-            let mut client = self.inner.client.clone();
-            match tokio::time::timeout(t, client.lease_revoke(id)).await {
+            let revoke = async { self.inner.client.get().await?.lease_revoke(id).await };
+            match tokio::time::timeout(t, revoke).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) if e.to_string().contains("not found") => {}
                 Ok(Err(e)) => result = Err(etcd_err("lease revoke", e)),

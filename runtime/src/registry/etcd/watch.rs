@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions};
 use tokio::sync::watch;
 
 use super::MAX_VALUE_BYTES;
+use super::conn::Conn;
 use crate::registry::Instance;
 
 /// Keys asked for per page of the list; halved (down to one) while a page is too large to
@@ -47,7 +48,7 @@ pub(super) fn parse_instance(key: &str, value: &[u8]) -> Option<Instance> {
 /// revision; re-list after a compaction; on errors keep the last set and retry with backoff.
 /// Ends (closing its etcd watch) as soon as every receiver of `tx` is dropped.
 pub(super) async fn follow(
-    client: Client,
+    client: Conn,
     prefix: String,
     service: String,
     tx: watch::Sender<Arc<[Instance]>>,
@@ -96,10 +97,14 @@ fn too_large(e: &etcd_client::Error) -> bool {
 /// Lists every key under `prefix` at one revision, a page at a time. Returns the revision
 /// and the valid instances.
 pub(super) async fn list(
-    client: &Client,
+    client: &Conn,
     prefix: &str,
 ) -> Result<(i64, BTreeMap<String, Instance>), etcd_client::Error> {
-    let mut kv = client.kv_client().max_decoding_message_size(DECODE_LIMIT);
+    let mut kv = client
+        .get()
+        .await?
+        .kv_client()
+        .max_decoding_message_size(DECODE_LIMIT);
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
@@ -143,7 +148,7 @@ pub(super) async fn list(
 }
 
 async fn list_then_watch(
-    client: Client,
+    client: Conn,
     prefix: &str,
     tx: &watch::Sender<Arc<[Instance]>>,
     backoff: &mut Duration,
@@ -152,6 +157,9 @@ async fn list_then_watch(
     publish(tx, &known);
     *backoff = Duration::from_millis(100);
     let mut stream = client
+        .get()
+        .await
+        .map_err(|e| e.to_string())?
         .watch_client()
         .max_decoding_message_size(DECODE_LIMIT)
         .watch(
