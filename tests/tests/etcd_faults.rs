@@ -205,56 +205,53 @@ async fn keys_deleted_by_someone_else_are_put_back_within_the_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_frozen_longer_than_the_ttl_then_resumed_fails_no_call() {
     let etcd = Etcd::start().await;
-    // Each replica is its own process: its own registry and lease.
-    let mut replicas = Vec::new();
-    for id in ["u1", "u2"] {
-        let r: Arc<dyn Registry> = Arc::new(registry(&etcd, "2s").await);
-        replicas.push((start(&r, id, Duration::ZERO).await, r));
-    }
+    // The replica is its own process: its own registry and lease.
+    let replica: Arc<dyn Registry> = Arc::new(registry(&etcd, "2s").await);
+    let _replica = start(&replica, "u1", Duration::ZERO).await;
     // The client's own lease is long: its connection to etcd outlives the freeze (HTTP/2
-    // pings every 5 s), so its watch sees every key deleted on resume.
+    // pings every 5 s), so its watch sees the key deleted on resume.
     let discovery: Arc<dyn Registry> = Arc::new(registry(&etcd, "30s").await);
-    let users =
-        UsersClient::connect(ClientConfig::discover(discovery).downstreams(Downstreams::new()))
-            .await
-            .unwrap();
-    eventually("both replicas discovered", || async {
-        users.core().channel().discovered_ids().len() == 2
+    let users = UsersClient::connect(
+        ClientConfig::discover(discovery.clone()).downstreams(Downstreams::new()),
+    )
+    .await
+    .unwrap();
+    eventually("the replica discovered", || async {
+        users.core().channel().discovered_ids() == ["u1"]
     })
     .await;
+    // What discovery sees, recorded.
+    let mut set = discovery.watch("user-svc").await.unwrap();
+    until_set(&mut set, Duration::from_secs(5), |s| s.len() == 1).await;
+    let saw_empty = tokio::spawn(async move { set.wait_for(|s| s.is_empty()).await.is_ok() });
     let stop = Arc::new(AtomicBool::new(false));
     let running = load(&users, 8, &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Frozen for twice the replicas' TTL: on resume etcd expires every lease at once, and
-    // every key is deleted before the replicas put theirs back.
+    // Frozen for twice the replica's TTL: on resume etcd expires its lease, and the key is
+    // deleted before the replica puts it back.
     etcd.members[0].pause();
     tokio::time::sleep(Duration::from_secs(4)).await;
     etcd.members[0].resume();
+    let emptied = timeout(Duration::from_secs(5), saw_empty)
+        .await
+        .expect("discovery never saw the registration vanish")
+        .unwrap();
+    assert!(emptied);
     let mut c = etcd.client().await;
-    for id in ["u1", "u2"] {
-        until_present(
-            &mut c,
-            &format!("/steadfast/services/user-svc/{id}"),
-            Duration::from_secs(5),
-        )
-        .await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_present(&mut c, KEY, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     let (calls, failed) = running.await.unwrap();
     assert_eq!(failed, 0, "{failed} of {calls} calls failed");
     assert!(calls > 500, "only {calls} calls");
-    eventually("both replicas discovered again", || async {
-        users.core().channel().discovered_ids().len() == 2
-    })
-    .await;
+    assert_eq!(users.core().channel().discovered_ids(), ["u1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_member_of_three_deletes_no_registration() {
+async fn a_frozen_member_of_three_deletes_no_registration_and_fails_no_call() {
     let etcd = Etcd::cluster(3).await;
-    let reg = registry(&etcd, "2s").await;
-    reg.register(&instance("u1")).await.unwrap();
+    let reg: Arc<dyn Registry> = Arc::new(registry(&etcd, "2s").await);
+    let _replica = start(&reg, "u1", Duration::ZERO).await;
     // Watched through a member that stays up.
     let mut healthy = etcd.member_client(1).await;
     let rev = healthy
@@ -266,12 +263,26 @@ async fn a_frozen_member_of_three_deletes_no_registration() {
         .revision();
     let opts = WatchOptions::new().with_start_revision(rev + 1);
     let mut events = healthy.watch(KEY, Some(opts)).await.unwrap();
+    let discovery: Arc<dyn Registry> = Arc::new(registry(&etcd, "2s").await);
+    let users =
+        UsersClient::connect(ClientConfig::discover(discovery).downstreams(Downstreams::new()))
+            .await
+            .unwrap();
+    eventually("the replica discovered", || async {
+        users.core().channel().discovered_ids() == ["u1"]
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(&users, 4, &stop);
     // Each member in turn: one of them holds the registry's keepalive stream.
     for frozen in [0, 2] {
         etcd.members[frozen].pause();
         tokio::time::sleep(Duration::from_secs(6)).await; // three TTLs
         etcd.members[frozen].resume();
     }
+    stop.store(true, Ordering::SeqCst);
+    let (calls, failed) = running.await.unwrap();
+    assert_eq!(failed, 0, "{failed} of {calls} calls failed");
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Every event so far: a delete would mean the key was missing for a while.
     let quiet = timeout(Duration::from_millis(200), async {
