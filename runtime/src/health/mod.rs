@@ -535,10 +535,22 @@ async fn follow_registration(
     let mut backoff = Duration::from_millis(100);
     loop {
         let want = *ready.borrow_and_update();
-        let result = if want {
-            registry.register(&instance).await
-        } else {
-            registry.deregister(&instance.service, &instance.id).await
+        let apply = async {
+            if want {
+                registry.register(&instance).await
+            } else {
+                registry.deregister(&instance.service, &instance.id).await
+            }
+        };
+        // A newer health state supersedes an update still waiting for the registry.
+        let result = tokio::select! {
+            r = apply => r,
+            r = ready.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
         let Some(this) = inner.upgrade() else { return };
         let error = match (&result, want) {

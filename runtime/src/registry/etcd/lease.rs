@@ -145,6 +145,7 @@ pub(super) async fn keep(client: Conn, config: EtcdConfig, shared: Arc<Shared>) 
     let mut put: BTreeMap<String, String> = BTreeMap::new();
     // Since when the wanted keys are not all known to be in etcd.
     let mut failing_since: Option<Instant> = None;
+    let mut failures: u32 = 0;
     // The keys last known to be in etcd, and until when their lease lives.
     let mut covered: (BTreeMap<String, String>, Instant) = (BTreeMap::new(), Instant::now());
     loop {
@@ -165,6 +166,7 @@ pub(super) async fn keep(client: Conn, config: EtcdConfig, shared: Arc<Shared>) 
                 drop(s);
                 backoff = first;
                 failing_since = None;
+                failures = 0;
                 if let Some(h) = &held {
                     covered = (wanted, h.alive_until);
                 }
@@ -180,7 +182,19 @@ pub(super) async fn keep(client: Conn, config: EtcdConfig, shared: Arc<Shared>) 
                         since.elapsed().as_secs()
                     )));
                 }
-                tracing::warn!("etcd registration: {why}; retrying in {backoff:?}");
+                failures = failures.saturating_add(1);
+                // The first failure, then one in 30 (about every 30 s at the capped backoff).
+                if failures % 30 == 1 {
+                    tracing::warn!(
+                        failures,
+                        "etcd registration: {why}; retrying in {backoff:?}"
+                    );
+                } else {
+                    tracing::debug!(
+                        failures,
+                        "etcd registration: {why}; retrying in {backoff:?}"
+                    );
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shared.wake.notified() => {}
