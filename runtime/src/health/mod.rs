@@ -39,6 +39,7 @@
 
 mod checks;
 mod http;
+mod registration;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -325,7 +326,7 @@ impl HealthBuilder {
             tokio::spawn(run_check(Arc::downgrade(&health.inner), name, check));
         }
         if let Some((registry, instance)) = self.registration {
-            tokio::spawn(follow_registration(
+            tokio::spawn(registration::follow(
                 Arc::downgrade(&health.inner),
                 health.inner.ready.subscribe(),
                 registry,
@@ -501,83 +502,6 @@ impl Inner {
                 })
                 .collect();
             tracing::warn!(serving, ?failing, "health changed to NOT_SERVING");
-        }
-    }
-
-    /// Records whether the registration is in place.
-    fn set_registration(&self, error: Option<String>) {
-        crate::metrics::health_check(REGISTRATION_CHECK, Duration::ZERO, error.is_none());
-        {
-            let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-            let s = states.entry(REGISTRATION_CHECK.to_owned()).or_default();
-            s.critical = true;
-            s.checked_at = Some((SystemTime::now(), Instant::now()));
-            s.healthy = error.is_none();
-            s.ever_healthy |= s.healthy;
-            s.error = error;
-        }
-        self.publish();
-    }
-}
-
-/// Keeps the instance registered while the checks pass (and deregistered while they do
-/// not), retrying with backoff until the registry agrees, and reports in the
-/// `registration` check whether it is registered. One task applies every change in order,
-/// so the registry ends in the state of the latest health, never of an older one.
-async fn follow_registration(
-    inner: std::sync::Weak<Inner>,
-    mut ready: watch::Receiver<bool>,
-    registry: Arc<dyn Registry>,
-    instance: Instance,
-) {
-    let mut status = registry.status();
-    let mut status_open = true;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let want = *ready.borrow_and_update();
-        let apply = async {
-            if want {
-                registry.register(&instance).await
-            } else {
-                registry.deregister(&instance.service, &instance.id).await
-            }
-        };
-        // A newer health state supersedes an update still waiting for the registry.
-        let result = tokio::select! {
-            r = apply => r,
-            r = ready.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        let Some(this) = inner.upgrade() else { return };
-        let error = match (&result, want) {
-            (Err(e), true) => Some(redact(&e.to_string())),
-            (Ok(()), true) => match &*status.borrow_and_update() {
-                crate::registry::RegistrationStatus::Unregistered(why) => Some(redact(why)),
-                crate::registry::RegistrationStatus::Registered => None,
-            },
-            // Not wanted: the failing check that made it so is the reason, not this one.
-            (_, false) => None,
-        };
-        this.set_registration(error);
-        drop(this);
-        if let Err(e) = &result {
-            tracing::warn!(service = %instance.service, id = %instance.id, registered = want,
-                "updating the registration failed, retrying in {backoff:?}: {e}");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                r = ready.changed() => if r.is_err() { return },
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-            continue;
-        }
-        backoff = Duration::from_millis(100);
-        tokio::select! {
-            r = ready.changed() => if r.is_err() { return },
-            r = status.changed(), if status_open => status_open = r.is_ok(),
         }
     }
 }
