@@ -373,8 +373,11 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
     Ok(serde_json::Value::Object(json))
 }
 
-fn main() -> Result<(), BoxError> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    steadfast_examples::cli::exit("overhead", run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
