@@ -279,6 +279,7 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
         grpc_addr: "127.0.0.1:0".into(),
         http_addr: "127.0.0.1:0".into(),
         drain: Duration::from_millis(200),
+        header_timeout: crate::http::HEADER_READ_TIMEOUT,
         grpc_service,
     };
     let fast_health = || Health::builder().interval(Duration::from_millis(200));
@@ -345,9 +346,12 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway_addr = listener.local_addr()?;
     let router = gateway::router(orders_client.clone()).merge(steadfast::metrics::router());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    tokio::spawn(crate::http::serve(
+        listener,
+        router,
+        crate::http::HEADER_READ_TIMEOUT,
+        std::future::pending(),
+    ));
     println!(
         "gateway http://{gateway_addr}  user-svc x3, order-svc x2 on 127.0.0.1, registry {}",
         opts.registry

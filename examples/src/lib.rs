@@ -14,5 +14,6 @@ pub mod pb {
 
 pub mod cli;
 pub mod demo;
+pub mod http;
 pub mod run;
 pub mod services;

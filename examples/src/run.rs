@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::cli::{BoxError, flag_error};
 
 /// A service that is running.
 #[derive(Debug)]
@@ -54,6 +54,8 @@ pub struct Options {
     pub http_addr: String,
     /// How long to drain on shutdown.
     pub drain: Duration,
+    /// How long an HTTP client may take to send a request's head.
+    pub header_timeout: Duration,
     /// The gRPC service name reported by grpc.health.v1.
     pub grpc_service: &'static str,
 }
@@ -78,8 +80,16 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let grpc = TcpListener::bind(&opts.grpc_addr).await?;
-    let http = TcpListener::bind(&opts.http_addr).await?;
+    if let Err(steadfast::Error::Config { field, reason }) =
+        Instance::new(&opts.service, &opts.id, "http://127.0.0.1:1").validate()
+    {
+        return Err(match field {
+            "instance.id" => flag_error("--instance-id", &opts.id, reason),
+            _ => format!("service name `{}`: {reason}", opts.service).into(),
+        });
+    }
+    let grpc = bind("--grpc-addr", &opts.grpc_addr).await?;
+    let http = bind("--http-addr", &opts.http_addr).await?;
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
     let instance = Instance::new(&opts.service, &opts.id, format!("http://{grpc_addr}"));
@@ -88,9 +98,12 @@ where
         .registration(registry.clone(), instance.clone())
         .build()?;
     let router = health.router().merge(steadfast::metrics::router());
-    tokio::spawn(async move {
-        let _ = axum::serve(http, router).await;
-    });
+    tokio::spawn(crate::http::serve(
+        http,
+        router,
+        opts.header_timeout,
+        std::future::pending(),
+    ));
     let (stop, stopped) = oneshot::channel::<()>();
     let (h, r, i, drain) = (health.clone(), registry, instance.clone(), opts.drain);
     let health_svc = health.grpc_service();
@@ -120,6 +133,13 @@ where
         stop: Some(stop),
         task,
     })
+}
+
+/// Binds `addr`; an error names the flag it came from.
+pub async fn bind(flag: &str, addr: &str) -> Result<TcpListener, BoxError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| flag_error(flag, addr, e))
 }
 
 /// A service run as if it were its own process: its own tokio runtime (one worker thread),

@@ -322,3 +322,38 @@ async fn ready_made_checks_report_real_dependencies() {
     assert!(metrics.contains("steadfast_health_check_latency_seconds{check=\"etcd\"}"));
     drop(open);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registration_ends_as_the_latest_health_says_however_fast_checks_flip() {
+    let registry: Arc<dyn Registry> = Arc::new(steadfast::registry::MemoryRegistry::new());
+    let instance = Instance::new("user-svc", "u1", "http://127.0.0.1:50051");
+    let (ok, check) = switch();
+    // Two checks on one switch: two tasks publishing at once.
+    let health = Health::builder()
+        .check("db", check.clone())
+        .check("db2", check)
+        .interval(Duration::from_millis(1))
+        .hysteresis(1, 1)
+        .registration(registry.clone(), instance)
+        .build()
+        .unwrap();
+    let set = registry.watch("user-svc").await.unwrap();
+    for settle in [false, true, false] {
+        for i in 0..300 {
+            ok.store(i % 2 == 0, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+        ok.store(settle, Ordering::SeqCst);
+        until(&health, settle).await;
+        let mut set = set.clone();
+        let n = usize::from(settle);
+        timeout(Duration::from_secs(5), set.wait_for(|s| s.len() == n))
+            .await
+            .unwrap_or_else(|_| panic!("registered={settle} not reached"))
+            .unwrap();
+        // And it stays so: no stale update lands later.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(set.borrow().len(), n, "settled at {settle}");
+        assert_eq!(health.is_serving(), settle);
+    }
+}

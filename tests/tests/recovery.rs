@@ -70,6 +70,7 @@ fn options(service: &str, id: &str, grpc_service: &'static str) -> Options {
         grpc_addr: "127.0.0.1:0".into(),
         http_addr: "127.0.0.1:0".into(),
         drain: Duration::from_millis(100),
+        header_timeout: steadfast_examples::http::HEADER_READ_TIMEOUT,
         grpc_service,
     }
 }

@@ -489,9 +489,11 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), BoxError> {
-    let args = Args::parse();
-    let json = bench(args).await?;
-    println!("{json}");
-    Ok(())
+async fn main() -> std::process::ExitCode {
+    let run = async {
+        let json = bench(Args::parse()).await?;
+        println!("{json}");
+        Ok(())
+    };
+    steadfast_examples::cli::exit("bench", run.await)
 }

@@ -25,8 +25,11 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    steadfast_examples::cli::exit("demo", run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> Result<(), steadfast_examples::cli::BoxError> {
     let logs = LogBuffer::default();
     let writer = logs.clone();
     if std::env::var("RUST_LOG").is_err() {

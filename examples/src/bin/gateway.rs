@@ -8,7 +8,8 @@
 use clap::Parser;
 use steadfast::client::ClientConfig;
 use steadfast::health::Health;
-use steadfast_examples::cli::Common;
+use steadfast_examples::cli::{BoxError, Common};
+use steadfast_examples::run::bind;
 use steadfast_examples::services::gateway::{self, OrdersClient};
 
 #[derive(Parser, Debug)]
@@ -19,29 +20,37 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    steadfast_examples::cli::exit("gateway", run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
     steadfast::telemetry::init()?;
-    let registry = steadfast::registry::from_url(&args.common.registry_url()).await?;
+    let registry = args.common.registry().await?;
     let orders = OrdersClient::connect(ClientConfig::discover(registry)).await?;
     let health = Health::builder().build()?;
     let router = gateway::router(orders)
         .merge(health.router())
         .merge(steadfast::metrics::router());
-    let listener = tokio::net::TcpListener::bind(&args.common.http_addr).await?;
+    let listener = bind("--http-addr", &args.common.http_addr).await?;
     println!(
         "gateway {} http={}",
         args.common.id("gateway"),
         listener.local_addr()?
     );
     let h = health.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
+    let drain = args.common.drain;
+    steadfast_examples::http::serve(
+        listener,
+        router,
+        args.common.http_header_timeout,
+        async move {
             steadfast::registry::shutdown_signal().await;
             h.set_not_serving().await;
-            tokio::time::sleep(args.common.drain).await;
-        })
-        .await?;
+            tokio::time::sleep(drain).await;
+        },
+    )
+    .await;
     // Sends the spans still buffered when exporting over OTLP.
     steadfast::telemetry::shutdown().await;
     Ok(())

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use steadfast::client::ClientConfig;
 use steadfast::health::{Check, Health};
-use steadfast_examples::cli::Common;
+use steadfast_examples::cli::{BoxError, Common, flag_error};
 use steadfast_examples::pb::order::order_service_server::OrderServiceServer;
 use steadfast_examples::services::order::{OrderSvc, Store, UsersClient};
 
@@ -25,11 +25,15 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    steadfast_examples::cli::exit("order-svc", run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
     steadfast::telemetry::init()?;
-    let registry = steadfast::registry::from_url(&args.common.registry_url()).await?;
-    let store = Store::open(&args.data_dir)?;
+    let registry = args.common.registry().await?;
+    let store = Store::open(&args.data_dir)
+        .map_err(|e| flag_error("--data-dir", args.data_dir.display(), e))?;
     let users = UsersClient::connect(ClientConfig::discover(registry.clone())).await?;
     let db = store.clone();
     let health = Health::builder().check(

@@ -399,8 +399,11 @@ async fn sequential(calls: u64, variant: usize) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn main() -> Result<(), BoxError> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    steadfast_examples::cli::exit("overhead", run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<(), BoxError> {
     if let Some(calls) = args.calls {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -9,7 +9,7 @@
 
 use clap::Parser;
 use steadfast::health::Health;
-use steadfast_examples::cli::Common;
+use steadfast_examples::cli::{BoxError, Common};
 use steadfast_examples::pb::user::user_service_server::UserServiceServer;
 use steadfast_examples::services::user::{Fault, UserSvc};
 
@@ -24,10 +24,13 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    steadfast_examples::cli::exit("user-svc", run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
     steadfast::telemetry::init()?;
-    let registry = steadfast::registry::from_url(&args.common.registry_url()).await?;
+    let registry = args.common.registry().await?;
     let opts = args.common.options("user-svc", "user.UserService");
     let svc = UserSvc::new(&opts.id, args.fault);
     let running = steadfast_examples::run::serve(
@@ -56,7 +59,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
         }),
     );
-    tokio::spawn(async move { axum::serve(admin, router).await });
+    tokio::spawn(steadfast_examples::http::serve(
+        admin,
+        router,
+        args.common.http_header_timeout,
+        std::future::pending(),
+    ));
     println!(
         "user-svc {} grpc={} http={} admin={admin_addr}",
         opts.id, running.grpc_addr, running.http_addr

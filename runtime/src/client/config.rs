@@ -44,6 +44,7 @@ pub struct ClientConfig {
     pub(crate) downstreams: Downstreams,
     pub(crate) outlier_detection: OutlierDetection,
     pub(crate) panic_threshold: u32,
+    pub(crate) discovery_grace: Option<Duration>,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) transport: Option<super::channel::CustomTransport>,
     pub(crate) wire: WireOptions,
@@ -118,6 +119,7 @@ impl ClientConfig {
             downstreams: Downstreams::global(),
             outlier_detection: OutlierDetection::default(),
             panic_threshold: 50,
+            discovery_grace: None,
             metrics: crate::metrics::Metrics::global(),
             transport: None,
             wire: WireOptions::default(),
@@ -300,6 +302,26 @@ impl ClientConfig {
         Ok(self)
     }
 
+    /// How long discovery keeps calling the last known instances when the registry suddenly
+    /// lists none (default twice the registry's lease TTL, e.g. 20 s with etcd's default;
+    /// zero with a registry that reports no TTL, such as `memory://` and `static://`). etcd expires every lease at once when it
+    /// resumes after a freeze, and the services put their keys back tens of milliseconds
+    /// later: an empty set is not applied at once. Meanwhile an instance whose connection
+    /// fails is dropped; `Duration::ZERO` applies an empty set at once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadfast::Error> {
+    /// use std::time::Duration;
+    /// use steadfast::client::ClientConfig;
+    /// let registry = steadfast::registry::from_url("memory://").await?;
+    /// let config = ClientConfig::discover(registry).discovery_grace(Duration::from_secs(5));
+    /// # let _ = config; Ok(()) }
+    /// ```
+    pub fn discovery_grace(mut self, grace: Duration) -> Self {
+        self.discovery_grace = Some(grace);
+        self
+    }
+
     /// The time allowed to establish one connection (default 5 s; must be > 0).
     pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self, Error> {
         if timeout.is_zero() {
@@ -410,6 +432,7 @@ impl ClientConfig {
             endpoint: std::sync::Arc::new(move |uri| me.tonic_endpoint(uri)),
             outlier_detection: self.outlier_detection,
             panic_threshold: self.panic_threshold,
+            grace: self.discovery_grace,
         }
     }
 

@@ -15,6 +15,11 @@
 //!   back once the endpoint is healthy.
 //! - An attempt that never reached a server (connection refused) is sent again at once to
 //!   another endpoint, not counted as an attempt (see [`crate::outcome`]).
+//! - Grace: when the registry suddenly lists no instance at all (etcd expires every lease
+//!   at once when it resumes after a freeze, and the keys come back milliseconds later),
+//!   the pool keeps the last set for a grace period (twice the lease TTL by default) instead
+//!   of failing every call; during it an endpoint whose connection fails is dropped, and
+//!   any non-empty set from the registry ends it.
 //! - Panic mode (Envoy's `healthy_panic_threshold`): when fewer than the threshold share of
 //!   endpoints (default 50 %) is in good standing, calls are balanced over all of them,
 //!   ejected or not, instead of piling onto the few that are left.
@@ -24,7 +29,9 @@ mod outlier;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use crate::spec::outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
@@ -68,6 +75,9 @@ pub(crate) struct PoolConfig {
     pub(crate) outlier_detection: OutlierDetection,
     /// Envoy's healthy panic threshold, in percent.
     pub(crate) panic_threshold: u32,
+    /// How long to keep the last set when the registry lists none (default: twice the
+    /// registry's lease TTL).
+    pub(crate) grace: Option<Duration>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -87,6 +97,12 @@ pub(crate) struct Pool {
     next: AtomicUsize,
     base: Instant,
     config: PoolConfig,
+    grace: Duration,
+    /// While the pool keeps a set the registry no longer lists: until when (pool clock, ms);
+    /// 0 when it follows the registry.
+    stale_until_ms: AtomicU64,
+    /// Dropped with the pool: ends the task that follows the registry, and so its watch.
+    _stop: oneshot::Sender<()>,
 }
 
 impl Pool {
@@ -97,15 +113,23 @@ impl Pool {
         config: PoolConfig,
     ) -> Result<Arc<Pool>, Error> {
         let mut rx = registry.watch(service).await?;
+        let grace = config
+            .grace
+            .or_else(|| registry.lease_ttl().map(|ttl| ttl * 2))
+            .unwrap_or(Duration::ZERO);
+        let (stop, stopped) = oneshot::channel();
         let pool = Arc::new(Pool {
             service: service.into(),
             slots: RwLock::new(Arc::from(Vec::new())),
             next: AtomicUsize::new(0),
             base: Instant::now(),
             config,
+            grace,
+            stale_until_ms: AtomicU64::new(0),
+            _stop: stop,
         });
         pool.update(&rx.borrow_and_update());
-        tokio::spawn(follow(Arc::downgrade(&pool), rx));
+        tokio::spawn(follow(Arc::downgrade(&pool), rx, stopped));
         tokio::spawn(sweep_every_interval(Arc::downgrade(&pool)));
         Ok(pool)
     }
@@ -122,7 +146,59 @@ impl Pool {
         self.slots.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Applies the registry's set, except that an empty set replacing a non-empty one is
+    /// held off for the grace period.
     fn update(&self, instances: &[Instance]) {
+        if instances.is_empty() && !self.grace.is_zero() && !self.snapshot().is_empty() {
+            if self.stale_until_ms.load(Ordering::Acquire) == 0 {
+                let until = self.now_ms() + self.grace.as_millis() as u64;
+                self.stale_until_ms.store(until.max(1), Ordering::Release);
+                tracing::warn!(
+                    service = %self.service,
+                    grace_ms = self.grace.as_millis() as u64,
+                    "the registry lists no instance; keeping the last ones while their connections work"
+                );
+            }
+            return;
+        }
+        self.stale_until_ms.store(0, Ordering::Release);
+        self.apply(instances);
+    }
+
+    /// When the grace period of a stale set ends, if the pool holds one.
+    fn stale_deadline(&self) -> Option<Instant> {
+        match self.stale_until_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.base + Duration::from_millis(ms)),
+        }
+    }
+
+    /// The grace period is over: the registry's empty set applies.
+    fn expire_stale(&self) {
+        if self.stale_until_ms.swap(0, Ordering::AcqRel) != 0 {
+            tracing::warn!(service = %self.service, "grace period over; no instance left");
+            self.apply(&[]);
+        }
+    }
+
+    /// Drops `slot` from a stale set (its connection failed).
+    fn drop_stale(&self, slot: &Slot) {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        let left: Vec<Arc<Slot>> = slots
+            .iter()
+            .filter(|s| !std::ptr::eq(&***s, slot))
+            .cloned()
+            .collect();
+        if left.len() != slots.len() {
+            tracing::warn!(
+                service = %self.service, id = %slot.id, addr = %slot.addr, left = left.len(),
+                "dropping an instance the registry no longer lists: its connection failed"
+            );
+            *slots = left.into();
+        }
+    }
+
+    fn apply(&self, instances: &[Instance]) {
         let old = self.snapshot();
         let mut kept: HashMap<(&str, &str), &Arc<Slot>> =
             old.iter().map(|s| ((&*s.id, &*s.addr), s)).collect();
@@ -228,6 +304,11 @@ impl Pool {
                 slot.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if effect == EndpointEffect::LocalFailure && self.stale_deadline().is_some() {
+            // The registry no longer lists it and it cannot be reached: it is really gone.
+            self.drop_stale(slot);
+            return;
+        }
         let od = self.od();
         let local = if effect == EndpointEffect::LocalFailure {
             slot.local_in_a_row.fetch_add(1, Ordering::AcqRel) + 1
@@ -329,11 +410,28 @@ impl Pool {
     }
 }
 
-async fn follow(pool: Weak<Pool>, mut rx: Instances) {
-    while rx.changed().await.is_ok() {
-        let Some(pool) = pool.upgrade() else { return };
-        let set = rx.borrow_and_update().clone();
-        pool.update(&set);
+/// Applies every change of the registry's set, and the end of a grace period, until the
+/// pool is dropped (which drops `rx` at once, and with it the registry's watch).
+async fn follow(pool: Weak<Pool>, mut rx: Instances, mut stopped: oneshot::Receiver<()>) {
+    loop {
+        let Some(deadline) = pool.upgrade().map(|p| p.stale_deadline()) else {
+            return;
+        };
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(pool) = pool.upgrade() else { return };
+                let set = rx.borrow_and_update().clone();
+                pool.update(&set);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let Some(pool) = pool.upgrade() else { return };
+                pool.expire_stale();
+            }
+            _ = &mut stopped => return,
+        }
     }
 }
 
@@ -351,142 +449,4 @@ async fn sweep_every_interval(pool: Weak<Pool>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::registry::MemoryRegistry;
-
-    async fn pool(n: usize, od: OutlierDetection) -> Arc<Pool> {
-        let registry = MemoryRegistry::new();
-        for i in 0..n {
-            // Connected lazily and never called: only the bookkeeping runs.
-            let instance = Instance::new(
-                "svc",
-                format!("e{i}"),
-                format!("http://127.0.0.1:{}", 1 + i),
-            );
-            registry.register(&instance).await.unwrap();
-        }
-        let registry: Arc<dyn Registry> = Arc::new(registry);
-        let config = PoolConfig {
-            endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
-            outlier_detection: od,
-            panic_threshold: 50,
-        };
-        Pool::start("svc", &registry, config).await.unwrap()
-    }
-
-    fn slot(pool: &Pool, id: &str) -> Arc<Slot> {
-        pool.snapshot()
-            .iter()
-            .find(|s| &*s.id == id)
-            .unwrap()
-            .clone()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn ejections_grow_with_repeats_and_the_multiplier_decays_once_healthy() {
-        let od = OutlierDetection {
-            interval: Duration::from_secs(10),
-            base_ejection_time: Duration::from_secs(30),
-            max_ejection_time: Duration::from_secs(300),
-            ..OutlierDetection::default()
-        };
-        let pool = pool(3, od).await;
-        let e0 = slot(&pool, "e0");
-        // A refused connection ejects at once, for the base time.
-        pool.report(&e0, AttemptOutcome::NotSent);
-        assert_eq!(pool.ejected_ids(), ["e0"]);
-        tokio::time::sleep(Duration::from_millis(29_900)).await;
-        assert_eq!(pool.ejected_ids(), ["e0"]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(pool.ejected_ids().is_empty(), "back after 30 s");
-        // Failing again at once: twice the base.
-        pool.report(&e0, AttemptOutcome::NotSent);
-        assert_eq!(e0.multiplier.load(Ordering::Relaxed), 2);
-        tokio::time::sleep(Duration::from_millis(59_900)).await;
-        assert_eq!(pool.ejected_ids(), ["e0"]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(pool.ejected_ids().is_empty(), "back after 60 s");
-        // Healthy for whole intervals after the ejection: the multiplier drops one per
-        // interval, back to zero, and the next ejection is short again.
-        for _ in 0..3 {
-            pool.report(&e0, AttemptOutcome::Success);
-            tokio::time::sleep(od.interval).await;
-        }
-        assert_eq!(e0.multiplier.load(Ordering::Relaxed), 0);
-        pool.report(&e0, AttemptOutcome::NotSent);
-        tokio::time::sleep(Duration::from_millis(30_100)).await;
-        assert!(
-            pool.ejected_ids().is_empty(),
-            "a base-length ejection again"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn timeouts_and_relayed_failures_never_eject_at_once() {
-        let pool = pool(3, OutlierDetection::default()).await;
-        let e0 = slot(&pool, "e0");
-        for _ in 0..4 {
-            pool.report(&e0, AttemptOutcome::Timeout);
-        }
-        for _ in 0..100 {
-            pool.report(&e0, AttemptOutcome::PassedThrough(tonic::Code::Unavailable));
-        }
-        assert!(pool.ejected_ids().is_empty());
-        assert_eq!(
-            e0.failures.load(Ordering::Relaxed),
-            4,
-            "relayed failures count for nothing"
-        );
-        // The fifth failure in a row, while the others answer, ejects it.
-        pool.report(&slot(&pool, "e1"), AttemptOutcome::Success);
-        pool.report(&e0, AttemptOutcome::Timeout);
-        assert_eq!(pool.ejected_ids(), ["e0"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failure_every_endpoint_shares_ejects_nobody_at_once() {
-        let pool = pool(3, OutlierDetection::default()).await;
-        for _ in 0..20 {
-            for id in ["e0", "e1", "e2"] {
-                pool.report(
-                    &slot(&pool, id),
-                    AttemptOutcome::Remote(tonic::Code::Unavailable),
-                );
-            }
-        }
-        assert!(pool.ejected_ids().is_empty());
-        // The interval sweep agrees: everybody above the threshold is a shared failure.
-        tokio::time::sleep(OutlierDetection::default().interval).await;
-        assert!(pool.ejected_ids().is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn panic_mode_spreads_calls_but_probes_go_to_endpoints_in_good_standing() {
-        let od = OutlierDetection {
-            max_ejection_percent: 100,
-            ..OutlierDetection::default()
-        };
-        let pool = pool(3, od).await;
-        pool.report(&slot(&pool, "e0"), AttemptOutcome::NotSent);
-        pool.report(&slot(&pool, "e1"), AttemptOutcome::NotSent);
-        assert_eq!(pool.ejected_ids().len(), 2);
-        let picks = |probe: bool| {
-            let mut ids: Vec<String> = (0..30)
-                .map(|_| pool.pick(None, probe).unwrap().id.to_string())
-                .collect();
-            ids.sort();
-            ids.dedup();
-            ids
-        };
-        // 1 of 3 in good standing is under the 50 % threshold: every endpoint gets calls.
-        assert_eq!(picks(false), ["e0", "e1", "e2"]);
-        assert_eq!(picks(true), ["e2"]);
-        // A retry avoids the endpoint that just failed.
-        for _ in 0..10 {
-            assert_ne!(&*pool.pick(Some("e2"), false).unwrap().id, "e2");
-        }
-    }
-}
+mod tests;

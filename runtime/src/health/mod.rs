@@ -12,8 +12,13 @@
 //!   check is reported but changes nothing.
 //! - [`Health::watchdog`] returns a handle a task pets; no pet within `max_silence` fails the
 //!   check named after the task.
-//! - With a registry ([`HealthBuilder::registration`]), NOT_SERVING removes the instance's key
-//!   from discovery (the lease stays) and SERVING puts it back.
+//! - With a registry ([`HealthBuilder::registration`]), failing checks remove the instance's
+//!   key from discovery (the lease stays) and passing checks put it back, retried with backoff
+//!   until the registry agrees. While the instance should be registered but is not (etcd not
+//!   reachable yet, the lease lost), the critical check `registration` fails with the reason,
+//!   so readiness and grpc.health.v1 say NOT_SERVING, and the metric
+//!   `steadfast_health_check_up{check="registration"}` is 0. An invalid instance (an id with
+//!   `/`) is an error of [`HealthBuilder::build`].
 //! - Error strings never carry credentials: URLs in them lose their `user:password@`.
 //!
 //! ```
@@ -34,6 +39,7 @@
 
 mod checks;
 mod http;
+mod registration;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -45,7 +51,6 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 pub use self::checks::{etcd, grpc, tcp};
 
@@ -149,14 +154,17 @@ pub(crate) struct CheckState {
 struct Inner {
     states: Mutex<BTreeMap<String, CheckState>>,
     serving: watch::Sender<bool>,
+    /// SERVING but for the registration: whether the instance should be registered.
+    ready: watch::Sender<bool>,
     shutting_down: AtomicBool,
-    reporters: Mutex<Vec<HealthReporter>>,
     services: Vec<String>,
-    registration: Option<(Arc<dyn Registry>, Instance)>,
     fail_after: u32,
     recover_after: u32,
     interval: Duration,
 }
+
+/// The name of the check that reports whether the instance is registered.
+pub const REGISTRATION_CHECK: &str = "registration";
 
 /// The health of this process. Cheap to clone; all clones share state.
 #[derive(Clone)]
@@ -282,15 +290,33 @@ impl HealthBuilder {
                 )
             })
             .collect::<BTreeMap<_, _>>();
+        let mut states = states;
+        let ready = !states.values().any(|s| s.critical);
+        if let Some((_, instance)) = &self.registration {
+            instance.validate()?;
+            if states.contains_key(REGISTRATION_CHECK) {
+                return Err(Error::config(
+                    "health.check",
+                    format!("`{REGISTRATION_CHECK}` is reserved for the registration"),
+                ));
+            }
+            // Pending until the instance is registered: not SERVING before.
+            states.insert(
+                REGISTRATION_CHECK.to_owned(),
+                CheckState {
+                    critical: true,
+                    ..CheckState::default()
+                },
+            );
+        }
         let initially = !states.values().any(|s| s.critical);
         let health = Health {
             inner: Arc::new(Inner {
                 states: Mutex::new(states),
                 serving: watch::channel(initially).0,
+                ready: watch::channel(ready).0,
                 shutting_down: AtomicBool::new(false),
-                reporters: Mutex::new(Vec::new()),
                 services: self.services,
-                registration: self.registration,
                 fail_after: self.fail_after,
                 recover_after: self.recover_after,
                 interval: self.interval,
@@ -299,13 +325,13 @@ impl HealthBuilder {
         for (name, check) in self.checks {
             tokio::spawn(run_check(Arc::downgrade(&health.inner), name, check));
         }
-        if initially && let Some((registry, instance)) = health.inner.registration.clone() {
-            // No critical check to wait for: SERVING from the start, so register now.
-            tokio::spawn(async move {
-                if let Err(e) = registry.register(&instance).await {
-                    tracing::warn!(service = %instance.service, id = %instance.id, "registration failed: {e}");
-                }
-            });
+        if let Some((registry, instance)) = self.registration {
+            tokio::spawn(registration::follow(
+                Arc::downgrade(&health.inner),
+                health.inner.ready.subscribe(),
+                registry,
+                instance,
+            ));
         }
         Ok(health)
     }
@@ -386,7 +412,7 @@ impl Health {
     /// graceful shutdown.
     pub async fn set_not_serving(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
-        Inner::publish(&self.inner).await;
+        self.inner.publish();
     }
 
     /// A grpc.health.v1 service (from `tonic-health`) that reports this health for the whole
@@ -397,25 +423,27 @@ impl Health {
     ) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
     {
         let (reporter, server) = tonic_health::server::health_reporter();
-        let status = if self.is_serving() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
         let names: Vec<String> = std::iter::once(String::new())
             .chain(self.inner.services.iter().cloned())
             .collect();
-        let r = reporter.clone();
+        // One task per reporter follows the status, so a newer status is never overwritten
+        // by an older one; it ends when the health is dropped.
+        let mut serving = self.subscribe();
         tokio::spawn(async move {
-            for n in names {
-                r.set_service_status(n, status).await;
+            loop {
+                let status = if *serving.borrow_and_update() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                for n in &names {
+                    reporter.set_service_status(n, status).await;
+                }
+                if serving.changed().await.is_err() {
+                    return;
+                }
             }
         });
-        self.inner
-            .reporters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(reporter);
         server
     }
 
@@ -440,57 +468,40 @@ impl Health {
 }
 
 impl Inner {
-    fn overall(&self) -> bool {
-        !self.shutting_down.load(Ordering::Acquire)
-            && self
-                .states
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .all(|s| !s.critical || s.healthy)
-    }
-
-    /// Pushes the overall status wherever it is reported, if it changed.
-    async fn publish(this: &Arc<Inner>) {
-        let serving = this.overall();
-        let changed = this.serving.send_if_modified(|cur| {
-            let changed = *cur != serving;
-            *cur = serving;
-            changed
-        });
+    /// Computes SERVING, and SERVING but for the registration, and reports both where they
+    /// changed. Under the lock of the states, so that concurrent callers cannot publish an
+    /// older result after a newer one.
+    fn publish(&self) {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let up = !self.shutting_down.load(Ordering::Acquire);
+        let healthy = |s: &CheckState| !s.critical || s.healthy;
+        let ready = up
+            && states
+                .iter()
+                .all(|(n, s)| n == REGISTRATION_CHECK || healthy(s));
+        let serving = ready && states.values().all(healthy);
+        self.ready
+            .send_if_modified(|cur| std::mem::replace(cur, ready) != ready);
+        let changed = self
+            .serving
+            .send_if_modified(|cur| std::mem::replace(cur, serving) != serving);
         if !changed {
             return;
         }
-        tracing::warn!(
-            serving,
-            "health changed to {}",
-            if serving { "SERVING" } else { "NOT_SERVING" }
-        );
-        let status = if serving {
-            ServingStatus::Serving
+        if serving {
+            tracing::info!(serving, "health changed to SERVING");
+        } else if !up {
+            tracing::info!(serving, "health changed to NOT_SERVING: shutting down");
         } else {
-            ServingStatus::NotServing
-        };
-        let reporters = this
-            .reporters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for r in reporters {
-            r.set_service_status("", status).await;
-            for s in &this.services {
-                r.set_service_status(s.clone(), status).await;
-            }
-        }
-        if let Some((registry, instance)) = &this.registration {
-            let result = if serving {
-                registry.register(instance).await
-            } else {
-                registry.deregister(&instance.service, &instance.id).await
-            };
-            if let Err(e) = result {
-                tracing::warn!(service = %instance.service, id = %instance.id, "updating the registration after a health change failed: {e}");
-            }
+            let failing: Vec<String> = states
+                .iter()
+                .filter(|(_, s)| !healthy(s))
+                .map(|(n, s)| match &s.error {
+                    Some(e) => format!("{n}: {e}"),
+                    None => n.clone(),
+                })
+                .collect();
+            tracing::warn!(serving, ?failing, "health changed to NOT_SERVING");
         }
     }
 }
@@ -522,7 +533,7 @@ async fn run_check(inner: std::sync::Weak<Inner>, name: String, check: Check) {
             match &outcome {
                 Ok(()) => {
                     s.failures = 0;
-                    s.successes += 1;
+                    s.successes = s.successes.saturating_add(1);
                     s.error = None;
                     // Hysteresis guards against flapping, not against starting up: a check
                     // that was never healthy becomes healthy on its first success.
@@ -533,7 +544,7 @@ async fn run_check(inner: std::sync::Weak<Inner>, name: String, check: Check) {
                 }
                 Err(e) => {
                     s.successes = 0;
-                    s.failures += 1;
+                    s.failures = s.failures.saturating_add(1);
                     s.error = Some(e.clone());
                     if s.healthy && s.failures >= fail_after {
                         s.healthy = false;
@@ -541,6 +552,6 @@ async fn run_check(inner: std::sync::Weak<Inner>, name: String, check: Check) {
                 }
             }
         }
-        Inner::publish(&this).await;
+        this.publish();
     }
 }

@@ -8,20 +8,25 @@
 //!   service name;
 //! - `etcd://host:port[,host:port...]`: [`EtcdRegistry`], etcd v3 with one TTL lease per
 //!   process. Options as query parameters: `prefix`, `user`, `password`, `ttl` (e.g. `10s`),
-//!   `tls_ca` (a PEM file; with it, etcd is reached over TLS).
+//!   `tls_ca` (a PEM file; with it, etcd is reached over TLS). Values are percent-decoded:
+//!   write a `&` in a password as `%26` and a `%` as `%25`.
 //!
 //! # etcd layout
 //! Key `/steadfast/services/{service}/{instance_id}` (the prefix is configurable), value the
 //! JSON of [`Instance`]:
 //! `{"id","service","addr":"http://127.0.0.1:50051","version","zone","weight","metadata":{},"registered_at"}`.
 //! A client in another language discovers our services by listing the prefix and watching
-//! it; the key lives only while the lease of the process that wrote it does.
+//! it; the key lives only while the lease of the process that wrote it does. Watchers list
+//! the prefix a page at a time and skip (with a warning) values that are not such JSON or
+//! are larger than [`MAX_VALUE_BYTES`] (64 KiB).
 //!
 //! # Writing another backend
 //! Implement [`Registry`]: `register` must make the instance visible to `watch`ers until
 //! `deregister` or `shutdown` (or the process's death, for a backend with liveness such as a
-//! lease or a session); `watch` returns a [`watch::Receiver`] of the full live set, updated
-//! on every change and kept at its last value while the backend is unreachable. A Consul
+//! lease or a session), and keep it so through outages, retrying; `status` says whether it
+//! is in place now, and why not; `watch` returns a [`watch::Receiver`] of the full live set,
+//! updated on every change and kept at its last value while the backend is unreachable, and
+//! stops watching once every receiver is dropped. A Consul
 //! backend would map the lease to a session with a TTL health check and the watch to blocking
 //! queries; a Nacos backend to ephemeral instances with heartbeats and a subscription. Test it
 //! against the real server, as `EtcdRegistry` is.
@@ -38,7 +43,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use self::etcd::{EtcdConfig, EtcdRegistry};
+pub use self::etcd::{EtcdConfig, EtcdRegistry, MAX_VALUE_BYTES};
 pub use self::fixed::StaticRegistry;
 pub use self::memory::MemoryRegistry;
 
@@ -101,13 +106,13 @@ impl Instance {
         if self.service.is_empty() || self.service.contains('/') {
             return Err(Error::config(
                 "instance.service",
-                "must be non-empty, without '/'",
+                format!("`{}` must be non-empty, without '/'", self.service),
             ));
         }
         if self.id.is_empty() || self.id.contains('/') {
             return Err(Error::config(
                 "instance.id",
-                "must be non-empty, without '/'",
+                format!("`{}` must be non-empty, without '/'", self.id),
             ));
         }
         match self.addr.parse::<http::Uri>() {
@@ -130,6 +135,38 @@ impl Instance {
 /// The live set of one service, as a watch channel: the current value is the whole set.
 pub type Instances = watch::Receiver<Arc<[Instance]>>;
 
+/// Whether the registrations of this process are in place in the registry.
+///
+/// ```
+/// use steadfast::registry::RegistrationStatus;
+/// let s = RegistrationStatus::Unregistered("cannot reach etcd".into());
+/// assert!(!s.is_registered());
+/// assert_eq!(s.to_string(), "not registered: cannot reach etcd");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistrationStatus {
+    /// Every registration is in place (or none is wanted).
+    Registered,
+    /// Some registration is not known to be in place; why. The registry keeps trying.
+    Unregistered(String),
+}
+
+impl RegistrationStatus {
+    /// Whether every registration is in place.
+    pub fn is_registered(&self) -> bool {
+        matches!(self, RegistrationStatus::Registered)
+    }
+}
+
+impl fmt::Display for RegistrationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistrationStatus::Registered => f.write_str("registered"),
+            RegistrationStatus::Unregistered(why) => write!(f, "not registered: {why}"),
+        }
+    }
+}
+
 /// Where services register and clients discover them.
 #[async_trait::async_trait]
 pub trait Registry: Send + Sync + fmt::Debug {
@@ -142,6 +179,18 @@ pub trait Registry: Send + Sync + fmt::Debug {
     /// Ends every registration of this process at once (for etcd: revokes the lease).
     async fn shutdown(&self) -> Result<(), Error> {
         Ok(())
+    }
+    /// Follows whether every registration of this process is in place. The default, for
+    /// backends whose `register` is done once it returns, is always
+    /// [`RegistrationStatus::Registered`].
+    fn status(&self) -> watch::Receiver<RegistrationStatus> {
+        watch::channel(RegistrationStatus::Registered).1
+    }
+    /// How long a registration outlives its process (etcd's lease TTL), for backends with
+    /// liveness. Discovery keeps the last set for twice this when every instance vanishes
+    /// at once.
+    fn lease_ttl(&self) -> Option<Duration> {
+        None
     }
 }
 

@@ -1,5 +1,6 @@
 //! A real etcd for tests: started on 127.0.0.1 with free ports and a temporary data dir,
-//! killed by pid on drop.
+//! killed by pid on drop. Optionally with TLS (certificates made with rcgen), started later
+//! than its clients, or frozen (SIGSTOP) and thawed (SIGCONT).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -10,14 +11,45 @@ pub struct Member {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Plain HTTP `/metrics`, also with TLS.
+    pub metrics_port: u16,
     child: Option<Child>,
     cluster: String,
     data: PathBuf,
+    /// Server certificate and key (PEM files): clients reach it over TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 pub struct Etcd {
     pub members: Vec<Member>,
+    /// The CA that signed the members' certificates, when they serve TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// The root user's password, once auth is enabled.
+    root_password: Option<String>,
     _dir: tempfile::TempDir,
+}
+
+/// A CA and a certificate for 127.0.0.1 and localhost, as PEM files in `dir`: (ca, cert, key).
+fn pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("etcd.pem"),
+        dir.join("etcd.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
 }
 
 fn free_port() -> u16 {
@@ -43,16 +75,26 @@ fn binary() -> String {
 impl Member {
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.data.with_extension("log")).unwrap();
-        let child = Command::new(binary())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut cmd = Command::new(binary());
+        if let Some((cert, key)) = &self.tls {
+            cmd.args(["--cert-file", cert.to_str().unwrap()])
+                .args(["--key-file", key.to_str().unwrap()]);
+        }
+        let child = cmd
             .args(["--name", &self.name])
             .args(["--data-dir", self.data.to_str().unwrap()])
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", self.client_port),
+                &format!("{scheme}://127.0.0.1:{}", self.client_port),
             ])
             .args([
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", self.client_port),
+                &format!("{scheme}://127.0.0.1:{}", self.client_port),
+            ])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", self.metrics_port),
             ])
             .args([
                 "--listen-peer-urls",
@@ -88,6 +130,37 @@ impl Member {
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
     }
+
+    /// Freezes the member (SIGSTOP): its sockets stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
+    /// The value of a metric without labels from the member's `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .unwrap();
+        let req = "GET /metrics HTTP/1.1\r\nhost: etcd\r\nconnection: close\r\n\r\n";
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
 }
 
 impl Etcd {
@@ -98,7 +171,27 @@ impl Etcd {
 
     /// `n` members forming one cluster.
     pub async fn cluster(n: usize) -> Etcd {
+        let mut etcd = Etcd::reserve(n, false);
+        etcd.launch().await;
+        etcd
+    }
+
+    /// One member serving TLS with a certificate from a CA made for the test.
+    pub async fn start_tls() -> Etcd {
+        let mut etcd = Etcd::reserve(1, true);
+        etcd.launch().await;
+        etcd
+    }
+
+    /// `n` members with their ports and data dirs chosen, not started: see [`Etcd::launch`].
+    pub fn reserve(n: usize, tls: bool) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
+        let (tls_ca, tls) = if tls {
+            let (ca, cert, key) = pki(dir.path());
+            (Some(ca), Some((cert, key)))
+        } else {
+            (None, None)
+        };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let cluster = ports
             .iter()
@@ -106,24 +199,85 @@ impl Etcd {
             .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut members: Vec<Member> = ports
+        let members: Vec<Member> = ports
             .iter()
             .enumerate()
             .map(|(i, (c, p))| Member {
                 name: format!("m{i}"),
                 client_port: *c,
                 peer_port: *p,
+                metrics_port: free_port(),
                 child: None,
                 cluster: cluster.clone(),
                 data: dir.path().join(format!("m{i}")),
+                tls: tls.clone(),
             })
             .collect();
-        for m in &mut members {
+        Etcd {
+            members,
+            tls_ca,
+            root_password: None,
+            _dir: dir,
+        }
+    }
+
+    /// Starts every member and waits until a read succeeds.
+    pub async fn launch(&mut self) {
+        for m in &mut self.members {
             m.spawn();
         }
-        let etcd = Etcd { members, _dir: dir };
-        etcd.wait_ready().await;
-        etcd
+        self.wait_ready().await;
+    }
+
+    /// Adds the user `root` (with role root) and `user` (with read-write on every key), then
+    /// enables auth: from then on, every request needs a user and a password.
+    pub async fn enable_auth(&mut self, user: &str, password: &str) {
+        use etcd_client::{Permission, PermissionType};
+        let root_password = "root-pw".to_owned();
+        let mut c = self.client().await;
+        c.user_add("root", root_password.as_str(), None)
+            .await
+            .unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.role_add("app").await.unwrap();
+        c.role_grant_permission(
+            "app",
+            Permission::new(PermissionType::Readwrite, "").with_from_key(),
+        )
+        .await
+        .unwrap();
+        c.user_add(user, password, None).await.unwrap();
+        c.user_grant_role(user, "app").await.unwrap();
+        c.auth_enable().await.unwrap();
+        self.root_password = Some(root_password);
+    }
+
+    fn options(&self) -> Option<etcd_client::ConnectOptions> {
+        let mut opts = etcd_client::ConnectOptions::new();
+        if let Some(ca) = &self.tls_ca {
+            let pem = std::fs::read(ca).unwrap();
+            opts = opts.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(pem)),
+            );
+        }
+        if let Some(pw) = &self.root_password {
+            opts = opts.with_user("root", pw.as_str());
+        }
+        Some(opts)
+    }
+
+    fn client_endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("{scheme}://{}", m.endpoint()))
+            .collect()
     }
 
     /// Every member's client endpoint, comma-separated, for `etcd://`.
@@ -148,16 +302,13 @@ impl Etcd {
 
     /// Waits until a read succeeds through the live members (up to 30 s).
     pub async fn wait_ready(&self) {
-        let eps: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.child.is_some())
-            .map(Member::endpoint)
-            .collect();
+        let eps = self.client_endpoints();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let ok = async {
-                let mut c = etcd_client::Client::connect(&eps, None).await.ok()?;
+                let mut c = etcd_client::Client::connect(&eps, self.options())
+                    .await
+                    .ok()?;
                 c.get("ready-probe", None).await.ok()
             };
             if tokio::time::timeout(Duration::from_secs(2), ok)
@@ -178,13 +329,22 @@ impl Etcd {
 
     /// A raw client, for checking what is in etcd.
     pub async fn client(&self) -> etcd_client::Client {
-        let eps: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.child.is_some())
-            .map(Member::endpoint)
-            .collect();
-        etcd_client::Client::connect(&eps, None).await.unwrap()
+        etcd_client::Client::connect(self.client_endpoints(), self.options())
+            .await
+            .unwrap()
+    }
+
+    /// A raw client of member `i` alone.
+    pub async fn member_client(&self, i: usize) -> etcd_client::Client {
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let eps = [format!("{scheme}://{}", self.members[i].endpoint())];
+        etcd_client::Client::connect(eps, self.options())
+            .await
+            .unwrap()
     }
 }
 

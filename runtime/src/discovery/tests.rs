@@ -1,0 +1,261 @@
+//! The pool's bookkeeping, with the clock paused.
+
+use std::time::Duration;
+
+use super::*;
+use crate::registry::MemoryRegistry;
+
+async fn pool(n: usize, od: OutlierDetection) -> Arc<Pool> {
+    pool_on(&MemoryRegistry::new(), n, od, None).await
+}
+
+async fn pool_on(
+    registry: &MemoryRegistry,
+    n: usize,
+    od: OutlierDetection,
+    grace: Option<Duration>,
+) -> Arc<Pool> {
+    let registry = registry.clone();
+    for i in 0..n {
+        // Connected lazily and never called: only the bookkeeping runs.
+        let instance = Instance::new(
+            "svc",
+            format!("e{i}"),
+            format!("http://127.0.0.1:{}", 1 + i),
+        );
+        registry.register(&instance).await.unwrap();
+    }
+    let registry: Arc<dyn Registry> = Arc::new(registry);
+    let config = PoolConfig {
+        endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
+        outlier_detection: od,
+        panic_threshold: 50,
+        grace,
+    };
+    Pool::start("svc", &registry, config).await.unwrap()
+}
+
+fn slot(pool: &Pool, id: &str) -> Arc<Slot> {
+    pool.snapshot()
+        .iter()
+        .find(|s| &*s.id == id)
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejections_grow_with_repeats_and_the_multiplier_decays_once_healthy() {
+    let od = OutlierDetection {
+        interval: Duration::from_secs(10),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_time: Duration::from_secs(300),
+        ..OutlierDetection::default()
+    };
+    let pool = pool(3, od).await;
+    let e0 = slot(&pool, "e0");
+    // A refused connection ejects at once, for the base time.
+    pool.report(&e0, AttemptOutcome::NotSent);
+    assert_eq!(pool.ejected_ids(), ["e0"]);
+    tokio::time::sleep(Duration::from_millis(29_900)).await;
+    assert_eq!(pool.ejected_ids(), ["e0"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(pool.ejected_ids().is_empty(), "back after 30 s");
+    // Failing again at once: twice the base.
+    pool.report(&e0, AttemptOutcome::NotSent);
+    assert_eq!(e0.multiplier.load(Ordering::Relaxed), 2);
+    tokio::time::sleep(Duration::from_millis(59_900)).await;
+    assert_eq!(pool.ejected_ids(), ["e0"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(pool.ejected_ids().is_empty(), "back after 60 s");
+    // Healthy for whole intervals after the ejection: the multiplier drops one per
+    // interval, back to zero, and the next ejection is short again.
+    for _ in 0..3 {
+        pool.report(&e0, AttemptOutcome::Success);
+        tokio::time::sleep(od.interval).await;
+    }
+    assert_eq!(e0.multiplier.load(Ordering::Relaxed), 0);
+    pool.report(&e0, AttemptOutcome::NotSent);
+    tokio::time::sleep(Duration::from_millis(30_100)).await;
+    assert!(
+        pool.ejected_ids().is_empty(),
+        "a base-length ejection again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_and_relayed_failures_never_eject_at_once() {
+    let pool = pool(3, OutlierDetection::default()).await;
+    let e0 = slot(&pool, "e0");
+    for _ in 0..4 {
+        pool.report(&e0, AttemptOutcome::Timeout);
+    }
+    for _ in 0..100 {
+        pool.report(&e0, AttemptOutcome::PassedThrough(tonic::Code::Unavailable));
+    }
+    assert!(pool.ejected_ids().is_empty());
+    assert_eq!(
+        e0.failures.load(Ordering::Relaxed),
+        4,
+        "relayed failures count for nothing"
+    );
+    // The fifth failure in a row, while the others answer, ejects it.
+    pool.report(&slot(&pool, "e1"), AttemptOutcome::Success);
+    pool.report(&e0, AttemptOutcome::Timeout);
+    assert_eq!(pool.ejected_ids(), ["e0"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_every_endpoint_shares_ejects_nobody_at_once() {
+    let pool = pool(3, OutlierDetection::default()).await;
+    for _ in 0..20 {
+        for id in ["e0", "e1", "e2"] {
+            pool.report(
+                &slot(&pool, id),
+                AttemptOutcome::Remote(tonic::Code::Unavailable),
+            );
+        }
+    }
+    assert!(pool.ejected_ids().is_empty());
+    // The interval sweep agrees: everybody above the threshold is a shared failure.
+    tokio::time::sleep(OutlierDetection::default().interval).await;
+    assert!(pool.ejected_ids().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_spreads_calls_but_probes_go_to_endpoints_in_good_standing() {
+    let od = OutlierDetection {
+        max_ejection_percent: 100,
+        ..OutlierDetection::default()
+    };
+    let pool = pool(3, od).await;
+    pool.report(&slot(&pool, "e0"), AttemptOutcome::NotSent);
+    pool.report(&slot(&pool, "e1"), AttemptOutcome::NotSent);
+    assert_eq!(pool.ejected_ids().len(), 2);
+    let picks = |probe: bool| {
+        let mut ids: Vec<String> = (0..30)
+            .map(|_| pool.pick(None, probe).unwrap().id.to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    // 1 of 3 in good standing is under the 50 % threshold: every endpoint gets calls.
+    assert_eq!(picks(false), ["e0", "e1", "e2"]);
+    assert_eq!(picks(true), ["e2"]);
+    // A retry avoids the endpoint that just failed.
+    for _ in 0..10 {
+        assert_ne!(&*pool.pick(Some("e2"), false).unwrap().id, "e2");
+    }
+}
+
+/// Lets the pool's follow task apply what the registry published.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_instance_vanishing_at_once_keeps_the_last_set_for_the_grace_period() {
+    let registry = MemoryRegistry::new();
+    let grace = Duration::from_secs(20);
+    let pool = pool_on(&registry, 3, OutlierDetection::default(), Some(grace)).await;
+    assert_eq!(pool.ids().len(), 3);
+    // The lease goes: every key at once, as etcd expiring leases on resume.
+    registry.shutdown().await.unwrap();
+    settle().await;
+    assert_eq!(pool.ids().len(), 3, "still calling the last set");
+    assert!(pool.pick(None, false).is_some());
+    tokio::time::sleep(grace - Duration::from_millis(100)).await;
+    assert_eq!(pool.ids().len(), 3);
+    // The services put their keys back: the registry's set applies again.
+    let again = registry.session();
+    again
+        .register(&Instance::new("svc", "e1", "http://127.0.0.1:2"))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(pool.ids(), ["e1"]);
+    tokio::time::sleep(grace * 2).await;
+    assert_eq!(pool.ids(), ["e1"], "no stale expiry left over");
+    // Gone again, and this time for good: empty once the grace period is over.
+    again.shutdown().await.unwrap();
+    settle().await;
+    assert_eq!(pool.ids(), ["e1"]);
+    tokio::time::sleep(grace + Duration::from_millis(100)).await;
+    settle().await;
+    assert!(pool.ids().is_empty());
+    assert!(pool.pick(None, false).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn during_the_grace_period_an_instance_whose_connection_fails_is_dropped() {
+    let registry = MemoryRegistry::new();
+    let pool = pool_on(
+        &registry,
+        2,
+        OutlierDetection::default(),
+        Some(Duration::from_secs(20)),
+    )
+    .await;
+    registry.shutdown().await.unwrap();
+    settle().await;
+    pool.report(&slot(&pool, "e0"), AttemptOutcome::Timeout);
+    assert_eq!(pool.ids().len(), 2, "a timeout is no connection failure");
+    pool.report(&slot(&pool, "e0"), AttemptOutcome::NotSent);
+    assert_eq!(pool.ids(), ["e1"]);
+    pool.report(&slot(&pool, "e1"), AttemptOutcome::Transport);
+    assert!(pool.ids().is_empty(), "real connection failures empty it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_grace_an_empty_set_applies_at_once() {
+    let registry = MemoryRegistry::new();
+    let pool = pool_on(
+        &registry,
+        2,
+        OutlierDetection::default(),
+        Some(Duration::ZERO),
+    )
+    .await;
+    registry.shutdown().await.unwrap();
+    settle().await;
+    assert!(pool.ids().is_empty());
+}
+
+/// A registry with one watch channel the test holds the sending end of.
+#[derive(Debug)]
+struct OneWatch(tokio::sync::watch::Sender<Arc<[Instance]>>);
+
+#[async_trait::async_trait]
+impl Registry for OneWatch {
+    async fn register(&self, _: &Instance) -> Result<(), Error> {
+        Ok(())
+    }
+    async fn deregister(&self, _: &str, _: &str) -> Result<(), Error> {
+        Ok(())
+    }
+    async fn watch(&self, _: &str) -> Result<Instances, Error> {
+        Ok(self.0.subscribe())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_pool_drops_its_watch_at_once() {
+    let (tx, _) = tokio::sync::watch::channel(Arc::from(Vec::new()));
+    let registry = Arc::new(OneWatch(tx));
+    let config = PoolConfig {
+        endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
+        outlier_detection: OutlierDetection::default(),
+        panic_threshold: 50,
+        grace: None,
+    };
+    let dyn_registry: Arc<dyn Registry> = registry.clone();
+    let pool = Pool::start("svc", &dyn_registry, config).await.unwrap();
+    settle().await;
+    assert_eq!(registry.0.receiver_count(), 1);
+    drop(pool);
+    settle().await;
+    // The follow task ended without waiting for the next change.
+    assert_eq!(registry.0.receiver_count(), 0);
+}

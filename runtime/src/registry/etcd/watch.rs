@@ -1,0 +1,233 @@
+//! Following one service's prefix: a paged list, then a watch from the listed revision.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use tokio::sync::watch;
+
+use super::MAX_VALUE_BYTES;
+use super::conn::Conn;
+use crate::registry::Instance;
+
+/// Keys asked for per page of the list; halved (down to one) while a page is too large to
+/// decode.
+const PAGE_KEYS: i64 = 256;
+/// The largest message we decode from etcd: a page, or a watch response. etcd's own request
+/// limit is 1.5 MiB per value, so one key always fits.
+const DECODE_LIMIT: usize = 16 * 1024 * 1024;
+
+pub(super) fn parse_instance(key: &str, value: &[u8]) -> Option<Instance> {
+    if value.len() > MAX_VALUE_BYTES {
+        tracing::warn!(
+            key,
+            bytes = value.len(),
+            "skipping registry value larger than {MAX_VALUE_BYTES} bytes"
+        );
+        return None;
+    }
+    match serde_json::from_slice::<Instance>(value) {
+        Ok(i) if i.validate().is_ok() => Some(i),
+        Ok(i) => {
+            tracing::warn!(
+                key,
+                "skipping registry value with invalid fields: {:?}",
+                i.validate().err()
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(key, "skipping malformed registry value: {e}");
+            None
+        }
+    }
+}
+
+/// Keeps `tx` equal to the live set under `prefix`: list, then watch from the listed
+/// revision; re-list after a compaction; on errors keep the last set and retry with backoff.
+/// Ends (closing its etcd watch) as soon as every receiver of `tx` is dropped.
+pub(super) async fn follow(
+    client: Conn,
+    prefix: String,
+    service: String,
+    tx: watch::Sender<Arc<[Instance]>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let outcome = tokio::select! {
+            r = list_then_watch(client.clone(), &prefix, &tx, &mut backoff) => r,
+            _ = tx.closed() => return,
+        };
+        match outcome {
+            Ok(()) => tracing::debug!(service, "re-listing after compaction"),
+            Err(e) => {
+                tracing::warn!(
+                    service,
+                    known = tx.borrow().len(),
+                    "etcd watch failed, keeping the last known instances; retrying in {backoff:?}: {e}"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tx.closed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The end of the range of every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
+fn too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if matches!(s.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted))
+}
+
+/// Lists every key under `prefix` at one revision, a page at a time. Returns the revision
+/// and the valid instances.
+pub(super) async fn list(
+    client: &Conn,
+    prefix: &str,
+) -> Result<(i64, BTreeMap<String, Instance>), etcd_client::Error> {
+    let mut kv = client
+        .get()
+        .await?
+        .kv_client()
+        .max_decoding_message_size(DECODE_LIMIT);
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut limit = PAGE_KEYS;
+    let mut known = BTreeMap::new();
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(limit);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let resp = match kv.get(from.clone(), Some(opts)).await {
+            Ok(r) => r,
+            Err(e) if limit > 1 && too_large(&e) => {
+                limit = (limit / 2).max(1);
+                tracing::debug!(
+                    prefix,
+                    limit,
+                    "registry page too large, asking for fewer keys"
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            let key = kv.key_str().unwrap_or("<non-UTF-8 key>").to_owned();
+            if let Some(i) = parse_instance(&key, kv.value()) {
+                known.insert(key, i);
+            }
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((revision, known)),
+        }
+    }
+}
+
+async fn list_then_watch(
+    client: Conn,
+    prefix: &str,
+    tx: &watch::Sender<Arc<[Instance]>>,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let (revision, mut known) = list(&client, prefix).await.map_err(|e| e.to_string())?;
+    publish(tx, &known);
+    *backoff = Duration::from_millis(100);
+    let mut stream = client
+        .get()
+        .await
+        .map_err(|e| e.to_string())?
+        .watch_client()
+        .max_decoding_message_size(DECODE_LIMIT)
+        .watch(
+            prefix,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let Some(resp) = stream.message().await.map_err(|e| e.to_string())? else {
+            return Err("watch stream ended".into());
+        };
+        if resp.compact_revision() > 0 || resp.canceled() {
+            return Ok(());
+        }
+        let mut changed = false;
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = kv.key_str().unwrap_or("<non-UTF-8 key>").to_owned();
+            match event.event_type() {
+                EventType::Put => match parse_instance(&key, kv.value()) {
+                    Some(i) => changed |= known.insert(key, i.clone()).as_ref() != Some(&i),
+                    None => changed |= known.remove(&key).is_some(),
+                },
+                EventType::Delete => changed |= known.remove(&key).is_some(),
+            }
+        }
+        if changed {
+            publish(tx, &known);
+        }
+    }
+}
+
+fn publish(tx: &watch::Sender<Arc<[Instance]>>, known: &BTreeMap<String, Instance>) {
+    let set: Arc<[Instance]> = known.values().cloned().collect();
+    tx.send_if_modified(|cur| {
+        if **cur == *set {
+            false
+        } else {
+            *cur = set;
+            true
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_range_ends_after_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn values_over_the_maximum_are_skipped() {
+        let mut i = Instance::new("svc", "i1", "http://127.0.0.1:1");
+        let ok = serde_json::to_vec(&i).unwrap();
+        assert!(parse_instance("k", &ok).is_some());
+        i.metadata
+            .insert("blob".into(), "x".repeat(MAX_VALUE_BYTES));
+        let big = serde_json::to_vec(&i).unwrap();
+        assert!(parse_instance("k", &big).is_none());
+    }
+}
