@@ -19,6 +19,11 @@ use tokio::time::{Instant, timeout};
 
 const KEY: &str = "/steadfast/services/user-svc/u1";
 
+/// These tests run one at a time: each starts its own etcd (three members for one of them)
+/// and some freeze it under load; two at once on two cores starve the etcd members of CPU,
+/// and a starved cluster loses leases for reasons no client can fix.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn registry(etcd: &Etcd, ttl: &str) -> EtcdRegistry {
     EtcdRegistry::connect(EtcdConfig::parse(&format!("{}?ttl={ttl}", etcd.endpoints())).unwrap())
         .await
@@ -113,6 +118,7 @@ fn load(
 
 #[tokio::test]
 async fn a_service_started_before_etcd_is_not_ready_then_registers_within_a_second_of_etcd() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let mut etcd = Etcd::reserve(1, false);
     let registry = Arc::new(registry(&etcd, "2s").await);
     let health = Health::builder()
@@ -165,6 +171,7 @@ async fn a_service_started_before_etcd_is_not_ready_then_registers_within_a_seco
 
 #[tokio::test]
 async fn an_invalid_instance_id_is_an_error_at_start_naming_the_value() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let registry = steadfast::registry::from_url("memory://").await.unwrap();
     let err = Health::builder()
         .registration(
@@ -182,6 +189,7 @@ async fn an_invalid_instance_id_is_an_error_at_start_naming_the_value() {
 
 #[tokio::test]
 async fn keys_deleted_by_someone_else_are_put_back_within_the_ttl() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start().await;
     let reg = registry(&etcd, "2s").await;
     reg.register(&instance("u1")).await.unwrap();
@@ -204,6 +212,7 @@ async fn keys_deleted_by_someone_else_are_put_back_within_the_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_frozen_longer_than_the_ttl_then_resumed_fails_no_call() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start().await;
     // The replica is its own process: its own registry and lease.
     let replica: Arc<dyn Registry> = Arc::new(registry(&etcd, "2s").await);
@@ -249,8 +258,9 @@ async fn etcd_frozen_longer_than_the_ttl_then_resumed_fails_no_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_member_of_three_deletes_no_registration_and_fails_no_call() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::cluster(3).await;
-    let reg: Arc<dyn Registry> = Arc::new(registry(&etcd, "2s").await);
+    let reg: Arc<dyn Registry> = Arc::new(registry(&etcd, "3s").await);
     let _replica = start(&reg, "u1", Duration::ZERO).await;
     // Watched through a member that stays up.
     let mut healthy = etcd.member_client(1).await;
@@ -263,7 +273,7 @@ async fn a_frozen_member_of_three_deletes_no_registration_and_fails_no_call() {
         .revision();
     let opts = WatchOptions::new().with_start_revision(rev + 1);
     let mut events = healthy.watch(KEY, Some(opts)).await.unwrap();
-    let discovery: Arc<dyn Registry> = Arc::new(registry(&etcd, "2s").await);
+    let discovery: Arc<dyn Registry> = Arc::new(registry(&etcd, "3s").await);
     let users =
         UsersClient::connect(ClientConfig::discover(discovery).downstreams(Downstreams::new()))
             .await
@@ -277,7 +287,7 @@ async fn a_frozen_member_of_three_deletes_no_registration_and_fails_no_call() {
     // Each member in turn: one of them holds the registry's keepalive stream.
     for frozen in [0, 2] {
         etcd.members[frozen].pause();
-        tokio::time::sleep(Duration::from_secs(6)).await; // three TTLs
+        tokio::time::sleep(Duration::from_secs(9)).await; // three TTLs
         etcd.members[frozen].resume();
     }
     stop.store(true, Ordering::SeqCst);
@@ -304,6 +314,7 @@ async fn a_frozen_member_of_three_deletes_no_registration_and_fails_no_call() {
 
 #[tokio::test]
 async fn values_of_a_megabyte_under_the_prefix_hide_no_instance() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start().await;
     let reg = registry(&etcd, "10s").await;
     reg.register(&instance("u1")).await.unwrap();
@@ -333,6 +344,7 @@ async fn values_of_a_megabyte_under_the_prefix_hide_no_instance() {
 
 #[tokio::test]
 async fn dropping_the_registry_revokes_its_lease_and_dropping_watchers_closes_their_watches() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start().await;
     let watchers = || etcd.members[0].metric("etcd_debugging_mvcc_watcher_total");
     let base = watchers().await;
@@ -380,6 +392,7 @@ async fn dropping_the_registry_revokes_its_lease_and_dropping_watchers_closes_th
 
 #[tokio::test]
 async fn a_registry_over_tls_registers_and_discovers() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start_tls().await;
     let ca = etcd.tls_ca.as_ref().unwrap().display().to_string();
     let url = format!("etcd://{}?ttl=2s&tls_ca={ca}", etcd.endpoints());
@@ -408,6 +421,7 @@ async fn a_registry_over_tls_registers_and_discovers() {
 
 #[tokio::test]
 async fn a_registry_with_auth_and_a_password_with_ampersand_and_percent() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let mut etcd = Etcd::start().await;
     etcd.enable_auth("app", "p&ss%w0rd").await;
     let url = format!(
@@ -434,6 +448,7 @@ async fn a_registry_with_auth_and_a_password_with_ampersand_and_percent() {
 
 #[tokio::test]
 async fn with_auth_a_service_started_while_etcd_is_down_registers_once_it_is_up() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let mut etcd = Etcd::start().await;
     etcd.enable_auth("app", "pw").await;
     etcd.members[0].kill();

@@ -323,6 +323,38 @@ async fn grant(client: &Conn, config: &EtcdConfig) -> Result<Held, String> {
     }
 }
 
+/// Opens a new keepalive stream for the lease of `h` and keeps it alive once, trying again
+/// until the lease would have expired: a new stream can reach another member. `Err` when
+/// the lease is gone or could not be reached in time.
+async fn reopen(client: &Conn, t: Duration, h: &mut Held) -> Result<(), String> {
+    let id = h.id;
+    let mut last = String::from("keepalive unanswered");
+    while Instant::now() < h.alive_until {
+        let sent = Instant::now();
+        let attempt = request(t, async {
+            let (mut keeper, mut stream) = client.get().await?.lease_keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            let answer = stream.message().await?;
+            Ok::<_, etcd_client::Error>((keeper, stream, answer))
+        })
+        .await;
+        match attempt {
+            Ok((keeper, stream, Some(resp))) if resp.ttl() > 0 => {
+                h.keeper = keeper;
+                h.stream = stream;
+                h.alive_until = sent + Duration::from_secs(resp.ttl() as u64);
+                tracing::debug!(lease = id, "lease kept alive over a new keepalive stream");
+                return Ok(());
+            }
+            Ok((_, _, Some(_))) => return Err("the lease is gone (revoked or expired)".into()),
+            Ok((_, _, None)) => last = "keepalive stream ended".into(),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last)
+}
+
 /// Keeps `h` alive every `every` and checks that the keys of `put` are still there, until
 /// something needs the keeper's attention.
 async fn steady(
@@ -349,8 +381,14 @@ async fn steady(
                 h.alive_until = sent + Duration::from_secs(resp.ttl() as u64);
             }
             Ok(Some(_)) => return Interrupt::Lost("the lease is gone (revoked or expired)".into()),
-            Ok(None) => return Interrupt::Lost("keepalive stream ended".into()),
-            Err(e) => return Interrupt::Lost(e),
+            // The stream broke or a keepalive went unanswered (a frozen or lost member): the
+            // lease itself may be alive, with its keys. Keep it alive over a new stream
+            // while it lives; moving to a new lease would let the keys expire meanwhile.
+            Ok(None) | Err(_) => {
+                if let Err(why) = reopen(client, t, h).await {
+                    return Interrupt::Lost(why);
+                }
+            }
         }
         let mut missing = Vec::new();
         for key in put.keys() {
