@@ -206,44 +206,43 @@ async fn an_externally_revoked_lease_leads_to_re_registration() {
 }
 
 #[tokio::test]
-async fn restarting_etcd_leads_to_re_registration() {
+async fn the_registration_survives_an_etcd_restart() {
     let mut etcd = Etcd::start().await;
     let reg = registry(&etcd, "3s").await;
     reg.register(&instance("u1", "http://127.0.0.1:50051"))
         .await
         .unwrap();
-    let old = reg.lease_id().await.unwrap();
     etcd.restart(0).await;
-    // The keepalive stream broke; the registry grants a new lease and puts the key again.
+    // The keepalive stream broke with the restart. etcd keeps leases across a restart, so the
+    // registry either keeps its lease alive over a new stream or, if the lease is gone, puts
+    // the key under a new one: either way the key stays, under a live lease, past the TTL.
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(new) = reg.lease_id().await
-            && new != old
+    let mut c = etcd.client().await;
+    let lease = loop {
+        let kv = c
+            .get(KEY, None)
+            .await
+            .ok()
+            .and_then(|r| r.kvs().first().cloned());
+        if let Some(kv) = kv
+            && reg.lease_id().await == Some(kv.lease())
         {
-            let mut c = etcd.client().await;
-            let resp = c.get(KEY, None).await.unwrap();
-            if resp.kvs().first().is_some_and(|kv| kv.lease() == new) {
-                break;
-            }
+            break kv.lease();
         }
         assert!(
             Instant::now() < deadline,
-            "no re-registration after the restart"
+            "no registration kept after the restart"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // And it stays registered past the old lease's TTL.
+    };
+    // Past the TTL, the key is still there and its lease is being kept alive.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(
-        !etcd
-            .client()
-            .await
-            .get(KEY, None)
-            .await
-            .unwrap()
-            .kvs()
-            .is_empty()
-    );
+    let kv = c.get(KEY, None).await.unwrap().kvs().first().cloned();
+    assert!(kv.is_some(), "the key outlived its TTL");
+    let live = reg.lease_id().await.unwrap();
+    let ttl = c.lease_time_to_live(live, None).await.unwrap().ttl();
+    assert!(ttl > 0, "lease {live} (was {lease}) is alive: ttl {ttl}");
+    assert_eq!(kv.unwrap().lease(), live);
 }
 
 #[steadfast::resilient_client(service = "user-svc", client = UserServiceClient)]
