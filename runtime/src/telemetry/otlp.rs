@@ -45,6 +45,9 @@ use crate::Error;
 /// let config = OtlpConfig::new("http://127.0.0.1:4317", "user-svc");
 /// assert_eq!(config.endpoint(), "http://127.0.0.1:4317");
 /// assert!(OtlpConfig::new("127.0.0.1:4317", "user-svc").validate().is_err());
+/// // A password in the endpoint never reaches the error.
+/// let err = OtlpConfig::new("grpc://me:sekrit@collector:4317", "s").validate().unwrap_err();
+/// assert!(!err.to_string().contains("sekrit"));
 /// ```
 #[derive(Clone, Debug)]
 pub struct OtlpConfig {
@@ -113,10 +116,28 @@ impl OtlpConfig {
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!(
                     "`{}` is not an OTLP/gRPC endpoint; write it as http://host:4317",
-                    self.endpoint
+                    without_credentials(&self.endpoint)
                 ),
             ))
         }
+    }
+}
+
+/// The `user:password` part of an endpoint, if it has one.
+fn userinfo(endpoint: &str) -> Option<&str> {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    authority
+        .rfind('@')
+        .map(|at| &authority[..at])
+        .filter(|u| !u.is_empty())
+}
+
+/// `endpoint` with any `user:password@` part replaced by `***@`, for error messages.
+fn without_credentials(endpoint: &str) -> String {
+    match userinfo(endpoint) {
+        Some(u) => endpoint.replacen(u, "***", 1),
+        None => endpoint.to_owned(),
     }
 }
 
@@ -133,7 +154,14 @@ where
         .with_endpoint(config.endpoint.clone())
         .with_timeout(config.timeout)
         .build()
-        .map_err(|e| Error::config("OTEL_EXPORTER_OTLP_ENDPOINT", e.to_string()))?;
+        .map_err(|e| {
+            // The error may quote the endpoint: never with its credentials.
+            let mut text = e.to_string();
+            if let Some(userinfo) = userinfo(&config.endpoint) {
+                text = text.replace(userinfo, "***");
+            }
+            Error::config("OTEL_EXPORTER_OTLP_ENDPOINT", text)
+        })?;
     let provider = SdkTracerProvider::builder()
         .with_resource(
             Resource::builder()
