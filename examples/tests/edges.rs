@@ -1,23 +1,16 @@
 //! The example binaries at their edges: a bad flag is one sentence naming the flag and its
 //! value, a slow request head is cut off, and every HTTP rejection has a JSON body.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
-/// A child process killed on drop.
-struct Proc(Child);
+mod common;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Proc, field};
 
 /// Runs `bin` to its end; returns whether it succeeded and what it printed on stderr.
 fn fails(bin: &str, args: &[&str]) -> String {
@@ -30,28 +23,10 @@ fn fails(bin: &str, args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-/// Starts `bin`; returns it with the address after `http=` in its first line.
+/// Starts `bin`; returns it with the address after `http=` in its start line.
 fn start(bin: &str, args: &[&str]) -> (Proc, SocketAddr) {
-    let mut child = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http=")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no http= in {line}"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (Proc(child), addr)
+    let (proc, line) = common::start(bin, args, &[("RUST_LOG", "warn")]);
+    (proc, field(&line, "http").parse().unwrap())
 }
 
 /// Sends `head` (and `body`), returns the status, the content type and the body.

@@ -5,9 +5,7 @@
 //! of each hop are linked, and each carries its service's name.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +18,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+use common::{Proc, field};
 
 #[allow(dead_code)]
 #[path = "../../tests/tests/common/etcd.rs"]
@@ -121,47 +123,19 @@ impl Collector {
     }
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `bin` exporting to `collector`, and returns it with the line it prints once
-/// serving (its JSON log lines before and after are read and dropped).
+/// Starts `bin` exporting to `collector`, with its logs on (spans at info are exported).
 fn start(bin: &str, args: &[&str], collector: &str) -> (Proc, String) {
-    let name = bin.rsplit('/').next().unwrap().to_owned();
-    let mut child = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env_remove("OTEL_SERVICE_NAME")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines
-        .by_ref()
-        .map(Result::unwrap)
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} printed its start line"));
-    std::thread::spawn(move || lines.for_each(drop));
-    (Proc(child), line)
-}
-
-fn field(line: &str, key: &str) -> String {
-    line.split(&format!("{key}="))
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    let name = bin.rsplit('/').next().unwrap();
+    common::start(
+        bin,
+        args,
+        &[
+            ("RUST_LOG", "info"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", name),
+        ],
+    )
 }
 
 /// POSTs an order; the status and the `x-trace-id` the gateway answered with.

@@ -1,50 +1,22 @@
 //! The three example binaries as separate processes over a real etcd: gateway -> order-svc
 //! -> user-svc, each started with the command-line contract.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+use common::{Proc, field};
 
 #[allow(dead_code)]
 #[path = "../../tests/tests/common/etcd.rs"]
 mod etcd;
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `bin` and returns it with the first line it prints.
+/// Starts `bin` with quiet logs.
 fn start(bin: &str, args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (Proc(child), line)
-}
-
-fn field(line: &str, key: &str) -> String {
-    line.split(&format!("{key}="))
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    common::start(bin, args, &[("RUST_LOG", "warn")])
 }
 
 async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
