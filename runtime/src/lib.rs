@@ -116,16 +116,21 @@
 //!   [`trace::TraceLayer`]'s context);
 //! - on any other async fn it opens a child span of the current context.
 //!
-//! **Secrets stay out.** An argument that carries request metadata or headers (a
-//! `Request<T>`, a `HeaderMap`, a `MetadataMap`, request `Parts` or `Extensions`) is never
-//! recorded, so an `authorization` header or a token cannot reach a span, a log line or an
-//! exporter. The other arguments are recorded with `Debug`, as `tracing::instrument` does.
+//! **Secrets stay out.** An argument that carries request metadata, headers or credentials
+//! (a `Request<T>`, a `HeaderMap`, a `MetadataMap`, request `Parts` or `Extensions`, a
+//! `TypedHeader`, `Authorization`, a cookie jar, also inside `Option`, `Box` or a reference)
+//! is never recorded, so an `authorization` header or a token cannot reach a span, a log line
+//! or an exporter. Arguments named like the fields `#[traced]` records itself (`trace_id`,
+//! `service`, `method`, ...) are not recorded either. The other arguments are recorded with
+//! `Debug`, as `tracing::instrument` does.
 //!
 //! Options, as in `tracing::instrument`: `skip(arg, ..)` leaves arguments out, `skip_all`
 //! leaves them all out, `fields(name = value, a.b = %display, c = ?debug, later)` records
 //! more (a field without a value is declared, to be recorded later with `Span::record`);
-//! `name = "..."` (the span name), `level = "debug"`, and `service = "..."`. To record headers
-//! on purpose, record them [`telemetry::redacted`]: sensitive values are hidden.
+//! `name = "..."` (the span name), `level = "debug"`, and `service = "..."` (for a tonic
+//! handler served without [`trace::TraceLayer`], the full gRPC service name to label its
+//! span and metrics with; with the layer, the request path names the call). To record
+//! headers on purpose, record them [`telemetry::redacted`]: sensitive values are hidden.
 //!
 //! ```
 //! #[steadfast::traced(skip(password), fields(user.name = %user))]
