@@ -11,7 +11,7 @@
 //! name). The ids come from the nearest enclosing span that has them.
 //!
 //! With the feature `otlp`, [`init`] also exports every span to an OpenTelemetry collector
-//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`otlp`]).
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (`telemetry::otlp`).
 //!
 //! # Secrets
 //! Nothing steadfast records carries request metadata or headers: `#[traced]` never records
@@ -43,7 +43,7 @@ use crate::Error;
 /// Installs the JSON log subscriber on stdout as the global default. The filter comes from
 /// `RUST_LOG` (default `info`); an invalid `RUST_LOG` is an error naming it. With the
 /// feature `otlp` and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported there
-/// ([`otlp`]); call it inside a tokio runtime then, and [`shutdown`] before exit.
+/// (`telemetry::otlp`); call it inside a tokio runtime then, and [`shutdown`] before exit.
 pub fn init() -> Result<(), Error> {
     init_with_writer(std::io::stdout)
 }
