@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::etcd::Etcd;
 use common::{Action, Scripted, serve};
 use etcd_client::{EventType, GetOptions};
-use steadfast::client::{ClientConfig, Downstreams};
+use steadfast::client::{ClientConfig, ConfigSource, Downstreams};
 use steadfast::registry::{EtcdConfig, EtcdRegistry, Instance, Registry};
 use steadfast_examples::pb::user::user_service_client::UserServiceClient;
 use steadfast_examples::pb::user::{GetUserReply, GetUserRequest};
@@ -434,4 +434,152 @@ async fn a_graceful_shutdown_through_etcd_fails_no_call() {
             .is_empty()
     );
     assert_eq!(users.core().channel().discovered_ids(), ["u2"]);
+}
+
+/// The deadline the server saw on the latest call.
+fn last_timeout(server: &Scripted) -> Duration {
+    server.seen().last().unwrap().grpc_timeout.unwrap()
+}
+
+#[tokio::test]
+async fn a_service_config_put_in_etcd_reaches_a_running_client_within_a_second() {
+    let etcd = Etcd::start().await;
+    let scripted = Scripted::new([Action::Ok]);
+    let server = serve(scripted.clone()).await;
+    let reg = registry(&etcd, "10s").await;
+    reg.register(&instance("u1", &server.url())).await.unwrap();
+    let discovery: Arc<dyn Registry> = Arc::new(registry(&etcd, "10s").await);
+    let users =
+        UsersClient::connect(ClientConfig::discover(discovery).downstreams(Downstreams::new()))
+            .await
+            .unwrap();
+    let mut status = users.core().config_status();
+    users.get_user(GetUserRequest { id: 1 }).await.unwrap();
+    assert!(
+        last_timeout(&scripted) > Duration::from_secs(5),
+        "the method's own 10 s timeout"
+    );
+
+    // An operator puts a config at the documented key, as etcdctl would.
+    let key = "/steadfast/config/user-svc";
+    let config = r#"{"methodConfig": [{"name": [{}], "timeout": "0.25s",
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["ABORTED"]}}]}"#;
+    let mut c = etcd.client().await;
+    let put_at = Instant::now();
+    c.put(key, config, None).await.unwrap();
+    timeout(
+        Duration::from_secs(1),
+        status.wait_for(|s| s.source == ConfigSource::Registry),
+    )
+    .await
+    .expect("the update reaches the running client within 1 s")
+    .unwrap();
+    let took = put_at.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // Calls now run under it: the deadline is 0.25 s, and ABORTED is retried.
+    scripted.script([
+        Action::Fail(tonic::Code::Aborted),
+        Action::Fail(tonic::Code::Aborted),
+        Action::Ok,
+    ]);
+    let before = scripted.calls();
+    users.get_user(GetUserRequest { id: 2 }).await.unwrap();
+    assert_eq!(
+        scripted.calls() - before,
+        3,
+        "two retries under the new policy"
+    );
+    assert!(last_timeout(&scripted) <= Duration::from_millis(250));
+
+    // A malformed update is refused, naming the field; the last good config stays.
+    c.put(
+        key,
+        r#"{"methodConfig": [{"name": [{}], "timeout": "soon"}]}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    let rejected = timeout(
+        Duration::from_secs(1),
+        status.wait_for(|s| s.rejected.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone();
+    assert_eq!(rejected.source, ConfigSource::Registry);
+    let why = rejected.rejected.unwrap();
+    assert!(why.contains("methodConfig[0].timeout"), "{why}");
+    scripted.script([Action::Fail(tonic::Code::Aborted), Action::Ok]);
+    users.get_user(GetUserRequest { id: 3 }).await.unwrap();
+    assert!(last_timeout(&scripted) <= Duration::from_millis(250));
+    // So is one that is not JSON at all.
+    c.put(key, "{not json", None).await.unwrap();
+    c.put(key, config, None).await.unwrap();
+    timeout(
+        Duration::from_secs(1),
+        status.wait_for(|s| s.rejected.is_none()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // A client started now applies the stored config before its first call.
+    let later: Arc<dyn Registry> = Arc::new(registry(&etcd, "10s").await);
+    let fresh = UsersClient::connect(ClientConfig::discover(later).downstreams(Downstreams::new()))
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.core().config_status().borrow().source,
+        ConfigSource::Registry
+    );
+    fresh.get_user(GetUserRequest { id: 4 }).await.unwrap();
+    assert!(last_timeout(&scripted) <= Duration::from_millis(250));
+    // One that opted out does not.
+    let opted_out: Arc<dyn Registry> = Arc::new(registry(&etcd, "10s").await);
+    let own = UsersClient::connect(
+        ClientConfig::discover(opted_out)
+            .service_config_from_registry(false)
+            .downstreams(Downstreams::new()),
+    )
+    .await
+    .unwrap();
+    own.get_user(GetUserRequest { id: 5 }).await.unwrap();
+    assert!(last_timeout(&scripted) > Duration::from_secs(5));
+
+    // Removing the key brings back the local config (here, the method's own policy).
+    c.delete(key, None).await.unwrap();
+    timeout(
+        Duration::from_secs(1),
+        status.wait_for(|s| s.source == ConfigSource::Local),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    users.get_user(GetUserRequest { id: 6 }).await.unwrap();
+    assert!(last_timeout(&scripted) > Duration::from_secs(5));
+
+    // The registry API writes the same key.
+    reg.put_config(
+        "user-svc",
+        Some(r#"{"methodConfig": [{"name": [{}], "timeout": "0.5s"}]}"#),
+    )
+    .await
+    .unwrap();
+    let stored = c.get(key, None).await.unwrap();
+    assert!(stored.kvs()[0].value_str().unwrap().contains("0.5s"));
+    timeout(
+        Duration::from_secs(1),
+        status.wait_for(|s| s.source == ConfigSource::Registry),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    users.get_user(GetUserRequest { id: 7 }).await.unwrap();
+    let t = last_timeout(&scripted);
+    assert!(
+        t <= Duration::from_millis(500) && t > Duration::from_millis(250),
+        "{t:?}"
+    );
 }

@@ -119,6 +119,13 @@ impl Channel {
             Transport::Discovered(pool) => pool.ejected_ids(),
         }
     }
+
+    /// Replaces a discovered pool's outlier detection (fixed endpoints have none).
+    pub(crate) fn set_outlier_detection(&self, od: crate::discovery::OutlierDetection) {
+        if let Transport::Discovered(pool) = &self.inner {
+            pool.set_outlier_detection(od);
+        }
+    }
 }
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {

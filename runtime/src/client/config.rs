@@ -41,6 +41,7 @@ pub struct ClientConfig {
     eager: bool,
     tls: Option<ClientTls>,
     pub(crate) service_config: Option<ServiceConfig>,
+    pub(crate) registry_config: bool,
     pub(crate) downstreams: Downstreams,
     pub(crate) outlier_detection: OutlierDetection,
     pub(crate) panic_threshold: u32,
@@ -116,6 +117,7 @@ impl ClientConfig {
             eager: false,
             tls: None,
             service_config: None,
+            registry_config: true,
             downstreams: Downstreams::global(),
             outlier_detection: OutlierDetection::default(),
             panic_threshold: 50,
@@ -386,6 +388,29 @@ impl ClientConfig {
             self.outlier_detection = *od;
         }
         self.service_config = Some(config);
+        self
+    }
+
+    /// Whether a client that discovers its instances in a registry also follows the gRPC
+    /// service config stored there for its service (default `true`), as a gRPC client
+    /// follows the service config its resolver returns.
+    ///
+    /// The registry's config, while there is one, takes the place of the one given with
+    /// [`ClientConfig::service_config`] (which is then only the default), and is applied
+    /// live: calls that start after an update run under the new policies. A value that
+    /// does not parse is refused with a warning and the config in force stays;
+    /// [`ClientCore::config_status`](super::ClientCore::config_status) says which is in
+    /// force. Removing the value brings back the local config.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadfast::Error> {
+    /// use steadfast::client::ClientConfig;
+    /// let registry = steadfast::registry::from_url("memory://").await?;
+    /// let config = ClientConfig::discover(registry).service_config_from_registry(false);
+    /// # let _ = config; Ok(()) }
+    /// ```
+    pub fn service_config_from_registry(mut self, follow: bool) -> Self {
+        self.registry_config = follow;
         self
     }
 

@@ -7,18 +7,20 @@ mod stack;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tonic::Status;
 
 pub use self::channel::{Channel, ResponseFuture};
 pub use self::config::{ClientConfig, WireOptions};
+
 pub use self::stack::{ClientStack, stack};
 
 use crate::Error;
 use crate::breaker::{BreakerConfig, BreakerRegistry};
-use crate::retry::{CallPolicy, RetryPolicy, RetryThrottle};
+use crate::retry::{CallPolicy, RetryPolicy, RetryThrottle, ServiceConfig};
 
 /// Per-downstream state shared by every client of one service in the process: all clients
 /// of `user-svc` draw on one retry throttle.
@@ -74,6 +76,29 @@ impl Downstreams {
     pub fn global() -> Self {
         static GLOBAL: std::sync::OnceLock<Downstreams> = std::sync::OnceLock::new();
         GLOBAL.get_or_init(Downstreams::new).clone()
+    }
+
+    /// Makes `wanted` the throttle of `service`, unless the shared one already has its
+    /// settings (then that one stays, with its tokens). For a new service config.
+    pub(crate) fn replace_throttle(
+        &self,
+        service: &str,
+        wanted: RetryThrottle,
+    ) -> Arc<RetryThrottle> {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(service) {
+            Some(shared)
+                if (shared.max_tokens(), shared.token_ratio())
+                    == (wanted.max_tokens(), wanted.token_ratio()) =>
+            {
+                shared.clone()
+            }
+            _ => {
+                let new = Arc::new(wanted.clone_config());
+                map.insert(service.to_owned(), new.clone());
+                new
+            }
+        }
     }
 
     /// The circuit breakers, one per service.
@@ -142,36 +167,101 @@ pub struct ClientCore {
 struct CoreInner {
     service: &'static str,
     channel: Channel,
-    methods: Box<[Arc<CallPolicy>]>,
+    /// Replaced as a whole when the registry's service config changes; a call reads it
+    /// once, when it starts.
+    methods: RwLock<Arc<[Arc<CallPolicy>]>>,
     breaker: Arc<crate::breaker::CircuitBreaker>,
     wire: config::WireOptions,
+    config_status: watch::Sender<ConfigStatus>,
+    /// The task following the registry's service config; ended with the client.
+    follower: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-impl ClientCore {
-    /// Connects per `config` and resolves the method policies of `spec`.
-    #[doc(hidden)]
-    pub async fn connect(spec: &'static ClientSpec, config: ClientConfig) -> Result<Self, Error> {
-        let channel = connect(spec.service, &config).await?;
-        Ok(Self::with_channel(spec, &config, channel))
+impl Drop for CoreInner {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
     }
+}
 
-    fn with_channel(spec: &'static ClientSpec, config: &ClientConfig, channel: Channel) -> Self {
-        let sc = config.service_config.as_ref();
-        let throttle = config.downstreams.throttle(spec.service, || {
+/// Where the service config in force comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The one given with [`ClientConfig::service_config`], or none: the registry stores
+    /// none for this service (or the client does not follow it).
+    Local,
+    /// The one stored in the registry for this service.
+    Registry,
+}
+
+/// Which service config a client has in force, and what became of the last one the
+/// registry sent ([`ClientCore::config_status`]).
+///
+/// ```
+/// use steadfast::client::{ConfigSource, ConfigStatus};
+/// let s = ConfigStatus::default();
+/// assert_eq!(s.source, ConfigSource::Local);
+/// assert_eq!(s.updates, 0);
+/// assert!(s.rejected.is_none());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigStatus {
+    /// Where the config in force comes from.
+    pub source: ConfigSource,
+    /// How many values from the registry have been applied (a removal counts).
+    pub updates: u64,
+    /// Why the registry's latest value was refused, if it was: the config in force is then
+    /// the last good one.
+    pub rejected: Option<String>,
+}
+
+impl Default for ConfigStatus {
+    fn default() -> Self {
+        ConfigStatus {
+            source: ConfigSource::Local,
+            updates: 0,
+            rejected: None,
+        }
+    }
+}
+
+/// What rebuilding the method policies needs, kept by the task that follows the
+/// registry's service config.
+struct Builder {
+    spec: &'static ClientSpec,
+    config: ClientConfig,
+    enforces_grpc_timeout: bool,
+    breaker: Arc<crate::breaker::CircuitBreaker>,
+}
+
+impl Builder {
+    /// The method policies under `sc` (the registry's config, or else the local one). An
+    /// update replaces the service's shared retry throttle when it asks for another one.
+    fn methods(&self, sc: Option<&ServiceConfig>, update: bool) -> Arc<[Arc<CallPolicy>]> {
+        let (spec, config) = (self.spec, &self.config);
+        let sc = sc.or(config.service_config.as_ref());
+        let wanted = || {
             sc.and_then(|sc| sc.throttle())
                 .or_else(|| {
                     spec.throttle
                         .map(|(max, milli)| RetryThrottle::from_parts(max, milli))
                 })
                 .unwrap_or_default()
-        });
-        let breaker = config
-            .downstreams
-            .breakers()
-            .get_or_insert(spec.service, spec.breaker);
+        };
+        let throttle = if update {
+            config.downstreams.replace_throttle(spec.service, wanted())
+        } else {
+            config.downstreams.throttle(spec.service, wanted)
+        };
         let match_name = spec.grpc_service.unwrap_or(spec.service);
-        let methods = spec
-            .methods
+        spec.methods
             .iter()
             .map(|m| {
                 let over = sc.and_then(|sc| sc.lookup(match_name, m.grpc_method));
@@ -190,28 +280,89 @@ impl ClientCore {
                 Arc::new(
                     CallPolicy::new(spec.service, m.grpc_method)
                         .grpc_service(spec.grpc_service)
-                        .transport_timer(channel.enforces_grpc_timeout())
+                        .transport_timer(self.enforces_grpc_timeout)
                         .timeout(timeout)
                         .retry(retry)
                         .hedging(hedging)
                         .throttle(Some(throttle.clone()))
-                        .breaker(Some(breaker.clone()))
+                        .breaker(Some(self.breaker.clone()))
                         .metrics(Some(Arc::new(match spec.grpc_service {
                             Some(grpc) => config.metrics.client_method(grpc, m.grpc_method),
                             None => config.metrics.client_method_unresolved(m.grpc_method),
                         }))),
                 )
             })
-            .collect();
-        ClientCore {
+            .collect()
+    }
+}
+
+impl ClientCore {
+    /// Connects per `config` and resolves the method policies of `spec`. A client that
+    /// discovers its instances in a registry also follows the service config stored there
+    /// (unless [`ClientConfig::service_config_from_registry`] turned that off).
+    #[doc(hidden)]
+    pub async fn connect(spec: &'static ClientSpec, config: ClientConfig) -> Result<Self, Error> {
+        let channel = connect(spec.service, &config).await?;
+        let follow = match &config.registry {
+            Some(registry) if config.registry_config && config.transport.is_none() => {
+                Some(registry.watch_config(spec.service).await?)
+            }
+            _ => None,
+        };
+        let (core, builder) = Self::with_channel(spec, config, channel);
+        if let Some(mut rx) = follow {
+            // Apply what the registry holds now, before the first call.
+            let text = rx.borrow_and_update().clone();
+            let mut current = None;
+            if text.is_some() {
+                current = apply(&core.inner, &builder, text.as_deref(), None);
+            }
+            let weak = Arc::downgrade(&core.inner);
+            let task = tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let text = rx.borrow_and_update().clone();
+                    let Some(inner) = weak.upgrade() else { return };
+                    current = apply(&inner, &builder, text.as_deref(), current.take());
+                }
+            });
+            *core
+                .inner
+                .follower
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        }
+        Ok(core)
+    }
+
+    fn with_channel(
+        spec: &'static ClientSpec,
+        config: ClientConfig,
+        channel: Channel,
+    ) -> (Self, Builder) {
+        let breaker = config
+            .downstreams
+            .breakers()
+            .get_or_insert(spec.service, spec.breaker);
+        let wire = config.wire.clone();
+        let builder = Builder {
+            spec,
+            enforces_grpc_timeout: channel.enforces_grpc_timeout(),
+            breaker: breaker.clone(),
+            config,
+        };
+        let methods = builder.methods(None, false);
+        let core = ClientCore {
             inner: Arc::new(CoreInner {
                 service: spec.service,
                 channel,
-                methods,
+                methods: RwLock::new(methods),
                 breaker,
-                wire: config.wire.clone(),
+                wire,
+                config_status: watch::channel(ConfigStatus::default()).0,
+                follower: Mutex::new(None),
             }),
-        }
+        };
+        (core, builder)
     }
 
     /// The downstream service name.
@@ -235,10 +386,104 @@ impl ClientCore {
         &self.inner.wire
     }
 
-    /// The resolved policy of each method, in declaration order.
-    pub fn policies(&self) -> &[Arc<CallPolicy>] {
-        &self.inner.methods
+    /// The resolved policy of each method, in declaration order, as in force now.
+    pub fn policies(&self) -> Arc<[Arc<CallPolicy>]> {
+        self.inner
+            .methods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
+
+    /// Follows which service config is in force, and what became of the registry's latest
+    /// value. Changes when a value from the registry is applied or refused.
+    ///
+    /// ```
+    /// # #[path = "../../tests/ui/pass/fake.rs"] mod pb;
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use steadfast::client::{ClientConfig, ConfigSource};
+    /// use steadfast::registry::{Instance, MemoryRegistry, Registry};
+    ///
+    /// #[steadfast::resilient_client(service = "user-svc", client = pb::UserClient)]
+    /// trait Users {
+    ///     async fn get_user(&self, id: u64) -> Result<String, tonic::Status>;
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadfast::Error> {
+    /// let registry = Arc::new(MemoryRegistry::new());
+    /// registry.register(&Instance::new("user-svc", "u1", "http://127.0.0.1:50051")).await?;
+    /// let users = UsersClient::connect(ClientConfig::discover(registry.clone())).await?;
+    /// let mut status = users.core().config_status();
+    ///
+    /// // Operators change the policy of every client of user-svc, live.
+    /// let config = r#"{"methodConfig": [{"name": [{}], "timeout": "0.5s"}]}"#;
+    /// registry.put_config("user-svc", Some(config)).await?;
+    /// status.wait_for(|s| s.source == ConfigSource::Registry).await.unwrap();
+    /// assert_eq!(users.core().policies()[0].get_timeout(), Some(Duration::from_millis(500)));
+    ///
+    /// // A value that does not parse is refused; the last good config stays in force.
+    /// registry.put_config("user-svc", Some("{\"methodConfig\": 7}")).await?;
+    /// let why = status.wait_for(|s| s.rejected.is_some()).await.unwrap().rejected.clone();
+    /// assert!(why.unwrap().contains("methodConfig"));
+    /// assert_eq!(users.core().policies()[0].get_timeout(), Some(Duration::from_millis(500)));
+    /// # Ok(()) }
+    /// ```
+    pub fn config_status(&self) -> watch::Receiver<ConfigStatus> {
+        self.inner.config_status.subscribe()
+    }
+}
+
+/// Applies the registry's service config `text` (`None`: there is none, so the local one
+/// is in force). A value that does not parse is refused, with a warning, and the config
+/// in force stays. Returns the registry config now in force.
+fn apply(
+    inner: &CoreInner,
+    builder: &Builder,
+    text: Option<&str>,
+    current: Option<Arc<ServiceConfig>>,
+) -> Option<Arc<ServiceConfig>> {
+    let service = builder.spec.service;
+    let parsed = match text {
+        None => None,
+        Some(t) => match ServiceConfig::from_json(t) {
+            Ok(sc) => Some(Arc::new(sc)),
+            Err(e) => {
+                tracing::warn!(
+                    service,
+                    "refused the service config stored in the registry; keeping the one in force: {e}"
+                );
+                inner
+                    .config_status
+                    .send_modify(|s| s.rejected = Some(e.to_string()));
+                return current;
+            }
+        },
+    };
+    let methods = builder.methods(parsed.as_deref(), true);
+    *inner.methods.write().unwrap_or_else(|p| p.into_inner()) = methods;
+    let od = parsed
+        .as_deref()
+        .and_then(ServiceConfig::outlier_detection)
+        .copied()
+        .unwrap_or(builder.config.outlier_detection);
+    inner.channel.set_outlier_detection(od);
+    let source = if parsed.is_some() {
+        tracing::info!(service, "applied the service config stored in the registry");
+        ConfigSource::Registry
+    } else {
+        tracing::info!(
+            service,
+            "the registry holds no service config any more; back to the local one"
+        );
+        ConfigSource::Local
+    };
+    inner.config_status.send_modify(|s| {
+        s.source = source;
+        s.updates += 1;
+        s.rejected = None;
+    });
+    parsed
 }
 
 /// Runs one unary call of method `index` through its [`stack`]. Called by generated code.
@@ -265,8 +510,9 @@ where
         None => Ok(request),
     };
     // The caller's span, now: the call's span is its child even when the call is spawned.
+    let policy = core.inner.methods.read().unwrap_or_else(|p| p.into_inner())[index].clone();
     let svc: stack::MethodStack<F> = stack::stack_for_call(
-        &core.inner.methods[index],
+        &policy,
         tower::service_fn(attempt),
         tracing::Span::current(),
     );

@@ -97,6 +97,8 @@ pub(crate) struct Pool {
     next: AtomicUsize,
     base: Instant,
     config: PoolConfig,
+    /// Starts as `config.outlier_detection`; a new service config may replace it.
+    od: RwLock<OutlierDetection>,
     grace: Duration,
     /// While the pool keeps a set the registry no longer lists: until when (pool clock, ms);
     /// 0 when it follows the registry.
@@ -123,6 +125,7 @@ impl Pool {
             slots: RwLock::new(Arc::from(Vec::new())),
             next: AtomicUsize::new(0),
             base: Instant::now(),
+            od: RwLock::new(config.outlier_detection),
             config,
             grace,
             stale_until_ms: AtomicU64::new(0),
@@ -134,8 +137,14 @@ impl Pool {
         Ok(pool)
     }
 
-    fn od(&self) -> &OutlierDetection {
-        &self.config.outlier_detection
+    fn od(&self) -> OutlierDetection {
+        *self.od.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the outlier detection settings (a new service config); ejections in force
+    /// run out as they were decided.
+    pub(crate) fn set_outlier_detection(&self, od: OutlierDetection) {
+        *self.od.write().unwrap_or_else(|p| p.into_inner()) = od;
     }
 
     fn now_ms(&self) -> u64 {
@@ -381,7 +390,7 @@ impl Pool {
                 ejected: s.is_ejected(now),
             })
             .collect();
-        let out = outlier::sweep(self.od(), &counts, || fastrand::u32(0..100));
+        let out = outlier::sweep(&self.od(), &counts, || fastrand::u32(0..100));
         let interval_ms = self.od().interval.as_millis() as u64;
         for (i, s) in slots.iter().enumerate() {
             if out.contains(&i) {
@@ -435,14 +444,14 @@ async fn follow(pool: Weak<Pool>, mut rx: Instances, mut stopped: oneshot::Recei
     }
 }
 
+/// Sweeps every `interval` of the pool's outlier detection, read again after each sweep
+/// (a new service config may change it).
 async fn sweep_every_interval(pool: Weak<Pool>) {
-    let Some(interval) = pool.upgrade().map(|p| p.od().interval) else {
-        return;
-    };
-    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        let Some(interval) = pool.upgrade().map(|p| p.od().interval) else {
+            return;
+        };
+        tokio::time::sleep(interval).await;
         let Some(pool) = pool.upgrade() else { return };
         pool.sweep();
     }

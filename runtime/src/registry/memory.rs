@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::{Instance, Instances, Registry};
+use super::{ConfigText, Instance, Instances, Registry};
 use crate::Error;
 
 /// The shortest lease TTL a memory registry accepts.
@@ -63,6 +63,8 @@ struct State {
     services: HashMap<String, Service>,
     /// Lease id -> when it expires.
     leases: HashMap<u64, Instant>,
+    /// Service -> its service config text, stored without a lease.
+    configs: HashMap<String, watch::Sender<Option<Arc<str>>>>,
 }
 
 #[derive(Debug)]
@@ -351,6 +353,30 @@ impl Registry for MemoryRegistry {
             .or_insert_with(Service::new)
             .tx
             .subscribe())
+    }
+
+    async fn watch_config(&self, service: &str) -> Result<ConfigText, Error> {
+        let mut state = self.state();
+        Ok(state
+            .configs
+            .entry(service.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe())
+    }
+
+    async fn put_config(&self, service: &str, json: Option<&str>) -> Result<(), Error> {
+        let text: Option<Arc<str>> = json.map(Arc::from);
+        let mut state = self.state();
+        state
+            .configs
+            .entry(service.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .send_if_modified(|cur| {
+                let changed = *cur != text;
+                *cur = text;
+                changed
+            });
+        Ok(())
     }
 
     /// Revokes this handle's lease: its registrations vanish at once.

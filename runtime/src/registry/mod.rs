@@ -7,8 +7,8 @@
 //! - `static://host:port,host:port`: [`StaticRegistry`], a fixed list served for every
 //!   service name;
 //! - `etcd://host:port[,host:port...]`: [`EtcdRegistry`], etcd v3 with one TTL lease per
-//!   process. Options as query parameters: `prefix`, `user`, `password`, `ttl` (e.g. `10s`),
-//!   `tls_ca` (a PEM file; with it, etcd is reached over TLS). Values are percent-decoded:
+//!   process. Options as query parameters: `prefix`, `config_prefix`, `user`, `password`,
+//!   `ttl` (e.g. `10s`), `tls_ca` (a PEM file; with it, etcd is reached over TLS). Values are percent-decoded:
 //!   write a `&` in a password as `%26` and a `%` as `%25`.
 //!
 //! # etcd layout
@@ -19,6 +19,11 @@
 //! it; the key lives only while the lease of the process that wrote it does. Watchers list
 //! the prefix a page at a time and skip (with a warning) values that are not such JSON or
 //! are larger than [`MAX_VALUE_BYTES`] (64 KiB).
+//!
+//! A service's gRPC service config, if any, is stored as JSON text under
+//! `/steadfast/config/{service}` (option `config_prefix`), with no lease: clients built
+//! from the registry follow it live ([`Registry::watch_config`], [`Registry::put_config`]),
+//! as gRPC clients follow the service config their resolver returns.
 //!
 //! # Writing another backend
 //! Implement [`Registry`]: `register` must make the instance visible to `watch`ers until
@@ -135,6 +140,11 @@ impl Instance {
 /// The live set of one service, as a watch channel: the current value is the whole set.
 pub type Instances = watch::Receiver<Arc<[Instance]>>;
 
+/// The service config stored for one service, as a watch channel: its JSON text, or `None`
+/// while there is none. The registry does not parse it; the client does, and keeps its last
+/// good config when a value does not parse.
+pub type ConfigText = watch::Receiver<Option<Arc<str>>>;
+
 /// Whether the registrations of this process are in place in the registry.
 ///
 /// ```
@@ -185,6 +195,30 @@ pub trait Registry: Send + Sync + fmt::Debug {
     /// [`RegistrationStatus::Registered`].
     fn status(&self) -> watch::Receiver<RegistrationStatus> {
         watch::channel(RegistrationStatus::Registered).1
+    }
+    /// Follows the gRPC service config stored for `service` beside its instances (in etcd,
+    /// under `{config_prefix}/{service}`, `/steadfast/config/user-svc` by default). Kept at
+    /// its last value while the backend is unreachable; stops watching once every receiver
+    /// is dropped. The default, for backends that store none, is always `None`.
+    async fn watch_config(&self, service: &str) -> Result<ConfigText, Error> {
+        let _ = service;
+        let (tx, rx) = watch::channel(None);
+        // Nothing will ever be stored: keep the sender as long as the receivers, so that
+        // `changed()` waits instead of failing.
+        tokio::spawn(async move { tx.closed().await });
+        Ok(rx)
+    }
+    /// Stores `json` as the service config of `service` (`None` removes it). It is not
+    /// bound to any lease: it stays when the process that wrote it ends. The registry
+    /// stores the text as given; clients that cannot parse it keep their last good config.
+    async fn put_config(&self, service: &str, json: Option<&str>) -> Result<(), Error> {
+        let _ = json;
+        Err(Error::config(
+            "registry",
+            format!(
+                "this registry stores no service config (asked to store one for `{service}`); use memory:// or etcd://"
+            ),
+        ))
     }
     /// How long a registration outlives its process (etcd's lease TTL), for backends with
     /// liveness. Discovery keeps the last set for twice this when every instance vanishes

@@ -37,6 +37,15 @@ use crate::spec::outlier::OutlierDetection;
 /// `round_robin` is what steadfast does anyway, and `pick_first` is read but not followed
 /// (steadfast balances round-robin over instances in good standing), with a warning.
 ///
+/// A client takes its service config from [`ClientConfig::service_config`] (read with
+/// [`ServiceConfig::from_json`] or [`ServiceConfig::from_file`]) and, when it discovers its
+/// instances in a registry, from the registry ([`Registry::put_config`]), live: the
+/// registry's config, while there is one, replaces the local one, and a value that does
+/// not parse is refused while the last good one stays in force.
+///
+/// [`Registry::put_config`]: crate::registry::Registry::put_config
+/// [`ClientConfig::service_config`]: crate::client::ClientConfig::service_config
+///
 /// `hedgingPolicy` hedges the method's calls ([`HedgingPolicy`]), except for methods marked
 /// `#[no_retry]`, which are not idempotent. Not applied yet: `waitForReady` and the message
 /// size limits are read for [`MethodConfig`] but the client takes its limits from

@@ -31,6 +31,8 @@ const MIN_TTL: Duration = Duration::from_secs(2);
 pub struct EtcdConfig {
     pub(super) endpoints: Vec<String>,
     pub(super) prefix: String,
+    /// `None`: derived from `prefix`.
+    pub(super) config_prefix: Option<String>,
     pub(super) ttl: Duration,
     pub(super) user: Option<(String, String)>,
     pub(super) tls_ca: Option<PathBuf>,
@@ -42,6 +44,7 @@ impl std::fmt::Debug for EtcdConfig {
         f.debug_struct("EtcdConfig")
             .field("endpoints", &self.endpoints)
             .field("prefix", &self.prefix)
+            .field("config_prefix", &self.config_prefix_str())
             .field("ttl", &self.ttl)
             .field("user", &self.user.as_ref().map(|u| &u.0)) // never the password
             .field("tls_ca", &self.tls_ca)
@@ -62,6 +65,7 @@ impl EtcdConfig {
         Ok(EtcdConfig {
             endpoints,
             prefix: "/steadfast/services".into(),
+            config_prefix: None,
             ttl: Duration::from_secs(10),
             user: None,
             tls_ca: None,
@@ -83,6 +87,7 @@ impl EtcdConfig {
             })?;
             match k {
                 "prefix" => c = c.prefix(&v)?,
+                "config_prefix" => c = c.config_prefix(&v)?,
                 "ttl" => {
                     let d = crate::duration::parse(&v)
                         .map_err(|e| Error::config("registry.etcd.ttl", e))?;
@@ -95,7 +100,7 @@ impl EtcdConfig {
                     return Err(Error::config(
                         "registry",
                         format!(
-                            "unknown etcd option `{other}`; use prefix, ttl, user, password, tls_ca"
+                            "unknown etcd option `{other}`; use prefix, config_prefix, ttl, user, password, tls_ca"
                         ),
                     ));
                 }
@@ -113,6 +118,32 @@ impl EtcdConfig {
             ));
         }
         self.prefix = prefix.to_owned();
+        Ok(self)
+    }
+
+    /// Where service configs are stored: `{config_prefix}/{service}`. By default the
+    /// prefix with its last segment `services` replaced by `config` (`/steadfast/config`),
+    /// or, for a prefix that does not end in `services`, the prefix followed by `-config`
+    /// (`/prod` stores them under `/prod-config`).
+    ///
+    /// ```
+    /// use steadfast::registry::EtcdConfig;
+    /// let c = EtcdConfig::parse("127.0.0.1:2379")?;
+    /// assert_eq!(c.config_prefix_str(), "/steadfast/config");
+    /// let c = EtcdConfig::parse("127.0.0.1:2379?prefix=/prod")?;
+    /// assert_eq!(c.config_prefix_str(), "/prod-config");
+    /// let c = EtcdConfig::parse("127.0.0.1:2379?config_prefix=/ops/grpc-config")?;
+    /// assert_eq!(c.config_prefix_str(), "/ops/grpc-config");
+    /// # Ok::<(), steadfast::Error>(())
+    /// ```
+    pub fn config_prefix(mut self, prefix: &str) -> Result<Self, Error> {
+        if !prefix.starts_with('/') || prefix.ends_with('/') {
+            return Err(Error::config(
+                "registry.etcd.config_prefix",
+                format!("`{prefix}` must start with '/' and not end with '/'"),
+            ));
+        }
+        self.config_prefix = Some(prefix.to_owned());
         Ok(self)
     }
 
@@ -135,6 +166,16 @@ impl EtcdConfig {
     /// The key prefix.
     pub fn prefix_str(&self) -> &str {
         &self.prefix
+    }
+    /// Where service configs are stored (see [`EtcdConfig::config_prefix`]).
+    pub fn config_prefix_str(&self) -> String {
+        match &self.config_prefix {
+            Some(p) => p.clone(),
+            None => match self.prefix.rsplit_once('/') {
+                Some((parent, "services")) if !parent.is_empty() => format!("{parent}/config"),
+                _ => format!("{}-config", self.prefix),
+            },
+        }
     }
     /// The lease TTL.
     pub fn lease_ttl(&self) -> Duration {

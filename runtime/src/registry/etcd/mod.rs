@@ -16,7 +16,7 @@ pub use self::config::EtcdConfig;
 
 use self::conn::{Conn, is_unavailable};
 use self::lease::{Shared, revoke_in_background};
-use super::{Instance, Instances, RegistrationStatus, Registry};
+use super::{ConfigText, Instance, Instances, RegistrationStatus, Registry};
 use crate::Error;
 
 /// The largest registry value a watcher accepts (64 KiB); larger values are skipped with a
@@ -182,6 +182,11 @@ impl EtcdRegistry {
         format!("{}/{service}/{id}", self.inner.config.prefix)
     }
 
+    /// The key of a service's service config.
+    pub fn config_key(&self, service: &str) -> String {
+        format!("{}/{service}", self.inner.config.config_prefix_str())
+    }
+
     /// The current lease id, if any registration holds one.
     pub async fn lease_id(&self) -> Option<i64> {
         self.inner.shared.state().lease
@@ -310,16 +315,100 @@ impl Registry for EtcdRegistry {
         })
     }
 
+    /// Lists the service's prefix (waiting up to the connect timeout for the first list),
+    /// then watches it.
     async fn watch(&self, service: &str) -> Result<Instances, Error> {
         let (tx, rx) = tokio::sync::watch::channel(Arc::from(Vec::new()));
+        let (first, listed) = tokio::sync::oneshot::channel();
         let prefix = format!("{}/{service}/", self.inner.config.prefix);
         tokio::spawn(watch::follow(
             self.inner.client.clone(),
             prefix,
             service.to_owned(),
             tx,
+            first,
         ));
+        // Return with the set etcd lists now, so that a new client's first call finds it;
+        // with etcd unreachable, return at once with none and follow it when it answers.
+        let t = self.inner.config.connect_timeout;
+        if tokio::time::timeout(t, listed).await.is_err() {
+            tracing::warn!(
+                service,
+                "etcd did not list the instances within {t:?}; following them in the background"
+            );
+        }
         Ok(rx)
+    }
+
+    /// Reads the config key (waiting up to the connect timeout for the first read), then
+    /// watches it.
+    async fn watch_config(&self, service: &str) -> Result<ConfigText, Error> {
+        if service.is_empty() || service.contains('/') {
+            return Err(Error::config(
+                "service",
+                format!("`{service}` must be non-empty, without '/'"),
+            ));
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let (first, read) = tokio::sync::oneshot::channel();
+        tokio::spawn(watch::follow_key(
+            self.inner.client.clone(),
+            self.config_key(service),
+            tx,
+            first,
+        ));
+        // Return with what etcd holds now, so that a new client starts under it; with etcd
+        // unreachable, return at once with none and apply it when it comes.
+        let t = self.inner.config.connect_timeout;
+        if tokio::time::timeout(t, read).await.is_err() {
+            tracing::warn!(
+                service,
+                "the service config in etcd could not be read within {t:?}; following it in the background"
+            );
+        }
+        Ok(rx)
+    }
+
+    /// Puts (or deletes) the config key, with no lease, retried up to three times within
+    /// the request timeout each.
+    async fn put_config(&self, service: &str, json: Option<&str>) -> Result<(), Error> {
+        if service.is_empty() || service.contains('/') {
+            return Err(Error::config(
+                "service",
+                format!("`{service}` must be non-empty, without '/'"),
+            ));
+        }
+        if json.is_some_and(|j| j.len() > MAX_VALUE_BYTES) {
+            return Err(Error::config(
+                "service config",
+                format!(
+                    "is {} bytes, over the {MAX_VALUE_BYTES}-byte maximum of a registry value",
+                    json.map_or(0, str::len)
+                ),
+            ));
+        }
+        let key = self.config_key(service);
+        let t = self.inner.config.request_timeout();
+        let mut last = String::new();
+        for _ in 0..3 {
+            let write = async {
+                let mut kv = self.inner.client.get().await?;
+                match json {
+                    Some(j) => kv.put(key.clone(), j, None).await.map(drop),
+                    None => kv.delete(key.clone(), None).await.map(drop),
+                }
+            };
+            match tokio::time::timeout(t, write).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("no answer within {t:?}"),
+            }
+        }
+        Err(Error::Connect {
+            service: "etcd".into(),
+            endpoint: self.inner.config.endpoints.join(","),
+            reason: format!("writing {key}: {last}"),
+        })
     }
 
     /// Stops the keeper and revokes the lease (bounded by the request timeout), so every key

@@ -46,17 +46,20 @@ pub(super) fn parse_instance(key: &str, value: &[u8]) -> Option<Instance> {
 
 /// Keeps `tx` equal to the live set under `prefix`: list, then watch from the listed
 /// revision; re-list after a compaction; on errors keep the last set and retry with backoff.
-/// Ends (closing its etcd watch) as soon as every receiver of `tx` is dropped.
+/// Ends (closing its etcd watch) as soon as every receiver of `tx` is dropped. `first` is
+/// told when the first list is in `tx`.
 pub(super) async fn follow(
     client: Conn,
     prefix: String,
     service: String,
     tx: watch::Sender<Arc<[Instance]>>,
+    first: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut first = Some(first);
     loop {
         let outcome = tokio::select! {
-            r = list_then_watch(client.clone(), &prefix, &tx, &mut backoff) => r,
+            r = list_then_watch(client.clone(), &prefix, &tx, &mut backoff, &mut first) => r,
             _ = tx.closed() => return,
         };
         match outcome {
@@ -72,6 +75,130 @@ pub(super) async fn follow(
                     _ = tx.closed() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Keeps `tx` equal to the value of `key` (`None` while it does not exist): a get, then a
+/// watch from its revision; on errors keep the last value and retry with backoff. Values
+/// over [`MAX_VALUE_BYTES`] or not UTF-8 are skipped with a warning (the last value stays).
+/// Ends as soon as every receiver of `tx` is dropped. `first` is told when the first read
+/// is in `tx`.
+pub(super) async fn follow_key(
+    client: Conn,
+    key: String,
+    tx: watch::Sender<Option<Arc<str>>>,
+    first: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut first = Some(first);
+    loop {
+        let outcome = tokio::select! {
+            r = get_then_watch(client.clone(), &key, &tx, &mut backoff, &mut first) => r,
+            _ = tx.closed() => return,
+        };
+        match outcome {
+            Ok(()) => tracing::debug!(key, "reading again after compaction"),
+            Err(e) => {
+                tracing::warn!(
+                    key,
+                    "etcd watch failed, keeping the last known value; retrying in {backoff:?}: {e}"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tx.closed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The text of a value, or `None` (with a warning) when it is too large or not UTF-8.
+fn key_text(key: &str, value: &[u8]) -> Option<Arc<str>> {
+    if value.len() > MAX_VALUE_BYTES {
+        tracing::warn!(
+            key,
+            bytes = value.len(),
+            "ignoring registry value larger than {MAX_VALUE_BYTES} bytes"
+        );
+        return None;
+    }
+    match std::str::from_utf8(value) {
+        Ok(s) => Some(Arc::from(s)),
+        Err(e) => {
+            tracing::warn!(key, "ignoring registry value that is not UTF-8: {e}");
+            None
+        }
+    }
+}
+
+fn set_key(tx: &watch::Sender<Option<Arc<str>>>, value: Option<Arc<str>>) {
+    tx.send_if_modified(|cur| {
+        let changed = *cur != value;
+        *cur = value;
+        changed
+    });
+}
+
+async fn get_then_watch(
+    client: Conn,
+    key: &str,
+    tx: &watch::Sender<Option<Arc<str>>>,
+    backoff: &mut Duration,
+    first: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), String> {
+    let resp = client
+        .get()
+        .await
+        .map_err(|e| e.to_string())?
+        .kv_client()
+        .max_decoding_message_size(DECODE_LIMIT)
+        .get(key, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    match resp.kvs().first() {
+        Some(kv) => {
+            if let Some(text) = key_text(key, kv.value()) {
+                set_key(tx, Some(text));
+            }
+        }
+        None => set_key(tx, None),
+    }
+    if let Some(first) = first.take() {
+        let _ = first.send(());
+    }
+    *backoff = Duration::from_millis(100);
+    let mut stream = client
+        .get()
+        .await
+        .map_err(|e| e.to_string())?
+        .watch_client()
+        .max_decoding_message_size(DECODE_LIMIT)
+        .watch(
+            key,
+            Some(WatchOptions::new().with_start_revision(revision + 1)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let Some(resp) = stream.message().await.map_err(|e| e.to_string())? else {
+            return Err("watch stream ended".into());
+        };
+        if resp.compact_revision() > 0 || resp.canceled() {
+            return Ok(());
+        }
+        for event in resp.events() {
+            match (event.event_type(), event.kv()) {
+                (EventType::Put, Some(kv)) => {
+                    if let Some(text) = key_text(key, kv.value()) {
+                        set_key(tx, Some(text));
+                    }
+                }
+                (EventType::Delete, _) => set_key(tx, None),
+                (EventType::Put, None) => {}
             }
         }
     }
@@ -152,9 +279,13 @@ async fn list_then_watch(
     prefix: &str,
     tx: &watch::Sender<Arc<[Instance]>>,
     backoff: &mut Duration,
+    first: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), String> {
     let (revision, mut known) = list(&client, prefix).await.map_err(|e| e.to_string())?;
     publish(tx, &known);
+    if let Some(first) = first.take() {
+        let _ = first.send(());
+    }
     *backoff = Duration::from_millis(100);
     let mut stream = client
         .get()
