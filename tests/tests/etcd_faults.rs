@@ -477,3 +477,69 @@ async fn with_auth_a_service_started_while_etcd_is_down_registers_once_it_is_up(
         .expect("SERVING once registered")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_keeps_a_working_instance_in_use_and_a_graceful_deregistration_removes_it_at_once()
+ {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let etcd = Etcd::start().await;
+    // Three replicas, each its own process with its own registry and lease.
+    let regs: Vec<Arc<EtcdRegistry>> = vec![
+        Arc::new(registry(&etcd, "10s").await),
+        Arc::new(registry(&etcd, "10s").await),
+        Arc::new(registry(&etcd, "10s").await),
+    ];
+    let mut replicas = Vec::new();
+    for (reg, id) in regs.iter().zip(["u1", "u2", "u3"]) {
+        let dyn_reg: Arc<dyn Registry> = reg.clone();
+        replicas.push(start(&dyn_reg, id, Duration::ZERO).await);
+    }
+    let discovery: Arc<dyn Registry> = Arc::new(registry(&etcd, "10s").await);
+    let users = common::replicas::client(&discovery).await;
+    let ids = || {
+        let mut ids = users.core().channel().discovered_ids();
+        ids.sort();
+        ids
+    };
+    eventually("three discovered", || async { ids().len() == 3 }).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(&users, 4, &stop);
+
+    // u2's process loses its lease (no keepalive, lease revoked) but keeps serving.
+    regs[1].abort_keepalive();
+    let lease = regs[1].lease_id().await.unwrap();
+    let mut c = etcd.client().await;
+    c.lease_revoke(lease).await.unwrap();
+    assert!(
+        c.get(KEY.replace("u1", "u2"), None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty()
+    );
+    let served = replicas[1].replica.calls.load(Ordering::SeqCst);
+    eventually("u2 keeps getting calls", || async {
+        replicas[1].replica.calls.load(Ordering::SeqCst) > served + 20
+    })
+    .await;
+    assert_eq!(ids(), ["u1", "u2", "u3"], "kept while its connection works");
+
+    // u3 deregisters gracefully while still serving: it leaves the pool at once.
+    regs[2].shutdown().await.unwrap();
+    eventually("u3 left the pool", || async { ids() == ["u1", "u2"] }).await;
+    let after = replicas[2].replica.calls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = replicas[2].replica.calls.load(Ordering::SeqCst) - after;
+    assert!(late <= 4, "{late} calls reached u3 after it left the pool");
+
+    // u2's server stops: its connection fails, and it is dropped, with no failed call.
+    let _ = replicas[1].stop.take().unwrap().send(());
+    eventually("u2 dropped on its connection failure", || async {
+        ids() == ["u1"]
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let (calls, failed) = running.await.unwrap();
+    assert!(calls > 100, "{calls} calls");
+    assert_eq!(failed, 0, "{failed} of {calls} calls failed");
+}

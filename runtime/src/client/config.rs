@@ -304,12 +304,17 @@ impl ClientConfig {
         Ok(self)
     }
 
-    /// How long discovery keeps calling the last known instances when the registry suddenly
-    /// lists none (default twice the registry's lease TTL, e.g. 20 s with etcd's default;
-    /// zero with a registry that reports no TTL, such as `memory://` and `static://`). etcd expires every lease at once when it
-    /// resumes after a freeze, and the services put their keys back tens of milliseconds
-    /// later: an empty set is not applied at once. Meanwhile an instance whose connection
-    /// fails is dropped; `Duration::ZERO` applies an empty set at once.
+    /// How long discovery keeps calling an instance the registry stops listing without its
+    /// having drained (default twice the registry's lease TTL, e.g. 20 s with etcd's
+    /// default; zero with a registry that reports no TTL, such as `memory://` and
+    /// `static://`). A lease can be lost while its instance still answers: etcd expires
+    /// every lease at once when it resumes after a freeze, and the services put their keys
+    /// back tens of milliseconds later; a process may lose etcd but not its clients. Such an
+    /// instance stays in the pool while its connection works; it goes at its first
+    /// connection failure, at the end of the grace period, or when the registry lists its
+    /// id at another address. A graceful deregistration marks the instance
+    /// [`draining`](crate::registry::Instance::draining) first, and it leaves at once.
+    /// `Duration::ZERO` applies every removal at once.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), steadfast::Error> {

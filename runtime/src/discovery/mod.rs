@@ -15,11 +15,15 @@
 //!   back once the endpoint is healthy.
 //! - An attempt that never reached a server (connection refused) is sent again at once to
 //!   another endpoint, not counted as an attempt (see [`crate::outcome`]).
-//! - Grace: when the registry suddenly lists no instance at all (etcd expires every lease
-//!   at once when it resumes after a freeze, and the keys come back milliseconds later),
-//!   the pool keeps the last set for a grace period (twice the lease TTL by default) instead
-//!   of failing every call; during it an endpoint whose connection fails is dropped, and
-//!   any non-empty set from the registry ends it.
+//! - Grace: an instance the registry stops listing without having announced it is
+//!   draining (its lease was lost: etcd expires every lease at once when it resumes after
+//!   a freeze, and the keys come back milliseconds later; or its process can no longer
+//!   reach etcd) stays an endpoint for a grace period (twice the lease TTL by default)
+//!   while its connection works: it is dropped at its first connection failure, at the end
+//!   of the grace period, or at once if the registry lists it again elsewhere. So neither
+//!   a whole set nor part of it vanishing at once fails calls that would succeed. An
+//!   instance that deregisters gracefully is first listed as
+//!   [`draining`](crate::registry::Instance::draining) and leaves the pool at once.
 //! - Panic mode (Envoy's `healthy_panic_threshold`): when fewer than the threshold share of
 //!   endpoints (default 50 %) is in good standing, calls are balanced over all of them,
 //!   ejected or not, instead of piling onto the few that are left.
@@ -56,6 +60,9 @@ pub(crate) struct Slot {
     failures_in_a_row: AtomicU32,
     /// Attempts sent to this endpoint (for tests, benchmarks and dashboards).
     pub(crate) attempts: AtomicU64,
+    /// While the registry no longer lists it: until when it is kept (pool clock, ms); 0
+    /// while it is listed.
+    unlisted_until_ms: AtomicU64,
 }
 
 impl Slot {
@@ -100,9 +107,6 @@ pub(crate) struct Pool {
     /// Starts as `config.outlier_detection`; a new service config may replace it.
     od: RwLock<OutlierDetection>,
     grace: Duration,
-    /// While the pool keeps a set the registry no longer lists: until when (pool clock, ms);
-    /// 0 when it follows the registry.
-    stale_until_ms: AtomicU64,
     /// Dropped with the pool: ends the task that follows the registry, and so its watch.
     _stop: oneshot::Sender<()>,
 }
@@ -128,7 +132,6 @@ impl Pool {
             od: RwLock::new(config.outlier_detection),
             config,
             grace,
-            stale_until_ms: AtomicU64::new(0),
             _stop: stop,
         });
         pool.update(&rx.borrow_and_update());
@@ -155,42 +158,121 @@ impl Pool {
         self.slots.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Applies the registry's set, except that an empty set replacing a non-empty one is
-    /// held off for the grace period.
+    /// Applies the registry's set. An endpoint the set no longer has is kept for the grace
+    /// period (unless it was draining, or its id is now listed at another address).
     fn update(&self, instances: &[Instance]) {
-        if instances.is_empty() && !self.grace.is_zero() && !self.snapshot().is_empty() {
-            if self.stale_until_ms.load(Ordering::Acquire) == 0 {
-                let until = self.now_ms() + self.grace.as_millis() as u64;
-                self.stale_until_ms.store(until.max(1), Ordering::Release);
-                tracing::warn!(
-                    service = %self.service,
-                    grace_ms = self.grace.as_millis() as u64,
-                    "the registry lists no instance; keeping the last ones while their connections work"
-                );
+        let now = self.now_ms();
+        let old = self.snapshot();
+        let mut kept: HashMap<(&str, &str), &Arc<Slot>> =
+            old.iter().map(|s| ((&*s.id, &*s.addr), s)).collect();
+        let listed: std::collections::HashSet<&str> = instances
+            .iter()
+            .filter(|i| !i.draining)
+            .map(|i| i.id.as_str())
+            .collect();
+        let mut next = Vec::with_capacity(instances.len());
+        let mut added = 0;
+        for i in instances.iter().filter(|i| !i.draining) {
+            if let Some(s) = kept.remove(&(i.id.as_str(), i.addr.as_str())) {
+                s.unlisted_until_ms.store(0, Ordering::Release);
+                next.push(s.clone());
+                continue;
             }
-            return;
+            let uri = match i.addr.parse::<http::Uri>() {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(service = %self.service, id = %i.id, addr = %i.addr, "skipping instance: {e}");
+                    continue;
+                }
+            };
+            match (self.config.endpoint)(&uri) {
+                Ok(ep) => {
+                    added += 1;
+                    next.push(Arc::new(Slot {
+                        id: i.id.as_str().into(),
+                        addr: i.addr.as_str().into(),
+                        channel: ep.connect_lazy(),
+                        ejected_until_ms: AtomicU64::new(0),
+                        multiplier: AtomicU32::new(0),
+                        successes: AtomicU64::new(0),
+                        failures: AtomicU64::new(0),
+                        local_in_a_row: AtomicU32::new(0),
+                        failures_in_a_row: AtomicU32::new(0),
+                        attempts: AtomicU64::new(0),
+                        unlisted_until_ms: AtomicU64::new(0),
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(service = %self.service, id = %i.id, "skipping instance: {e}")
+                }
+            }
         }
-        self.stale_until_ms.store(0, Ordering::Release);
-        self.apply(instances);
+        let draining = |id: &str| instances.iter().any(|i| i.draining && i.id == id);
+        let mut removed = 0;
+        // In the old order, so that the round-robin does not jump.
+        for s in old
+            .iter()
+            .filter(|s| kept.contains_key(&(&*s.id, &*s.addr)))
+        {
+            let keep = !self.grace.is_zero() && !listed.contains(&*s.id) && !draining(&s.id);
+            let until = s.unlisted_until_ms.load(Ordering::Acquire);
+            if keep && (until == 0 || until > now) {
+                if until == 0 {
+                    let until = now + self.grace.as_millis() as u64;
+                    s.unlisted_until_ms.store(until.max(1), Ordering::Release);
+                    tracing::warn!(
+                        service = %self.service, id = %s.id, addr = %s.addr,
+                        grace_ms = self.grace.as_millis() as u64,
+                        "the registry no longer lists this instance and it did not drain; \
+                         keeping it while its connection works"
+                    );
+                }
+                next.push(s.clone());
+            } else {
+                removed += 1;
+            }
+        }
+        if added + removed > 0 {
+            tracing::info!(
+                service = %self.service,
+                endpoints = next.len(),
+                added,
+                removed,
+                "discovered endpoints changed"
+            );
+        }
+        *self.slots.write().unwrap_or_else(|p| p.into_inner()) = next.into();
     }
 
-    /// When the grace period of a stale set ends, if the pool holds one.
+    /// When the first grace period of an unlisted endpoint ends, if the pool holds one.
     fn stale_deadline(&self) -> Option<Instant> {
-        match self.stale_until_ms.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(self.base + Duration::from_millis(ms)),
-        }
+        self.snapshot()
+            .iter()
+            .map(|s| s.unlisted_until_ms.load(Ordering::Acquire))
+            .filter(|ms| *ms != 0)
+            .min()
+            .map(|ms| self.base + Duration::from_millis(ms))
     }
 
-    /// The grace period is over: the registry's empty set applies.
+    /// Drops the unlisted endpoints whose grace period is over.
     fn expire_stale(&self) {
-        if self.stale_until_ms.swap(0, Ordering::AcqRel) != 0 {
-            tracing::warn!(service = %self.service, "grace period over; no instance left");
-            self.apply(&[]);
+        let now = self.now_ms();
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        let over = |s: &Slot| {
+            let until = s.unlisted_until_ms.load(Ordering::Acquire);
+            until != 0 && until <= now
+        };
+        if slots.iter().any(|s| over(s)) {
+            let left: Vec<Arc<Slot>> = slots.iter().filter(|s| !over(s)).cloned().collect();
+            tracing::warn!(
+                service = %self.service, left = left.len(),
+                "grace period over; dropping the instances the registry no longer lists"
+            );
+            *slots = left.into();
         }
     }
 
-    /// Drops `slot` from a stale set (its connection failed).
+    /// Drops `slot`, which the registry no longer lists (its connection failed).
     fn drop_stale(&self, slot: &Slot) {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         let left: Vec<Arc<Slot>> = slots
@@ -205,49 +287,6 @@ impl Pool {
             );
             *slots = left.into();
         }
-    }
-
-    fn apply(&self, instances: &[Instance]) {
-        let old = self.snapshot();
-        let mut kept: HashMap<(&str, &str), &Arc<Slot>> =
-            old.iter().map(|s| ((&*s.id, &*s.addr), s)).collect();
-        let mut next = Vec::with_capacity(instances.len());
-        for i in instances {
-            if let Some(s) = kept.remove(&(i.id.as_str(), i.addr.as_str())) {
-                next.push(s.clone());
-                continue;
-            }
-            let uri = match i.addr.parse::<http::Uri>() {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::warn!(service = %self.service, id = %i.id, addr = %i.addr, "skipping instance: {e}");
-                    continue;
-                }
-            };
-            match (self.config.endpoint)(&uri) {
-                Ok(ep) => next.push(Arc::new(Slot {
-                    id: i.id.as_str().into(),
-                    addr: i.addr.as_str().into(),
-                    channel: ep.connect_lazy(),
-                    ejected_until_ms: AtomicU64::new(0),
-                    multiplier: AtomicU32::new(0),
-                    successes: AtomicU64::new(0),
-                    failures: AtomicU64::new(0),
-                    local_in_a_row: AtomicU32::new(0),
-                    failures_in_a_row: AtomicU32::new(0),
-                    attempts: AtomicU64::new(0),
-                })),
-                Err(e) => {
-                    tracing::warn!(service = %self.service, id = %i.id, "skipping instance: {e}")
-                }
-            }
-        }
-        tracing::info!(
-            service = %self.service,
-            endpoints = next.len(),
-            "discovered endpoints changed"
-        );
-        *self.slots.write().unwrap_or_else(|p| p.into_inner()) = next.into();
     }
 
     /// The live endpoints' ids.
@@ -313,7 +352,9 @@ impl Pool {
                 slot.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if effect == EndpointEffect::LocalFailure && self.stale_deadline().is_some() {
+        if effect == EndpointEffect::LocalFailure
+            && slot.unlisted_until_ms.load(Ordering::Acquire) != 0
+        {
             // The registry no longer lists it and it cannot be reached: it is really gone.
             self.drop_stale(slot);
             return;

@@ -175,7 +175,14 @@ async fn every_instance_vanishing_at_once_keeps_the_last_set_for_the_grace_perio
         .await
         .unwrap();
     settle().await;
-    assert_eq!(pool.ids(), ["e1"]);
+    assert_eq!(
+        pool.ids(),
+        ["e1", "e0", "e2"],
+        "e1 is listed again; e0 and e2 are kept while their grace lasts"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    settle().await;
+    assert_eq!(pool.ids(), ["e1"], "their grace is over");
     tokio::time::sleep(grace * 2).await;
     assert_eq!(pool.ids(), ["e1"], "no stale expiry left over");
     // Gone again, and this time for good: empty once the grace period is over.
@@ -258,4 +265,99 @@ async fn dropping_the_pool_drops_its_watch_at_once() {
     settle().await;
     // The follow task ended without waiting for the next change.
     assert_eq!(registry.0.receiver_count(), 0);
+}
+
+/// A pool on a registry whose one watch channel the test publishes on.
+async fn pool_on_watch(
+    tx: &tokio::sync::watch::Sender<Arc<[Instance]>>,
+    grace: Duration,
+) -> Arc<Pool> {
+    let registry: Arc<dyn Registry> = Arc::new(OneWatch(tx.clone()));
+    let config = PoolConfig {
+        endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
+        outlier_detection: OutlierDetection::default(),
+        panic_threshold: 50,
+        grace: Some(grace),
+    };
+    Pool::start("svc", &registry, config).await.unwrap()
+}
+
+fn set(list: &[(&str, u16, bool)]) -> Arc<[Instance]> {
+    list.iter()
+        .map(|(id, port, draining)| {
+            let mut i = Instance::new("svc", *id, format!("http://127.0.0.1:{port}"));
+            i.draining = *draining;
+            i
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_that_vanishes_without_draining_is_kept_while_its_connection_works() {
+    let (tx, _) =
+        tokio::sync::watch::channel(set(&[("a", 1, false), ("b", 2, false), ("c", 3, false)]));
+    let grace = Duration::from_secs(20);
+    let pool = pool_on_watch(&tx, grace).await;
+    assert_eq!(pool.ids(), ["a", "b", "c"]);
+    // b's lease is lost (etcd expired it; its process could not renew it): b still answers.
+    tx.send_replace(set(&[("a", 1, false), ("c", 3, false)]));
+    settle().await;
+    assert_eq!(pool.ids(), ["a", "c", "b"], "b is kept, and still picked");
+    let picked: std::collections::HashSet<String> = (0..3)
+        .filter_map(|_| pool.pick(None, false))
+        .map(|s| s.id.to_string())
+        .collect();
+    assert!(picked.contains("b"));
+    // Answers from it are no reason to drop it; a timeout is no connection failure either.
+    pool.report(&slot(&pool, "b"), AttemptOutcome::Remote(tonic::Code::Ok));
+    pool.report(&slot(&pool, "b"), AttemptOutcome::Timeout);
+    assert_eq!(pool.ids().len(), 3);
+    // Its connection fails: gone at once.
+    pool.report(&slot(&pool, "b"), AttemptOutcome::Transport);
+    assert_eq!(pool.ids(), ["a", "c"]);
+
+    // c vanishes too, and nobody calls it: dropped when the grace period ends.
+    tx.send_replace(set(&[("a", 1, false)]));
+    settle().await;
+    assert_eq!(pool.ids(), ["a", "c"]);
+    tokio::time::sleep(grace - Duration::from_millis(100)).await;
+    assert_eq!(pool.ids(), ["a", "c"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    settle().await;
+    assert_eq!(pool.ids(), ["a"]);
+
+    // Listed again within its grace period: kept, with its connection, and no longer stale.
+    tx.send_replace(set(&[("a", 1, false), ("d", 4, false)]));
+    settle().await;
+    tx.send_replace(set(&[("a", 1, false)]));
+    settle().await;
+    let d = slot(&pool, "d");
+    tx.send_replace(set(&[("a", 1, false), ("d", 4, false)]));
+    settle().await;
+    assert!(Arc::ptr_eq(&d, &slot(&pool, "d")), "the same endpoint");
+    tokio::time::sleep(grace * 2).await;
+    settle().await;
+    assert_eq!(pool.ids(), ["a", "d"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_instance_leaves_at_once_and_so_does_one_listed_at_a_new_address() {
+    let (tx, _) =
+        tokio::sync::watch::channel(set(&[("a", 1, false), ("b", 2, false), ("c", 3, false)]));
+    let pool = pool_on_watch(&tx, Duration::from_secs(20)).await;
+    // b deregisters gracefully: first listed as draining, then gone.
+    tx.send_replace(set(&[("a", 1, false), ("b", 2, true), ("c", 3, false)]));
+    settle().await;
+    assert_eq!(pool.ids(), ["a", "c"]);
+    for _ in 0..4 {
+        assert_ne!(&*pool.pick(None, false).unwrap().id, "b");
+    }
+    tx.send_replace(set(&[("a", 1, false), ("c", 3, false)]));
+    settle().await;
+    assert_eq!(pool.ids(), ["a", "c"]);
+    // c restarts at another port under the same id: the old address goes at once.
+    tx.send_replace(set(&[("a", 1, false), ("c", 33, false)]));
+    settle().await;
+    assert_eq!(pool.ids(), ["a", "c"]);
+    assert_eq!(&*slot(&pool, "c").addr, "http://127.0.0.1:33");
 }

@@ -14,7 +14,9 @@
 //! # etcd layout
 //! Key `/steadfast/services/{service}/{instance_id}` (the prefix is configurable), value the
 //! JSON of [`Instance`]:
-//! `{"id","service","addr":"http://127.0.0.1:50051","version","zone","weight","metadata":{},"registered_at"}`.
+//! `{"id","service","addr":"http://127.0.0.1:50051","version","zone","weight","metadata":{},"registered_at"}`,
+//! and `"draining":true` for the moment between a graceful deregistration's announcement
+//! and the key's removal.
 //! A client in another language discovers our services by listing the prefix and watching
 //! it; the key lives only while the lease of the process that wrote it does. Watchers list
 //! the prefix a page at a time and skip (with a warning) values that are not such JSON or
@@ -85,6 +87,12 @@ pub struct Instance {
     /// When it registered (RFC 3339).
     #[serde(default)]
     pub registered_at: String,
+    /// Set by a graceful deregistration just before the key is removed: clients stop
+    /// sending new calls to it at once. An instance that vanishes without it (a lost lease,
+    /// a crash) is kept by clients while their connections to it work, for a grace period.
+    /// Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 fn one() -> u32 {
@@ -103,6 +111,7 @@ impl Instance {
             weight: 1,
             metadata: BTreeMap::new(),
             registered_at: crate::time::rfc3339_millis(std::time::SystemTime::now()),
+            draining: false,
         }
     }
 
@@ -221,8 +230,10 @@ pub trait Registry: Send + Sync + fmt::Debug {
         ))
     }
     /// How long a registration outlives its process (etcd's lease TTL), for backends with
-    /// liveness. Discovery keeps the last set for twice this when every instance vanishes
-    /// at once.
+    /// liveness. Discovery keeps an instance that vanishes without draining for twice this,
+    /// while its connection works. A backend that returns it should mark an instance
+    /// [`draining`](Instance::draining) before a graceful deregistration removes it, and
+    /// keep it listed so a moment after the removal (as [`EtcdRegistry`] does).
     fn lease_ttl(&self) -> Option<Duration> {
         None
     }

@@ -323,36 +323,59 @@ async fn grant(client: &Conn, config: &EtcdConfig) -> Result<Held, String> {
     }
 }
 
-/// Opens a new keepalive stream for the lease of `h` and keeps it alive once, trying again
-/// until the lease would have expired: a new stream can reach another member. `Err` when
-/// the lease is gone or could not be reached in time.
+/// Opens a new keepalive stream for the lease of `h` and keeps it alive once, until the
+/// lease would have expired: a new stream can reach another member. Attempts are hedged:
+/// one more starts every quarter of the request timeout while none has answered, so that a
+/// stream the client's balancer puts on a frozen member again costs a quarter of the
+/// timeout, not all of it. `Err` when the lease is gone or could not be reached in time.
 async fn reopen(client: &Conn, t: Duration, h: &mut Held) -> Result<(), String> {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+
     let id = h.id;
-    let mut last = String::from("keepalive unanswered");
-    while Instant::now() < h.alive_until {
-        let sent = Instant::now();
-        let attempt = request(t, async {
-            let (mut keeper, mut stream) = client.get().await?.lease_keep_alive(id).await?;
-            keeper.keep_alive().await?;
-            let answer = stream.message().await?;
-            Ok::<_, etcd_client::Error>((keeper, stream, answer))
-        })
-        .await;
-        match attempt {
-            Ok((keeper, stream, Some(resp))) if resp.ttl() > 0 => {
-                h.keeper = keeper;
-                h.stream = stream;
-                h.alive_until = sent + Duration::from_secs(resp.ttl() as u64);
-                tracing::debug!(lease = id, "lease kept alive over a new keepalive stream");
-                return Ok(());
-            }
-            Ok((_, _, Some(_))) => return Err("the lease is gone (revoked or expired)".into()),
-            Ok((_, _, None)) => last = "keepalive stream ended".into(),
-            Err(e) => last = e,
+    let attempt = |sent: Instant| {
+        let client = client.clone();
+        async move {
+            let r = request(t, async {
+                let (mut keeper, mut stream) = client.get().await?.lease_keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                let answer = stream.message().await?;
+                Ok::<_, etcd_client::Error>((keeper, stream, answer))
+            })
+            .await;
+            (sent, r)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let hedge = (t / 4).max(Duration::from_millis(50));
+    let mut last = String::from("keepalive unanswered");
+    let mut running = FuturesUnordered::new();
+    let mut next = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= h.alive_until {
+            return Err(last);
+        }
+        if now >= next {
+            running.push(attempt(now));
+            next = now + hedge;
+        }
+        let wake = next.min(h.alive_until);
+        tokio::select! {
+            Some((sent, r)) = running.next(), if !running.is_empty() => match r {
+                Ok((keeper, stream, Some(resp))) if resp.ttl() > 0 => {
+                    h.keeper = keeper;
+                    h.stream = stream;
+                    h.alive_until = sent + Duration::from_secs(resp.ttl() as u64);
+                    tracing::debug!(lease = id, "lease kept alive over a new keepalive stream");
+                    return Ok(());
+                }
+                Ok((_, _, Some(_))) => return Err("the lease is gone (revoked or expired)".into()),
+                Ok((_, _, None)) => last = "keepalive stream ended".into(),
+                Err(e) => last = e,
+            },
+            _ = tokio::time::sleep_until(wake) => {}
+        }
     }
-    Err(last)
 }
 
 /// Keeps `h` alive every `every` and checks that the keys of `put` are still there, until

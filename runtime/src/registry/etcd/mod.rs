@@ -76,7 +76,11 @@ impl Drop for Inner {
 ///
 /// Watchers list the service's prefix a page at a time, then watch from the listed
 /// revision; they keep the last known set while etcd is unreachable, and skip values that
-/// are malformed or larger than [`MAX_VALUE_BYTES`]. Dropping the last handle of the
+/// are malformed or larger than [`MAX_VALUE_BYTES`]. A graceful `deregister` or `shutdown`
+/// first marks its keys [`draining`](Instance::draining), so clients stop sending new calls
+/// at once, and watchers keep a deleted draining instance listed (as draining) for 2 s, so
+/// that no client misses the mark; an instance that vanishes unmarked (a lost lease) is
+/// kept by clients while their connections to it work. Dropping the last handle of the
 /// registry revokes its lease and ends its keeper; dropping every receiver of a
 /// [`watch`](Registry::watch) ends its etcd watch. Nothing here panics on an etcd failure.
 ///
@@ -232,6 +236,50 @@ impl EtcdRegistry {
     }
 }
 
+/// The value with `"draining": true`, or `None` if it is not an instance's JSON.
+fn draining_value(value: &str) -> Option<String> {
+    let mut i: Instance = serde_json::from_str(value).ok()?;
+    i.draining = true;
+    serde_json::to_string(&i).ok()
+}
+
+impl EtcdRegistry {
+    /// Puts the draining mark on `keys` under `lease`, in one transaction, bounded by the
+    /// request timeout: watchers stop sending new calls before the keys go. A failure is
+    /// only logged: the keys are removed next anyway.
+    async fn mark_draining(&self, lease: i64, keys: &[(String, String)]) {
+        use etcd_client::{PutOptions, Txn, TxnOp};
+        let ops: Vec<TxnOp> = keys
+            .iter()
+            .filter_map(|(k, v)| {
+                let v = draining_value(v)?;
+                Some(TxnOp::put(
+                    k.as_str(),
+                    v,
+                    Some(PutOptions::new().with_lease(lease)),
+                ))
+            })
+            .collect();
+        if ops.is_empty() {
+            return;
+        }
+        let t = self.inner.config.request_timeout();
+        let txn = async {
+            self.inner
+                .client
+                .get()
+                .await?
+                .txn(Txn::new().and_then(ops))
+                .await
+        };
+        match tokio::time::timeout(t, txn).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!("draining mark not written: {e}"),
+            Err(_) => tracing::debug!("draining mark not written within {t:?}"),
+        }
+    }
+}
+
 fn etcd_err(what: &str, e: etcd_client::Error) -> Error {
     Error::Connect {
         service: "etcd".into(),
@@ -266,15 +314,21 @@ impl Registry for EtcdRegistry {
         self.settled(g, "registration").await
     }
 
+    /// Marks the key draining (so that clients stop sending new calls to it at once), then
+    /// deletes it.
     async fn deregister(&self, service: &str, id: &str) -> Result<(), Error> {
         let key = self.key(service, id);
-        let g = {
+        let (g, mark) = {
             let mut s = self.inner.shared.state();
-            if s.keys.remove(&key).is_some() {
+            let value = s.keys.remove(&key);
+            if value.is_some() {
                 s.generation += 1;
             }
-            s.generation
+            (s.generation, value.zip(s.lease))
         };
+        if let Some((value, lease)) = mark {
+            self.mark_draining(lease, &[(key.clone(), value)]).await;
+        }
         self.inner.shared.wake.notify_one();
         // Delete it directly too: the keeper may be stuck behind an outage, and the key may
         // be a stale one of an earlier process with the same id.
@@ -411,10 +465,17 @@ impl Registry for EtcdRegistry {
         })
     }
 
-    /// Stops the keeper and revokes the lease (bounded by the request timeout), so every key
-    /// of this process vanishes at once.
+    /// Stops the keeper, marks every key draining, and revokes the lease (each bounded by
+    /// the request timeout), so every key of this process vanishes at once.
     async fn shutdown(&self) -> Result<(), Error> {
         self.inner.stop_keeper();
+        let (keys, lease) = {
+            let s = self.inner.shared.state();
+            (s.keys.clone().into_iter().collect::<Vec<_>>(), s.lease)
+        };
+        if let Some(lease) = lease {
+            self.mark_draining(lease, &keys).await;
+        }
         let ids = {
             let mut s = self.inner.shared.state();
             s.keys.clear();
