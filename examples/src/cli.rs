@@ -17,7 +17,7 @@ pub struct Common {
     /// Address for /health and /metrics (and the gateway's API).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub http_addr: String,
-    /// Registry: memory, static://host:port,.. or etcd://host:port,..
+    /// Registry: memory, static://host:port,.., etcd://host:port,.. or nacos://host:8848,..
     #[arg(long, default_value = "memory://")]
     pub registry: String,
     /// etcd lease TTL.

@@ -1,5 +1,6 @@
 //! The demo with its phase results asserted: the full-length timeline on the embedded
-//! registry (the one a user runs), then the shortened one over a real etcd.
+//! registry (the one a user runs), then the shortened one over a real etcd and over a real
+//! Nacos-protocol server.
 
 use std::time::Duration;
 
@@ -8,6 +9,10 @@ use steadfast_examples::demo::{self, DemoOptions, LogBuffer, Report};
 #[allow(dead_code)]
 #[path = "../../tests/tests/common/etcd.rs"]
 mod etcd;
+
+#[allow(dead_code)]
+#[path = "../../tests/tests/common/nacos.rs"]
+mod nacos;
 
 async fn run(registry: String, phase: Duration, logs: LogBuffer) -> Report {
     let opts = DemoOptions {
@@ -22,7 +27,7 @@ async fn run(registry: String, phase: Duration, logs: LogBuffer) -> Report {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_survives_its_timeline_on_memory_and_on_etcd() {
+async fn the_demo_survives_its_timeline_on_memory_etcd_and_nacos() {
     let logs = LogBuffer::default();
     let writer = logs.clone();
     steadfast::telemetry::init_with_writer(move || writer.clone()).unwrap();
@@ -110,17 +115,25 @@ async fn the_demo_survives_its_timeline_on_memory_and_on_etcd() {
         );
     }
 
-    // The same system over a real etcd.
+    // The same system over a real etcd, and over Nacos.
     let etcd = etcd::Etcd::start().await;
-    let report = run(etcd.url(""), Duration::from_secs(2), logs).await;
-    let steady = &report.phases[0];
-    assert!(
-        steady.calls > 50 && steady.success_pct() >= 99.0,
-        "over etcd: {steady:?}"
-    );
-    assert_eq!(
-        report.phases[1].ok, report.phases[1].calls,
-        "over etcd: {:?}",
-        report.phases[1]
-    );
+    let nacos = nacos::Nacos::start().await;
+    for (name, url) in [("etcd", etcd.url("")), ("nacos", nacos.url(""))] {
+        let report = run(url, Duration::from_secs(2), logs.clone()).await;
+        let steady = &report.phases[0];
+        assert!(
+            steady.calls > 50 && steady.success_pct() >= 99.0,
+            "over {name}: {steady:?}"
+        );
+        assert_eq!(
+            report.phases[1].ok, report.phases[1].calls,
+            "over {name}: {:?}",
+            report.phases[1]
+        );
+        let restored = &report.phases[4];
+        assert!(
+            restored.second_half_pct() >= 95.0,
+            "over {name}, restored: {restored:?}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
-//! The three example binaries as separate processes over a real etcd: gateway -> order-svc
-//! -> user-svc, each started with the command-line contract.
+//! The three example binaries as separate processes over a real etcd, and over a real
+//! Nacos-protocol server: gateway -> order-svc -> user-svc, each started with the
+//! command-line contract.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +14,10 @@ use common::{Proc, field};
 #[allow(dead_code)]
 #[path = "../../tests/tests/common/etcd.rs"]
 mod etcd;
+
+#[allow(dead_code)]
+#[path = "../../tests/tests/common/nacos.rs"]
+mod nacos;
 
 /// Starts `bin` with quiet logs.
 fn start(bin: &str, args: &[&str]) -> (Proc, String) {
@@ -39,11 +44,20 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
 #[tokio::test]
 async fn gateway_order_and_user_binaries_work_together_over_etcd() {
     let etcd = etcd::Etcd::start().await;
-    let registry = etcd.url("");
+    chain(&etcd.url("")).await;
+}
+
+#[tokio::test]
+async fn gateway_order_and_user_binaries_work_together_over_nacos() {
+    let nacos = nacos::Nacos::start().await;
+    chain(&nacos.url("")).await;
+}
+
+async fn chain(registry: &str) {
     let data = tempfile::tempdir().unwrap();
     let common = [
         "--registry",
-        registry.as_str(),
+        registry,
         "--lease-ttl",
         "3s",
         "--drain",

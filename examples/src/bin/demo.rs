@@ -3,7 +3,7 @@
 //!
 //! Run: `./scripts/demo.sh` (or `cargo run -p steadfast-examples --bin demo`).
 //! Options: `--quick` (short phases), `--registry etcd://127.0.0.1:2379` (the same system on
-//! a real etcd).
+//! a real etcd) or `--registry nacos://127.0.0.1:8848` (on Nacos).
 
 use std::time::Duration;
 

@@ -19,8 +19,9 @@
 //!   draining (its lease was lost: etcd expires every lease at once when it resumes after
 //!   a freeze, and the keys come back milliseconds later; or its process can no longer
 //!   reach etcd) stays an endpoint for a grace period (twice the lease TTL by default)
-//!   while its connection works: it is dropped at its first connection failure, at the end
-//!   of the grace period, or at once if the registry lists it again elsewhere. So neither
+//!   while its connection works: it is dropped at its first connection failure or
+//!   ejection (at once if it is ejected already), at the end of the grace period, or at
+//!   once if the registry lists its id at another address. So neither
 //!   a whole set nor part of it vanishing at once fails calls that would succeed. An
 //!   instance that deregisters gracefully is first listed as
 //!   [`draining`](crate::registry::Instance::draining) and leaves the pool at once.
@@ -214,7 +215,12 @@ impl Pool {
             .iter()
             .filter(|s| kept.contains_key(&(&*s.id, &*s.addr)))
         {
-            let keep = !self.grace.is_zero() && !listed.contains(&*s.id) && !draining(&s.id);
+            // An ejected endpoint does not work: keeping it would only hold an ejection
+            // slot that another endpoint may need.
+            let keep = !self.grace.is_zero()
+                && !listed.contains(&*s.id)
+                && !draining(&s.id)
+                && !s.is_ejected(now);
             let until = s.unlisted_until_ms.load(Ordering::Acquire);
             if keep && (until == 0 || until > now) {
                 if until == 0 {
@@ -404,6 +410,12 @@ impl Pool {
     }
 
     fn eject(&self, slot: &Slot, now: u64, why: &str) {
+        if slot.unlisted_until_ms.load(Ordering::Acquire) != 0 {
+            // Kept only while it works, and it does not: gone, rather than holding an
+            // ejection slot another endpoint may need.
+            self.drop_stale(slot);
+            return;
+        }
         let multiplier = slot
             .multiplier
             .fetch_add(1, Ordering::AcqRel)

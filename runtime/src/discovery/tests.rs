@@ -361,3 +361,37 @@ async fn a_draining_instance_leaves_at_once_and_so_does_one_listed_at_a_new_addr
     assert_eq!(pool.ids(), ["a", "c"]);
     assert_eq!(&*slot(&pool, "c").addr, "http://127.0.0.1:33");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ejected_instance_that_vanishes_goes_at_once_and_frees_its_ejection() {
+    let (tx, _) =
+        tokio::sync::watch::channel(set(&[("a", 1, false), ("b", 2, false), ("c", 3, false)]));
+    let pool = pool_on_watch(&tx, Duration::from_secs(20)).await;
+    // b crashed: its connection is refused, it is ejected, then its lease expires.
+    pool.report(&slot(&pool, "b"), AttemptOutcome::NotSent);
+    assert_eq!(pool.ejected_ids(), ["b"]);
+    tx.send_replace(set(&[("a", 1, false), ("c", 3, false)]));
+    settle().await;
+    assert_eq!(
+        pool.ids(),
+        ["a", "c"],
+        "not kept: its connection does not work"
+    );
+    // So another bad endpoint can be ejected (at most one of two).
+    pool.report(&slot(&pool, "a"), AttemptOutcome::NotSent);
+    assert_eq!(pool.ejected_ids(), ["a"]);
+    // An unlisted endpoint that turns bad later is dropped rather than ejected.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(pool.ejected_ids().is_empty());
+    tx.send_replace(set(&[("a", 1, false)]));
+    settle().await;
+    assert_eq!(pool.ids(), ["a", "c"]);
+    pool.report(&slot(&pool, "a"), AttemptOutcome::Remote(tonic::Code::Ok));
+    for _ in 0..5 {
+        pool.report(
+            &slot(&pool, "c"),
+            AttemptOutcome::Remote(tonic::Code::Unavailable),
+        );
+    }
+    assert_eq!(pool.ids(), ["a"]);
+}

@@ -41,6 +41,9 @@
 mod etcd;
 mod fixed;
 mod memory;
+#[cfg(feature = "nacos")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nacos")))]
+pub mod nacos;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,6 +56,8 @@ use tokio::sync::watch;
 pub use self::etcd::{EtcdConfig, EtcdRegistry, MAX_VALUE_BYTES};
 pub use self::fixed::StaticRegistry;
 pub use self::memory::MemoryRegistry;
+#[cfg(feature = "nacos")]
+pub use self::nacos::{NacosConfig, NacosRegistry};
 
 use crate::Error;
 
@@ -262,10 +267,18 @@ pub async fn from_url(url: &str) -> Result<Arc<dyn Registry>, Error> {
         "etcd" => Ok(Arc::new(
             EtcdRegistry::connect(EtcdConfig::parse(rest)?).await?,
         )),
+        #[cfg(feature = "nacos")]
+        "nacos" => Ok(Arc::new(NacosRegistry::new(NacosConfig::parse(rest)?))),
+        #[cfg(not(feature = "nacos"))]
+        "nacos" => Err(Error::config(
+            "registry",
+            format!("`{url}` needs the `nacos` feature of steadfast"),
+        )),
         other => Err(Error::config(
             "registry",
             format!(
-                "unknown scheme `{other}`; use memory://, static://host:port or etcd://host:port"
+                "unknown scheme `{other}`; use memory://, static://host:port, etcd://host:port \
+                 or nacos://host:8848"
             ),
         )),
     }
@@ -281,6 +294,28 @@ pub async fn drain(registry: &dyn Registry, instance: &Instance, drain: Duration
         tracing::debug!(service = %instance.service, id = %instance.id, "deregister after shutdown: {e}");
     }
     tokio::time::sleep(drain).await;
+}
+
+/// Decodes `%XX` escapes; anything else is kept as written.
+pub(crate) fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("`%` at byte {i} is not followed by two hex digits"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the decoded value is not UTF-8".to_owned())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -94,17 +94,30 @@ where
     })
 }
 
-/// The subscriber [`init`] installs, without a filter: for `tracing::subscriber::set_default`
+/// The subscriber [`init`] installs, without a level filter (it still drops the few
+/// dependency events known to carry credentials): for `tracing::subscriber::set_default`
 /// in tests, or to add layers.
 pub fn subscriber<W>(writer: W) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    tracing_subscriber::registry().with(TraceFields).with(
-        tracing_subscriber::fmt::layer()
-            .event_format(JsonLines)
-            .with_writer(writer),
-    )
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::filter_fn(|m| {
+            !leaks_credentials(m)
+        }))
+        .with(TraceFields)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonLines)
+                .with_writer(writer),
+        )
+}
+
+/// Events known to carry credentials, dropped whatever the filter says: `nacos-sdk` logs
+/// the Nacos password (and a login URL holding it) at DEBUG while it logs in.
+fn leaks_credentials(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("nacos_sdk::api::plugin::auth")
+        && *meta.level() > tracing::Level::INFO
 }
 
 /// The ids a span carries, kept in its extensions.

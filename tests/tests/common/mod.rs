@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod http;
+pub mod nacos;
 pub mod replicas;
 pub mod spans;
 pub mod traced;

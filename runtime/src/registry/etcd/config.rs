@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::Error;
+use crate::registry::percent_decode;
 
 const MIN_TTL: Duration = Duration::from_secs(2);
 
@@ -192,28 +193,6 @@ impl EtcdConfig {
     pub fn request_timeout(&self) -> Duration {
         (self.ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(5))
     }
-}
-
-/// Decodes `%XX` escapes; anything else is kept as written.
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("`%` at byte {i} is not followed by two hex digits"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "the decoded value is not UTF-8".to_owned())
 }
 
 #[cfg(test)]
