@@ -169,3 +169,88 @@ async fn any_tower_service_can_be_the_transport() {
     );
     assert_eq!(svc.calls(), 2);
 }
+
+#[steadfast::resilient_client(service = "orders-options", client = UserServiceClient, timeout = "2s")]
+trait Orders {
+    async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, Status>;
+}
+
+/// Serves the scripted user service, counting the TCP connections it accepts.
+async fn serve_counting() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let incoming = async_stream_incoming(listener, count);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UserServiceServer::new(Scripted::new([Action::Ok])))
+            .serve_with_incoming(incoming),
+    );
+    (addr, accepted)
+}
+
+fn async_stream_incoming(
+    listener: tokio::net::TcpListener,
+    count: Arc<AtomicUsize>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |conn| {
+        count.fetch_add(1, Ordering::SeqCst);
+        conn
+    })
+}
+
+#[tokio::test]
+async fn clients_of_different_services_share_one_connection_when_asked() {
+    use steadfast::registry::{Instance, MemoryRegistry, Registry};
+    let (addr, accepted) = serve_counting().await;
+    let url = format!("http://{addr}");
+    let downstreams = Downstreams::new();
+    let shared = |c: ClientConfig| c.downstreams(downstreams.clone()).share_connections(true);
+    let users = UsersClient::connect(shared(ClientConfig::endpoints([&url]).unwrap()))
+        .await
+        .unwrap();
+    let orders = OrdersClient::connect(shared(ClientConfig::endpoints([&url]).unwrap()))
+        .await
+        .unwrap();
+    // Two discovered services whose instances live at the same address, too.
+    let registry = Arc::new(MemoryRegistry::new());
+    for service in ["user-svc-options", "orders-options"] {
+        registry
+            .register(&Instance::new(service, "i1", url.as_str()))
+            .await
+            .unwrap();
+    }
+    let users_found = UsersClient::connect(shared(ClientConfig::discover(registry.clone())))
+        .await
+        .unwrap();
+    let orders_found = OrdersClient::connect(shared(ClientConfig::discover(registry.clone())))
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        users.get_user(GetUserRequest { id }).await.unwrap();
+        orders.get_user(GetUserRequest { id }).await.unwrap();
+        users_found.get_user(GetUserRequest { id }).await.unwrap();
+        orders_found.get_user(GetUserRequest { id }).await.unwrap();
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "four clients, one connection"
+    );
+
+    // Without sharing, each client has its own.
+    let (addr, accepted) = serve_counting().await;
+    let url = format!("http://{addr}");
+    let own = |c: ClientConfig| c.downstreams(downstreams.clone());
+    let users = UsersClient::connect(own(ClientConfig::endpoints([&url]).unwrap()))
+        .await
+        .unwrap();
+    let orders = OrdersClient::connect(own(ClientConfig::endpoints([&url]).unwrap()))
+        .await
+        .unwrap();
+    users.get_user(GetUserRequest { id: 1 }).await.unwrap();
+    orders.get_user(GetUserRequest { id: 1 }).await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

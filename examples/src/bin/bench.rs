@@ -407,6 +407,15 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
         None => None,
     };
 
+    // 6. Size: a pool update and a pick at 100, 1000 and 10,000 endpoints (90 % ejected).
+    let mut sizes = Vec::new();
+    for n in [100, 1_000, 10_000] {
+        let (update, _) = steadfast::discovery::measure_pool(n, 0, 1).await;
+        let (_, pick) = steadfast::discovery::measure_pool(n, 0, 200_000).await;
+        let (_, pick_ejected) = steadfast::discovery::measure_pool(n, 90, 200_000).await;
+        sizes.push((n, update, pick, pick_ejected));
+    }
+
     println!("{:<44} {:>14} {:>10}", "measure", "value", "target");
     let row = |name: &str, v: String, target: &str| println!("{name:<44} {v:>14} {target:>10}");
     row(
@@ -470,6 +479,28 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
             "<= 200",
         );
     }
+    for (n, update, pick, pick_ejected) in &sizes {
+        row(
+            &format!("pool of {n}: one update (ms)"),
+            format!("{:.3}", update.as_secs_f64() * 1e3),
+            "< 1",
+        );
+        row(
+            &format!("pool of {n}: pick, 0 % / 90 % ejected (ns)"),
+            format!("{}/{}", pick.as_nanos(), pick_ejected.as_nanos()),
+            "flat",
+        );
+    }
+    let small = sizes[0].2.as_nanos().max(1) as f64;
+    let flatness = sizes
+        .iter()
+        .map(|s| s.3.as_nanos().max(s.2.as_nanos()) as f64 / small)
+        .fold(0.0, f64::max);
+    row(
+        "pick cost, worst size / 100 endpoints",
+        format!("{flatness:.2}"),
+        "<= 2",
+    );
     let mut json = serde_json::json!({
         "overhead_throughput_ratio": ratio,
         "overhead_us_per_call": overhead_us,
@@ -481,6 +512,9 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
         "amplification_budget": amplification[0],
         "amplification_naive": amplification[1],
         "discovery_add_ms": discovery_memory,
+        "pool_update_ms_10000": sizes[2].1.as_secs_f64() * 1e3,
+        "pick_ns_10000_90pct_ejected": sizes[2].3.as_nanos() as f64,
+        "pick_flatness": flatness,
     });
     if let Some(ms) = discovery_etcd {
         json["discovery_add_ms_etcd"] = ms.into();

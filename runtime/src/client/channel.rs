@@ -60,6 +60,8 @@ impl std::fmt::Debug for CustomTransport {
 #[derive(Clone, Debug)]
 pub struct Channel {
     inner: Transport,
+    /// A shared connection this channel uses: held, so that it stays shared while in use.
+    _shared: Option<Arc<tonic::transport::Channel>>,
 }
 
 #[derive(Clone, Debug)]
@@ -74,18 +76,29 @@ impl Channel {
     pub fn new(inner: tonic::transport::Channel) -> Self {
         Channel {
             inner: Transport::Fixed(inner),
+            _shared: None,
+        }
+    }
+
+    /// A fixed endpoint's connection shared with other clients.
+    pub(crate) fn shared(shared: Arc<tonic::transport::Channel>) -> Self {
+        Channel {
+            inner: Transport::Fixed((*shared).clone()),
+            _shared: Some(shared),
         }
     }
 
     pub(crate) fn custom(transport: CustomTransport) -> Self {
         Channel {
             inner: Transport::Custom(transport),
+            _shared: None,
         }
     }
 
     pub(crate) fn discovered(pool: Arc<Pool>) -> Self {
         Channel {
             inner: Transport::Discovered(pool),
+            _shared: None,
         }
     }
 
@@ -190,7 +203,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                     None => Some(pool.clone()),
                 };
                 let fut = async move {
-                    let result = slot.channel.clone().oneshot(req).await;
+                    let result = (*slot.channel).clone().oneshot(req).await;
                     if let Some(pool) = self_report {
                         pool.report(&slot, classify_http(result.as_ref().map_err(|e| e as _)));
                     }

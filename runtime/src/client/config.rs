@@ -42,6 +42,7 @@ pub struct ClientConfig {
     tls: Option<ClientTls>,
     pub(crate) service_config: Option<ServiceConfig>,
     pub(crate) registry_config: bool,
+    share_connections: bool,
     pub(crate) downstreams: Downstreams,
     pub(crate) outlier_detection: OutlierDetection,
     pub(crate) panic_threshold: u32,
@@ -118,6 +119,7 @@ impl ClientConfig {
             tls: None,
             service_config: None,
             registry_config: true,
+            share_connections: false,
             downstreams: Downstreams::global(),
             outlier_detection: OutlierDetection::default(),
             panic_threshold: 50,
@@ -419,6 +421,24 @@ impl ClientConfig {
         self
     }
 
+    /// Shares HTTP/2 connections (default off): clients of any service that use the same
+    /// [`Downstreams`] (the process-wide one by default) and the same connection settings
+    /// (timeouts, keepalive, `TCP_NODELAY`, TLS CA) reach one address over one connection,
+    /// instead of one each. Ten thousand services served by one address then cost one
+    /// connection, not ten thousand. A connection closes when the last client using it is
+    /// gone. The calls of all those clients then share that connection's HTTP/2 stream
+    /// limit. Applies to discovered instances and to a single fixed endpoint.
+    ///
+    /// ```
+    /// use steadfast::client::ClientConfig;
+    /// let config = ClientConfig::endpoints(["http://127.0.0.1:50051"])?.share_connections(true);
+    /// # let _ = config; Ok::<(), steadfast::Error>(())
+    /// ```
+    pub fn share_connections(mut self, share: bool) -> Self {
+        self.share_connections = share;
+        self
+    }
+
     /// Uses `downstreams` for per-service shared state (retry throttles) instead of the
     /// process-wide one. Tests use this for isolation.
     pub fn downstreams(mut self, downstreams: Downstreams) -> Self {
@@ -459,11 +479,32 @@ impl ClientConfig {
     pub(crate) fn pool_config(&self) -> crate::discovery::PoolConfig {
         let me = self.clone();
         crate::discovery::PoolConfig {
-            endpoint: std::sync::Arc::new(move |uri| me.tonic_endpoint(uri)),
+            connect: std::sync::Arc::new(move |uri| me.connection(uri)),
             outlier_detection: self.outlier_detection,
             panic_threshold: self.panic_threshold,
             grace: self.discovery_grace,
         }
+    }
+
+    /// A lazy connection to `uri`: shared with every other client of the same
+    /// [`Downstreams`] with the same settings when [`ClientConfig::share_connections`] is on.
+    pub(crate) fn connection(
+        &self,
+        uri: &Uri,
+    ) -> Result<std::sync::Arc<tonic::transport::Channel>, Error> {
+        let endpoint = self.tonic_endpoint(uri)?;
+        if !self.share_connections {
+            return Ok(std::sync::Arc::new(endpoint.connect_lazy()));
+        }
+        let key = format!(
+            "{uri} connect={:?} keepalive={:?}/{:?} nodelay={} tls={:?}",
+            self.connect_timeout,
+            self.keepalive_interval,
+            self.keepalive_timeout,
+            self.tcp_nodelay,
+            self.tls.as_ref().map(ClientTls::ca_path),
+        );
+        Ok(self.downstreams.connection(key, || endpoint.connect_lazy()))
     }
 
     pub(crate) fn is_eager(&self) -> bool {

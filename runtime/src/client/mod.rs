@@ -41,6 +41,9 @@ use crate::retry::{CallPolicy, RetryPolicy, RetryThrottle, ServiceConfig};
 pub struct Downstreams {
     inner: Arc<Mutex<HashMap<String, Arc<RetryThrottle>>>>,
     breakers: BreakerRegistry,
+    /// Connections shared by clients with `share_connections`: (address, settings) -> the
+    /// connection, while some client holds it.
+    connections: Arc<Mutex<HashMap<String, std::sync::Weak<tonic::transport::Channel>>>>,
 }
 
 impl Default for Downstreams {
@@ -69,6 +72,7 @@ impl Downstreams {
         Downstreams {
             inner: Arc::default(),
             breakers,
+            connections: Arc::default(),
         }
     }
 
@@ -76,6 +80,25 @@ impl Downstreams {
     pub fn global() -> Self {
         static GLOBAL: std::sync::OnceLock<Downstreams> = std::sync::OnceLock::new();
         GLOBAL.get_or_init(Downstreams::new).clone()
+    }
+
+    /// The shared connection for `key`, made with `make` when no client holds one.
+    pub(crate) fn connection(
+        &self,
+        key: String,
+        make: impl FnOnce() -> tonic::transport::Channel,
+    ) -> Arc<tonic::transport::Channel> {
+        let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = map.get(&key).and_then(std::sync::Weak::upgrade) {
+            return shared;
+        }
+        let channel = Arc::new(make());
+        map.insert(key, Arc::downgrade(&channel));
+        // Forget connections nobody holds any more, now and then.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, c| c.strong_count() > 0);
+        }
+        channel
     }
 
     /// Makes `wanted` the throttle of `service`, unless the shared one already has its
@@ -566,19 +589,14 @@ async fn connect(service: &str, config: &ClientConfig) -> Result<Channel, Error>
             }
         }
     }
-    let channel = if endpoints.len() == 1 {
-        endpoints
-            .into_iter()
-            .next()
-            .map(|(_, ep)| ep.connect_lazy())
-    } else {
-        Some(tonic::transport::Channel::balance_list(
-            endpoints.into_iter().map(|(_, ep)| ep),
-        ))
-    };
-    Ok(Channel::new(
-        channel.expect("at least one endpoint, checked in ClientConfig"),
-    ))
+    // One fixed endpoint: its own connection, or the shared one.
+    if let [(uri, _)] = endpoints.as_slice() {
+        return Ok(Channel::shared(config.connection(uri)?));
+    }
+    // Several fixed endpoints: tonic balances over connections of its own.
+    Ok(Channel::new(tonic::transport::Channel::balance_list(
+        endpoints.into_iter().map(|(_, ep)| ep),
+    )))
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

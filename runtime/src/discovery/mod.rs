@@ -50,7 +50,9 @@ use crate::registry::{Instance, Instances, Registry};
 pub(crate) struct Slot {
     pub(crate) id: Arc<str>,
     pub(crate) addr: Arc<str>,
-    pub(crate) channel: tonic::transport::Channel,
+    /// Its connection: its own, or one shared with other pools
+    /// ([`ClientConfig::share_connections`](crate::client::ClientConfig::share_connections)).
+    pub(crate) channel: Arc<tonic::transport::Channel>,
     /// Ejected while the pool's clock is below this (ms); 0 = never ejected.
     ejected_until_ms: AtomicU64,
     /// A50's ejection multiplier: up by one per ejection, down by one per healthy interval.
@@ -72,14 +74,15 @@ impl Slot {
     }
 }
 
-/// Builds the endpoint (connection settings, TLS) of a discovered address.
-pub(crate) type MakeEndpoint =
-    Arc<dyn Fn(&http::Uri) -> Result<tonic::transport::Endpoint, Error> + Send + Sync>;
+/// Connects (lazily) to a discovered address, with the client's connection settings and
+/// TLS; may hand out a connection shared with other clients.
+pub(crate) type Connect =
+    Arc<dyn Fn(&http::Uri) -> Result<Arc<tonic::transport::Channel>, Error> + Send + Sync>;
 
 /// What a pool needs from its client: how to connect, and the balancing rules.
 #[derive(Clone)]
 pub(crate) struct PoolConfig {
-    pub(crate) endpoint: MakeEndpoint,
+    pub(crate) connect: Connect,
     pub(crate) outlier_detection: OutlierDetection,
     /// Envoy's healthy panic threshold, in percent.
     pub(crate) panic_threshold: u32,
@@ -97,11 +100,46 @@ impl std::fmt::Debug for PoolConfig {
     }
 }
 
+/// FNV-1a: endpoint ids are short, and an update hashes every one of them.
+#[derive(Clone, Copy)]
+struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
+
+/// The slots, and those in good standing, as of `until_ms` at the latest.
+#[derive(Debug, Default)]
+struct View {
+    all: Arc<[Arc<Slot>]>,
+    healthy: Box<[Arc<Slot>]>,
+    /// When the earliest ejection in force ends (pool clock, ms): the view is stale then.
+    until_ms: u64,
+}
+
 /// The live endpoints of one service.
 #[derive(Debug)]
 pub(crate) struct Pool {
     service: Arc<str>,
     slots: RwLock<Arc<[Arc<Slot>]>>,
+    /// What a pick needs, kept so that picking is O(1): rebuilt when the slots change, on an
+    /// ejection, and when the earliest ejection in force ends.
+    view: RwLock<Arc<View>>,
     next: AtomicUsize,
     base: Instant,
     config: PoolConfig,
@@ -128,6 +166,7 @@ impl Pool {
         let pool = Arc::new(Pool {
             service: service.into(),
             slots: RwLock::new(Arc::from(Vec::new())),
+            view: RwLock::new(Arc::new(View::default())),
             next: AtomicUsize::new(0),
             base: Instant::now(),
             od: RwLock::new(config.outlier_detection),
@@ -164,20 +203,31 @@ impl Pool {
     fn update(&self, instances: &[Instance]) {
         let now = self.now_ms();
         let old = self.snapshot();
-        let mut kept: HashMap<(&str, &str), &Arc<Slot>> =
-            old.iter().map(|s| ((&*s.id, &*s.addr), s)).collect();
-        let listed: std::collections::HashSet<&str> = instances
-            .iter()
-            .filter(|i| !i.draining)
-            .map(|i| i.id.as_str())
-            .collect();
+        // Old endpoints by id (one per id): a listed id keeps its endpoint if the address is
+        // the same; what is left at the end is no longer listed.
+        let mut by_id: HashMap<&str, (usize, &Arc<Slot>), Fnv> =
+            HashMap::with_capacity_and_hasher(old.len(), Fnv::default());
+        for (k, s) in old.iter().enumerate() {
+            by_id.insert(&s.id, (k, s));
+        }
         let mut next = Vec::with_capacity(instances.len());
         let mut added = 0;
-        for i in instances.iter().filter(|i| !i.draining) {
-            if let Some(s) = kept.remove(&(i.id.as_str(), i.addr.as_str())) {
-                s.unlisted_until_ms.store(0, Ordering::Release);
-                next.push(s.clone());
+        let mut removed = 0;
+        for i in instances {
+            let previous = by_id.remove(i.id.as_str());
+            if i.draining {
+                removed += usize::from(previous.is_some());
                 continue;
+            }
+            match previous {
+                Some((_, s)) if *s.addr == *i.addr => {
+                    s.unlisted_until_ms.store(0, Ordering::Release);
+                    next.push(s.clone());
+                    continue;
+                }
+                // Listed again at another address: the old one goes at once.
+                Some(_) => removed += 1,
+                None => {}
             }
             let uri = match i.addr.parse::<http::Uri>() {
                 Ok(u) => u,
@@ -186,13 +236,13 @@ impl Pool {
                     continue;
                 }
             };
-            match (self.config.endpoint)(&uri) {
-                Ok(ep) => {
+            match (self.config.connect)(&uri) {
+                Ok(channel) => {
                     added += 1;
                     next.push(Arc::new(Slot {
                         id: i.id.as_str().into(),
                         addr: i.addr.as_str().into(),
-                        channel: ep.connect_lazy(),
+                        channel,
                         ejected_until_ms: AtomicU64::new(0),
                         multiplier: AtomicU32::new(0),
                         successes: AtomicU64::new(0),
@@ -208,35 +258,29 @@ impl Pool {
                 }
             }
         }
-        let draining = |id: &str| instances.iter().any(|i| i.draining && i.id == id);
-        let mut removed = 0;
-        // In the old order, so that the round-robin does not jump.
-        for s in old
-            .iter()
-            .filter(|s| kept.contains_key(&(&*s.id, &*s.addr)))
-        {
-            // An ejected endpoint does not work: keeping it would only hold an ejection
-            // slot that another endpoint may need.
-            let keep = !self.grace.is_zero()
-                && !listed.contains(&*s.id)
-                && !draining(&s.id)
-                && !s.is_ejected(now);
+        // No longer listed, and not draining: kept while the grace lasts and it works
+        // (an ejected endpoint does not work, and would hold an ejection slot another
+        // endpoint may need). In the old order, so that the round-robin does not jump.
+        let mut unlisted: Vec<(usize, &Arc<Slot>)> = by_id.into_values().collect();
+        unlisted.sort_unstable_by_key(|(k, _)| *k);
+        for (_, s) in unlisted {
             let until = s.unlisted_until_ms.load(Ordering::Acquire);
-            if keep && (until == 0 || until > now) {
-                if until == 0 {
-                    let until = now + self.grace.as_millis() as u64;
-                    s.unlisted_until_ms.store(until.max(1), Ordering::Release);
-                    tracing::warn!(
-                        service = %self.service, id = %s.id, addr = %s.addr,
-                        grace_ms = self.grace.as_millis() as u64,
-                        "the registry no longer lists this instance and it did not drain; \
-                         keeping it while its connection works"
-                    );
-                }
-                next.push(s.clone());
-            } else {
+            let keep = !self.grace.is_zero() && !s.is_ejected(now) && (until == 0 || until > now);
+            if !keep {
                 removed += 1;
+                continue;
             }
+            if until == 0 {
+                let until = now + self.grace.as_millis() as u64;
+                s.unlisted_until_ms.store(until.max(1), Ordering::Release);
+                tracing::warn!(
+                    service = %self.service, id = %s.id, addr = %s.addr,
+                    grace_ms = self.grace.as_millis() as u64,
+                    "the registry no longer lists this instance and it did not drain; \
+                     keeping it while its connection works"
+                );
+            }
+            next.push(s.clone());
         }
         if added + removed > 0 {
             tracing::info!(
@@ -248,6 +292,7 @@ impl Pool {
             );
         }
         *self.slots.write().unwrap_or_else(|p| p.into_inner()) = next.into();
+        self.refresh_view();
     }
 
     /// When the first grace period of an unlisted endpoint ends, if the pool holds one.
@@ -275,6 +320,8 @@ impl Pool {
                 "grace period over; dropping the instances the registry no longer lists"
             );
             *slots = left.into();
+            drop(slots);
+            self.refresh_view();
         }
     }
 
@@ -292,6 +339,8 @@ impl Pool {
                 "dropping an instance the registry no longer lists: its connection failed"
             );
             *slots = left.into();
+            drop(slots);
+            self.refresh_view();
         }
     }
 
@@ -318,29 +367,58 @@ impl Pool {
             .map(|s| s.attempts.load(Ordering::Relaxed))
     }
 
+    /// Rebuilds the view from the slots and their ejections now.
+    fn refresh_view(&self) {
+        let now = self.now_ms();
+        let all = self.snapshot();
+        let healthy: Box<[Arc<Slot>]> =
+            all.iter().filter(|s| !s.is_ejected(now)).cloned().collect();
+        let until_ms = all
+            .iter()
+            .map(|s| s.ejected_until_ms.load(Ordering::Acquire))
+            .filter(|until| *until > now)
+            .min()
+            .unwrap_or(u64::MAX);
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(View {
+            all,
+            healthy,
+            until_ms,
+        });
+    }
+
+    /// The view, rebuilt first if an ejection has ended since it was built.
+    fn view(&self, now: u64) -> Arc<View> {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if now < view.until_ms {
+            return view;
+        }
+        self.refresh_view();
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Picks the endpoint for one attempt: round-robin over endpoints in good standing (over
     /// all of them in panic mode, except for probes), other than `avoid` when possible.
+    /// O(1): the endpoints in good standing are kept in the pool's view.
     pub(crate) fn pick(&self, avoid: Option<&str>, probe: bool) -> Option<Arc<Slot>> {
-        let slots = self.snapshot();
-        let n = slots.len();
+        let view = self.view(self.now_ms());
+        let n = view.all.len();
         if n == 0 {
             return None;
         }
-        let now = self.now_ms();
-        let healthy = slots.iter().filter(|s| !s.is_ejected(now)).count();
+        let healthy = view.healthy.len();
         let panic = healthy * 100 < self.config.panic_threshold as usize * n;
-        let use_all = healthy == 0 || (panic && !probe);
-        let eligible = |s: &Slot| use_all || !s.is_ejected(now);
+        let list: &[Arc<Slot>] = if healthy == 0 || (panic && !probe) {
+            &view.all
+        } else {
+            &view.healthy
+        };
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let order = (0..n).map(|k| &slots[(start + k) % n]);
-        order
-            .clone()
-            .find(|s| eligible(s) && avoid != Some(&*s.id))
-            .or_else(|| order.clone().find(|s| eligible(s)))
-            .cloned()
-            .inspect(|s| {
-                s.attempts.fetch_add(1, Ordering::Relaxed);
-            })
+        let mut slot = &list[start % list.len()];
+        if list.len() > 1 && avoid == Some(&*slot.id) {
+            slot = &list[(start + 1) % list.len()];
+        }
+        slot.attempts.fetch_add(1, Ordering::Relaxed);
+        Some(slot.clone())
     }
 
     /// Reports one attempt's outcome on `slot`.
@@ -428,6 +506,7 @@ impl Pool {
             ejected_for_ms = d.as_millis() as u64,
             "ejecting endpoint: {why}"
         );
+        self.refresh_view();
     }
 
     /// The interval sweep: runs the A50 rules over the interval's counts, ejects the
@@ -512,3 +591,61 @@ async fn sweep_every_interval(pool: Weak<Pool>) {
 
 #[cfg(test)]
 mod tests;
+
+/// What the bench measures of a pool of `n` endpoints: how long one registry update takes
+/// (one endpoint added), and one pick with `ejected_pct` percent of the endpoints ejected,
+/// averaged over `picks`. For `steadfast-examples`' bench; not public API.
+#[doc(hidden)]
+pub async fn measure_pool(n: usize, ejected_pct: usize, picks: u32) -> (Duration, Duration) {
+    #[derive(Debug)]
+    struct Given(tokio::sync::watch::Sender<Arc<[Instance]>>);
+    #[async_trait::async_trait]
+    impl Registry for Given {
+        async fn register(&self, _: &Instance) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn deregister(&self, _: &str, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn watch(&self, _: &str) -> Result<Instances, Error> {
+            Ok(self.0.subscribe())
+        }
+    }
+    let instance = |i: usize| {
+        Instance::new(
+            "bench",
+            format!("e{i}"),
+            format!("http://127.0.0.1:{}", 1 + i % 60_000),
+        )
+    };
+    let set: Arc<[Instance]> = (0..n).map(instance).collect();
+    let registry: Arc<dyn Registry> = Arc::new(Given(tokio::sync::watch::channel(set.clone()).0));
+    let config = PoolConfig {
+        connect: Arc::new(|uri| {
+            Ok(Arc::new(
+                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
+            ))
+        }),
+        outlier_detection: OutlierDetection::default(),
+        panic_threshold: 50,
+        grace: Some(Duration::ZERO),
+    };
+    let Ok(pool) = Pool::start("bench", &registry, config).await else {
+        return (Duration::ZERO, Duration::ZERO);
+    };
+    let more: Arc<[Instance]> = (0..=n).map(instance).collect();
+    let started = std::time::Instant::now();
+    pool.update(&more);
+    let update = started.elapsed();
+
+    let now = pool.now_ms();
+    for s in pool.snapshot().iter().take(n * ejected_pct / 100) {
+        s.ejected_until_ms.store(now + 3_600_000, Ordering::Release);
+    }
+    pool.refresh_view();
+    let started = std::time::Instant::now();
+    for _ in 0..picks {
+        std::hint::black_box(pool.pick(None, false));
+    }
+    (update, started.elapsed() / picks.max(1))
+}

@@ -27,7 +27,11 @@ async fn pool_on(
     }
     let registry: Arc<dyn Registry> = Arc::new(registry);
     let config = PoolConfig {
-        endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
+        connect: Arc::new(|uri| {
+            Ok(Arc::new(
+                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
+            ))
+        }),
         outlier_detection: od,
         panic_threshold: 50,
         grace,
@@ -252,7 +256,11 @@ async fn dropping_the_pool_drops_its_watch_at_once() {
     let (tx, _) = tokio::sync::watch::channel(Arc::from(Vec::new()));
     let registry = Arc::new(OneWatch(tx));
     let config = PoolConfig {
-        endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
+        connect: Arc::new(|uri| {
+            Ok(Arc::new(
+                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
+            ))
+        }),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,
         grace: None,
@@ -274,7 +282,11 @@ async fn pool_on_watch(
 ) -> Arc<Pool> {
     let registry: Arc<dyn Registry> = Arc::new(OneWatch(tx.clone()));
     let config = PoolConfig {
-        endpoint: Arc::new(|uri| Ok(tonic::transport::Endpoint::from(uri.clone()))),
+        connect: Arc::new(|uri| {
+            Ok(Arc::new(
+                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
+            ))
+        }),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,
         grace: Some(grace),
