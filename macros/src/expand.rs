@@ -257,6 +257,7 @@ fn breaker_tokens(b: &BreakerSpec) -> TokenStream {
 
 fn method_spec(m: &Method) -> TokenStream {
     let grpc_method = &m.grpc_method;
+    let streaming = m.streaming;
     let timeout = duration(m.timeout);
     let retry = match &m.retry {
         Some(r) => {
@@ -279,6 +280,7 @@ fn method_spec(m: &Method) -> TokenStream {
     quote! {
         ::steadfast::__private::MethodSpec {
             grpc_method: #grpc_method,
+            streaming: #streaming,
             timeout: ::core::option::Option::Some(#timeout),
             retry: #retry,
             hedging: #hedging,

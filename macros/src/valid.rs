@@ -42,6 +42,8 @@ pub(crate) struct Method {
     pub(crate) timeout: Duration,
     pub(crate) retry: Option<RetrySpec>,
     pub(crate) hedge: Option<HedgeSpec>,
+    /// Whether the method returns a response stream (`Result<Streaming<R>, Status>`).
+    pub(crate) streaming: bool,
 }
 
 /// Collects errors so that all of them are reported together.
@@ -246,6 +248,7 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
                 grpc_method: camel(&sig.ident.to_string()),
                 sig: sig.clone(),
                 request_form: is_request(&message),
+                streaming: streams_response(&sig.output),
                 message,
                 timeout,
                 retry,
@@ -292,6 +295,21 @@ fn is_request(ty: &Type) -> bool {
         && last.ident == "Request"
         && matches!(&last.arguments, syn::PathArguments::AngleBracketed(a)
             if a.args.len() == 1 && matches!(a.args[0], syn::GenericArgument::Type(_)))
+}
+
+/// `Result<Streaming<R>, _>`: `tonic::Streaming` or an imported `Streaming`.
+fn streams_response(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let Type::Path(tp) = &**ty else { return false };
+    let Some(syn::PathArguments::AngleBracketed(args)) =
+        tp.path.segments.last().map(|s| &s.arguments)
+    else {
+        return false;
+    };
+    matches!(args.args.first(), Some(syn::GenericArgument::Type(Type::Path(ok)))
+        if ok.path.segments.last().is_some_and(|s| s.ident == "Streaming"))
 }
 
 /// `Result<_, Status>` where the error path ends in `Status`.

@@ -59,6 +59,15 @@ impl UserService for Relay {
     ) -> Result<Response<CreateUserReply>, Status> {
         Err(Status::unimplemented("not used"))
     }
+
+    type ListUsersStream = steadfast_examples::services::user::UserStream;
+
+    async fn list_users(
+        &self,
+        req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
+    ) -> Result<tonic::Response<Self::ListUsersStream>, tonic::Status> {
+        steadfast_examples::services::user::list_users(req, "relay", None)
+    }
 }
 
 fn relay(next: Option<NextHopClient>, work: Duration) -> Relay {
@@ -152,4 +161,135 @@ async fn a_spawned_call_keeps_the_callers_deadline() {
         header <= Duration::from_millis(400),
         "the 30 s own timeout did not win: {header:?}"
     );
+}
+
+#[tokio::test]
+async fn a_server_stream_longer_than_its_deadline_is_cut_at_the_deadline() {
+    use steadfast_examples::pb::user::ListUsersRequest;
+    let scripted = common::Scripted::default();
+    let server = serve(scripted.clone()).await;
+    let mut client = UserServiceClient::connect(server.url()).await.unwrap();
+    // 25 messages 100 ms apart: 2.5 s, under a 1 s deadline.
+    let mut request = Request::new(ListUsersRequest {
+        from_id: 1,
+        count: 25,
+        interval_ms: 100,
+    });
+    request.set_timeout(Duration::from_secs(1));
+    let started = tokio::time::Instant::now();
+    let mut stream = client.list_users(request).await.unwrap().into_inner();
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream ran to its end: {received} messages"),
+            Err(status) => break status,
+        }
+    };
+    let took = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .metadata()
+            .get(steadfast::deadline::DEADLINE_EXPIRED_KEY)
+            .is_some(),
+        "the server cut it: {status:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(950) && took <= Duration::from_millis(1050),
+        "cut at {took:?}"
+    );
+    assert!(
+        (8..=10).contains(&received),
+        "{received} messages before the cut"
+    );
+    // The handler's producer saw the caller gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while scripted.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the producer never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Within its deadline, a stream runs to its end.
+    let mut request = Request::new(ListUsersRequest {
+        from_id: 1,
+        count: 5,
+        interval_ms: 10,
+    });
+    request.set_timeout(Duration::from_secs(5));
+    let mut stream = client.list_users(request).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while let Some(reply) = stream.message().await.unwrap() {
+        ids.push(reply.id);
+    }
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+}
+
+#[steadfast::resilient_client(service = "lister", client = UserServiceClient, timeout = "1s")]
+trait Lister {
+    async fn list_users(
+        &self,
+        req: steadfast_examples::pb::user::ListUsersRequest,
+    ) -> Result<tonic::Streaming<GetUserReply>, Status>;
+}
+
+#[tokio::test]
+async fn a_resilient_client_bounds_a_whole_response_stream_by_its_deadline() {
+    use steadfast_examples::pb::user::ListUsersRequest;
+    use steadfast_examples::pb::user::user_service_server::UserServiceServer;
+    // A server without the deadline layer: only the client can cut the stream.
+    let scripted = common::Scripted::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UserServiceServer::new(scripted.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let lister = ListerClient::connect(
+        ClientConfig::endpoints([format!("http://{addr}")])
+            .unwrap()
+            .downstreams(Downstreams::new()),
+    )
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut stream = lister
+        .list_users(ListUsersRequest {
+            from_id: 1,
+            count: 25,
+            interval_ms: 100,
+        })
+        .await
+        .unwrap();
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream ran to its end: {received} messages"),
+            Err(status) => break status,
+        }
+    };
+    let took = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        took >= Duration::from_millis(950) && took <= Duration::from_millis(1050),
+        "cut at {took:?}"
+    );
+    assert!(
+        (8..=10).contains(&received),
+        "{received} messages before the cut"
+    );
+    // The server's producer saw the call cancelled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while scripted.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never saw the cancellation"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -91,6 +91,15 @@ impl UserService for Replica {
     ) -> Result<Response<CreateUserReply>, Status> {
         Err(Status::unimplemented(""))
     }
+
+    type ListUsersStream = steadfast_examples::services::user::UserStream;
+
+    async fn list_users(
+        &self,
+        req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
+    ) -> Result<tonic::Response<Self::ListUsersStream>, tonic::Status> {
+        steadfast_examples::services::user::list_users(req, "hedging", None)
+    }
 }
 
 async fn serve(replica: Replica) -> String {

@@ -8,7 +8,60 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::pb::user::user_service_server::UserService;
-use crate::pb::user::{CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest};
+use crate::pb::user::{
+    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest, ListUsersRequest,
+};
+
+/// The stream `ListUsers` answers with.
+pub type UserStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<GetUserReply, Status>> + Send>>;
+
+/// Answers `ListUsers`: users from `from_id` on, one every `interval_ms`, `count` of them (0:
+/// until the caller goes away), each `served_by` this replica. When the caller goes away
+/// (the stream is dropped: cancelled, or cut by its deadline), the producer stops and adds
+/// one to `cancelled`, if given.
+pub fn list_users(
+    request: Request<ListUsersRequest>,
+    served_by: &str,
+    cancelled: Option<Arc<AtomicU64>>,
+) -> Result<Response<UserStream>, Status> {
+    let ListUsersRequest {
+        from_id,
+        count,
+        interval_ms,
+    } = request.into_inner();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let served_by = served_by.to_owned();
+    tokio::spawn(async move {
+        let interval = Duration::from_millis(u64::from(interval_ms));
+        let mut id = from_id.max(1);
+        let mut sent = 0u32;
+        while count == 0 || sent < count {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = tx.closed() => break,
+            }
+            let reply = GetUserReply {
+                id,
+                name: format!("user-{id}"),
+                served_by: served_by.clone(),
+            };
+            if tx.send(Ok(reply)).await.is_err() {
+                break;
+            }
+            id += 1;
+            sent += 1;
+        }
+        if tx.is_closed()
+            && let Some(c) = cancelled
+        {
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    Ok(Response::new(Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )))
+}
 
 /// A fault injected into user-svc: `none`, `slow:DURATION`, `fail:RATE` (0..=1) or `down`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -129,5 +182,16 @@ impl UserService for UserSvc {
         Ok(Response::new(CreateUserReply {
             id: 1_000_000 + name.len() as u64,
         }))
+    }
+
+    type ListUsersStream = UserStream;
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<UserStream>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.apply_fault().await?;
+        list_users(request, &self.instance, None)
     }
 }

@@ -159,18 +159,27 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
         crate::metrics::LearnRpcService::learn_from(req.extensions());
         crate::trace::LearnSpanService::learn_from(req.extensions());
         let commit = req.extensions().get::<AttemptInfo>().cloned();
+        // A response stream is bounded by the call's deadline as a whole, not only until
+        // its headers.
+        let stream_deadline = req
+            .extensions()
+            .get::<crate::deadline::StreamingResponse>()
+            .and(req.extensions().get::<crate::Context>())
+            .and_then(crate::Context::deadline);
         match &mut self.inner {
             Transport::Fixed(ch) => ResponseFuture {
                 inner: Inner::Fixed {
                     fut: tower_service::Service::call(ch, req),
                 },
                 commit,
+                stream_deadline,
             },
             Transport::Custom(t) => ResponseFuture {
                 inner: Inner::Discovered {
                     fut: tower_service::Service::call(&mut t.0, req),
                 },
                 commit,
+                stream_deadline,
             },
             Transport::Discovered(pool) => {
                 let (avoid, probe) = commit
@@ -186,6 +195,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                             status: Some(status),
                         },
                         commit,
+                        stream_deadline,
                     };
                 };
                 // The layer above reports the final outcome (it sees the trailers); without
@@ -212,6 +222,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 ResponseFuture {
                     inner: Inner::Discovered { fut: Box::pin(fut) },
                     commit,
+                    stream_deadline,
                 }
             }
         }
@@ -236,6 +247,7 @@ pin_project! {
         #[pin]
         inner: Inner,
         commit: Option<AttemptInfo>,
+        stream_deadline: Option<tokio::time::Instant>,
     }
 }
 
@@ -266,6 +278,19 @@ impl Future for ResponseFuture {
             && !response.headers().contains_key("grpc-status")
         {
             commit.commit();
+        }
+        if let Some(at) = this.stream_deadline.take() {
+            return Poll::Ready(out.map(|response| {
+                response.map(|body| {
+                    tonic::body::Body::new(crate::deadline::body::DeadlineBody::new(
+                        body,
+                        Box::pin(tokio::time::sleep_until(at)),
+                        tonic::Status::deadline_exceeded(
+                            "the call's deadline expired while the response was streaming",
+                        ),
+                    ))
+                })
+            }));
         }
         Poll::Ready(out)
     }

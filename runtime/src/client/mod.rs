@@ -175,6 +175,8 @@ pub struct ClientSpec {
 #[derive(Debug)]
 pub struct MethodSpec {
     pub grpc_method: &'static str,
+    /// The response is a stream (`Streaming<..>`): the deadline bounds all of it.
+    pub streaming: bool,
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub hedging: Option<crate::retry::HedgingPolicy>,
@@ -188,6 +190,7 @@ pub struct ClientCore {
 
 #[derive(Debug)]
 struct CoreInner {
+    spec: &'static ClientSpec,
     service: &'static str,
     channel: Channel,
     /// Replaced as a whole when the registry's service config changes; a call reads it
@@ -376,6 +379,7 @@ impl ClientCore {
         let methods = builder.methods(None, false);
         let core = ClientCore {
             inner: Arc::new(CoreInner {
+                spec,
                 service: spec.service,
                 channel,
                 methods: RwLock::new(methods),
@@ -526,6 +530,11 @@ where
     // Read now, not at first poll: a spawned call keeps its caller's deadline and trace.
     if request.extensions().get::<crate::Context>().is_none() {
         request.extensions_mut().insert(crate::Context::current());
+    }
+    if core.inner.spec.methods[index].streaming {
+        request
+            .extensions_mut()
+            .insert(crate::deadline::StreamingResponse);
     }
 
     let request = match &core.inner.wire.interceptor {

@@ -7,18 +7,20 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Sleep;
 
+use super::body::{DeadlineBody, expired};
 use crate::Context;
 use crate::trace::context::CURRENT;
 
 pin_project! {
     /// Response future of [`Deadline`](super::Deadline): runs the handler inside its
-    /// [`Context`] and answers `DEADLINE_EXCEEDED` when the deadline passes first.
+    /// [`Context`] and answers `DEADLINE_EXCEEDED` when the deadline passes first; the
+    /// response body (a stream's messages) is cut at the deadline too.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
         inner: TaskLocalFuture<Context, F>,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed, to move into the response body once the handler has answered.
+        sleep: Option<Pin<Box<Sleep>>>,
         timeout: Option<Duration>,
     }
 }
@@ -29,7 +31,9 @@ impl<F> ResponseFuture<F> {
         S: tower_service::Service<R, Future = F>,
         F: Future,
     {
-        let sleep = ctx.deadline().map(tokio::time::sleep_until);
+        let sleep = ctx
+            .deadline()
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         let fut = CURRENT.sync_scope(ctx.clone(), || inner.call(req));
         ResponseFuture {
             inner: CURRENT.scope(ctx, fut),
@@ -48,18 +52,17 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(out) = this.inner.poll(cx) {
-            return Poll::Ready(out);
+            let (Ok(_), Some(sleep)) = (out.as_ref(), this.sleep.take()) else {
+                return Poll::Ready(out);
+            };
+            let status = expired(this.timeout.unwrap_or_default());
+            return Poll::Ready(out.map(|response| {
+                response.map(|body| tonic::body::Body::new(DeadlineBody::new(body, sleep, status)))
+            }));
         }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-            let mut status = tonic::Status::deadline_exceeded(format!(
-                "deadline of {:?} from grpc-timeout expired",
-                this.timeout.unwrap_or_default()
-            ));
-            status.metadata_mut().insert(
-                super::DEADLINE_EXPIRED_KEY,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
+        if let Some(sleep) = this.sleep.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
+            let status = expired(this.timeout.unwrap_or_default());
             return Poll::Ready(Ok(status.into_http()));
         }
         Poll::Pending

@@ -3,6 +3,7 @@
 //! ([`CallDeadlineLayer`]) and bound each attempt by it ([`AttemptTimeoutLayer`]); on a
 //! plain tonic `Channel`, bound each call the same way ([`HttpDeadlineLayer`]).
 
+pub(crate) mod body;
 mod client;
 mod future;
 mod http;
@@ -21,12 +22,22 @@ pub use crate::wire::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
 
 use crate::Context;
 
+/// Marks a call whose response is a stream: the client's transport then bounds the whole
+/// stream by the call's deadline. Generated code sets it for methods that return a
+/// `Streaming<..>`.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct StreamingResponse;
+
 /// Enforces the incoming `grpc-timeout` of each request and exposes the deadline to the
 /// handler through [`Context`].
 ///
 /// A request without `grpc-timeout` runs without a deadline. A malformed value is ignored
 /// with a `warn!` that shows the value escaped and truncated. When the deadline passes, the
-/// handler's future is dropped and the caller gets `DEADLINE_EXCEEDED`.
+/// handler's future is dropped and the caller gets `DEADLINE_EXCEEDED`; after the handler
+/// has answered, its response body (a streaming response's messages) is cut at the deadline
+/// and ends with `DEADLINE_EXCEEDED` in the trailers, and the handler's stream is dropped,
+/// so its producer sees the caller gone.
 ///
 /// ```no_run
 /// use steadfast::deadline::DeadlineLayer;

@@ -54,6 +54,8 @@ pub struct Scripted {
     script: Arc<Mutex<VecDeque<Action>>>,
     last: Arc<Mutex<Option<Action>>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// `ListUsers` streams the caller went away from before their end.
+    pub cancelled: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Scripted {
@@ -146,6 +148,19 @@ impl UserService for Scripted {
             Action::Fail(code) => Err(Status::new(code, "scripted failure")),
             _ => Ok(Response::new(CreateUserReply { id: 1 })),
         }
+    }
+
+    type ListUsersStream = steadfast_examples::services::user::UserStream;
+
+    async fn list_users(
+        &self,
+        req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
+    ) -> Result<tonic::Response<Self::ListUsersStream>, tonic::Status> {
+        steadfast_examples::services::user::list_users(
+            req,
+            "scripted",
+            Some(self.cancelled.clone()),
+        )
     }
 }
 

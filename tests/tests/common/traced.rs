@@ -36,4 +36,13 @@ impl UserService for TracedUsers {
         let _ = request;
         Err(Status::unimplemented("not used"))
     }
+
+    type ListUsersStream = steadfast_examples::services::user::UserStream;
+
+    async fn list_users(
+        &self,
+        req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
+    ) -> Result<tonic::Response<Self::ListUsersStream>, tonic::Status> {
+        steadfast_examples::services::user::list_users(req, "traced", None)
+    }
 }
