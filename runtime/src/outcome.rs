@@ -276,7 +276,12 @@ struct Inner {
     address: OnceLock<Arc<str>>,
     reporter: OnceLock<Reporter>,
     reported: AtomicBool,
+    /// For a streaming response: what to run with the stream's final outcome.
+    stream_end: std::sync::Mutex<Option<StreamEnd>>,
 }
+
+/// Told a response stream's final outcome (see [`AttemptInfo::on_stream_end`]).
+pub type StreamEnd = Box<dyn FnOnce(AttemptOutcome) + Send>;
 
 impl std::fmt::Debug for AttemptInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -300,6 +305,26 @@ impl AttemptInfo {
             ..Inner::default()
         }))
     }
+    /// Runs `f` with the final outcome of this attempt's response stream, when the stream
+    /// ends (its trailers, an error, or the deadline); never if the caller drops the stream
+    /// before its end. A breaker records a streaming call this way, at its end.
+    pub fn on_stream_end(&self, f: StreamEnd) {
+        *self.0.stream_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// The response stream ended with `outcome` (called by the transport).
+    pub fn stream_ended(&self, outcome: AttemptOutcome) {
+        let f = self
+            .0
+            .stream_end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(f) = f {
+            f(outcome);
+        }
+    }
+
     /// Marks the attempt as a half-open probe (set by the breaker layer).
     pub fn set_probe(&self, probe: bool) {
         self.0.probe.store(probe, Ordering::Release);

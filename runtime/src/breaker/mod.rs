@@ -212,11 +212,16 @@ where
             // The balancer sends probes to endpoints in good standing.
             info.set_probe(permit.is_probe());
         }
+        let streaming = request
+            .extensions()
+            .get::<crate::deadline::StreamingResponse>()
+            .is_some();
         ResponseFuture {
             state: State::Called {
                 fut: self.inner.call(request),
                 permit: Some(permit),
                 info,
+                streaming,
             },
         }
     }
@@ -233,7 +238,13 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Called { #[pin] fut: F, permit: Option<OwnedPermit>, info: Option<AttemptInfo> },
+        Called {
+            #[pin] fut: F,
+            permit: Option<OwnedPermit>,
+            info: Option<AttemptInfo>,
+            // The response is a stream: its outcome is known at its end.
+            streaming: bool,
+        },
         Rejected { status: Option<Status> },
     }
 }
@@ -255,8 +266,28 @@ where
             StateProj::Rejected { status } => Poll::Ready(Err(status
                 .take()
                 .unwrap_or_else(|| Status::unavailable("circuit breaker open")))),
-            StateProj::Called { fut, permit, info } => {
+            StateProj::Called {
+                fut,
+                permit,
+                info,
+                streaming,
+            } => {
                 let result = std::task::ready!(fut.poll(cx));
+                // A stream that started is recorded when it ends, by the transport; a
+                // half-open probe is recorded at its start, so that a long healthy stream
+                // does not hold a probe slot.
+                if let (Ok(_), true, Some(info)) = (&result, *streaming, info.as_ref())
+                    && permit.as_ref().is_some_and(|p| !p.is_probe())
+                    && let Some(permit) = permit.take()
+                {
+                    info.on_stream_end(Box::new(move |outcome| {
+                        match effect(permit.config(), outcome) {
+                            Some(o) => permit.record(o),
+                            None => drop(permit),
+                        }
+                    }));
+                    return Poll::Ready(result);
+                }
                 if let Some(permit) = permit.take() {
                     // The attempt's one classification, when a layer inside made it.
                     let outcome = match info {

@@ -161,10 +161,13 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
         let commit = req.extensions().get::<AttemptInfo>().cloned();
         // A response stream is bounded by the call's deadline as a whole, not only until
         // its headers.
-        let stream_deadline = req
+        let streaming = req
             .extensions()
             .get::<crate::deadline::StreamingResponse>()
-            .and(req.extensions().get::<crate::Context>())
+            .is_some();
+        let stream_deadline = streaming
+            .then(|| req.extensions().get::<crate::Context>())
+            .flatten()
             .and_then(crate::Context::deadline);
         match &mut self.inner {
             Transport::Fixed(ch) => ResponseFuture {
@@ -173,6 +176,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 },
                 commit,
                 stream_deadline,
+                streaming,
             },
             Transport::Custom(t) => ResponseFuture {
                 inner: Inner::Discovered {
@@ -180,6 +184,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 },
                 commit,
                 stream_deadline,
+                streaming,
             },
             Transport::Discovered(pool) => {
                 let (avoid, probe) = commit
@@ -196,6 +201,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                         },
                         commit,
                         stream_deadline,
+                        streaming,
                     };
                 };
                 // The layer above reports the final outcome (it sees the trailers); without
@@ -223,6 +229,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                     inner: Inner::Discovered { fut: Box::pin(fut) },
                     commit,
                     stream_deadline,
+                    streaming,
                 }
             }
         }
@@ -248,6 +255,7 @@ pin_project! {
         inner: Inner,
         commit: Option<AttemptInfo>,
         stream_deadline: Option<tokio::time::Instant>,
+        streaming: bool,
     }
 }
 
@@ -279,19 +287,78 @@ impl Future for ResponseFuture {
         {
             commit.commit();
         }
-        if let Some(at) = this.stream_deadline.take() {
-            return Poll::Ready(out.map(|response| {
-                response.map(|body| {
-                    tonic::body::Body::new(crate::deadline::body::DeadlineBody::new(
+        if !*this.streaming {
+            return Poll::Ready(out);
+        }
+        // A response stream: bounded by the call's deadline, and its end reported.
+        let deadline = this.stream_deadline.take();
+        let info = this.commit.clone();
+        Poll::Ready(out.map(|response| {
+            response.map(|body| {
+                let body = match deadline {
+                    Some(at) => tonic::body::Body::new(crate::deadline::body::DeadlineBody::new(
                         body,
                         Box::pin(tokio::time::sleep_until(at)),
                         tonic::Status::deadline_exceeded(
                             "the call's deadline expired while the response was streaming",
                         ),
-                    ))
-                })
-            }));
+                    )),
+                    None => body,
+                };
+                match info {
+                    Some(info) => tonic::body::Body::new(StreamEndBody {
+                        inner: body,
+                        info: Some(info),
+                    }),
+                    None => body,
+                }
+            })
+        }))
+    }
+}
+
+pin_project! {
+    /// A response stream that tells its attempt how it ended: the status in its trailers,
+    /// or the error that cut it (see [`AttemptInfo::on_stream_end`]).
+    struct StreamEndBody {
+        #[pin]
+        inner: tonic::body::Body,
+        info: Option<AttemptInfo>,
+    }
+}
+
+impl http_body::Body for StreamEndBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        let ended = match &frame {
+            Some(Ok(f)) => f.trailers_ref().map(|t| {
+                crate::outcome::classify_status(t)
+                    .unwrap_or(crate::outcome::AttemptOutcome::Success)
+            }),
+            Some(Err(status)) => Some(crate::outcome::classify(status, false)),
+            // The end without trailers: a broken response.
+            None => Some(crate::outcome::AttemptOutcome::Transport),
+        };
+        if let Some(outcome) = ended
+            && let Some(info) = this.info.take()
+        {
+            info.stream_ended(outcome);
         }
-        Poll::Ready(out)
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

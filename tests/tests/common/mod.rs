@@ -29,7 +29,10 @@ use tonic::{Code, Request, Response, Status};
 #[derive(Clone, Debug)]
 pub enum Action {
     Ok,
+    /// Fails the call before any message (for a stream: trailers-only).
     Fail(Code),
+    /// A stream: one message, then this failure.
+    FailStream(Code),
     Pushback(Code, &'static str),
     Sleep(Duration),
 }
@@ -126,7 +129,10 @@ impl UserService for Scripted {
         };
         match self.next() {
             Action::Ok => Ok(Response::new(reply)),
-            Action::Fail(code) => Err(Status::new(code, "scripted failure")),
+            // A unary call has no stream to fail in: it fails.
+            Action::Fail(code) | Action::FailStream(code) => {
+                Err(Status::new(code, "scripted failure"))
+            }
             Action::Pushback(code, value) => {
                 let mut md = tonic::metadata::MetadataMap::new();
                 md.insert("grpc-retry-pushback-ms", value.parse().unwrap());
@@ -156,11 +162,27 @@ impl UserService for Scripted {
         &self,
         req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
     ) -> Result<tonic::Response<Self::ListUsersStream>, tonic::Status> {
-        steadfast_examples::services::user::list_users(
-            req,
-            "scripted",
-            Some(self.cancelled.clone()),
-        )
+        self.seen.lock().unwrap().push(record(&req));
+        match self.next() {
+            Action::Fail(code) => Err(Status::new(code, "scripted failure")),
+            Action::FailStream(code) => {
+                let first = GetUserReply {
+                    id: 1,
+                    name: "user-1".into(),
+                    served_by: "scripted".into(),
+                };
+                let items = vec![
+                    Ok(first),
+                    Err(Status::new(code, "scripted failure mid-stream")),
+                ];
+                Ok(tonic::Response::new(Box::pin(tokio_stream::iter(items))))
+            }
+            _ => steadfast_examples::services::user::list_users(
+                req,
+                "scripted",
+                Some(self.cancelled.clone()),
+            ),
+        }
     }
 }
 
