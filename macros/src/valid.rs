@@ -179,6 +179,13 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
             ),
         }
         let message = match (inputs.next(), inputs.next()) {
+            (Some(FnArg::Typed(t)), None) if is_stream(&t.ty) => {
+                errors.spanned(
+                    &t.ty,
+                    "client and bidirectional streaming are not supported by #[resilient_client] yet: take one request message (a unary or server-streaming call, which may return `Result<tonic::Streaming<Reply>, Status>`), and call the tonic client directly for this method",
+                );
+                None
+            }
             (Some(FnArg::Typed(t)), None) => Some((*t.ty).clone()),
             _ => {
                 errors.spanned(
@@ -295,6 +302,42 @@ fn is_request(ty: &Type) -> bool {
         && last.ident == "Request"
         && matches!(&last.arguments, syn::PathArguments::AngleBracketed(a)
             if a.args.len() == 1 && matches!(a.args[0], syn::GenericArgument::Type(_)))
+}
+
+/// A stream of requests: `impl Stream<..>`, `dyn Stream<..>`, `Streaming<..>` or a type named
+/// `..Stream`, also inside `tonic::Request<..>`, `Pin<..>` or `Box<..>`.
+fn is_stream(ty: &Type) -> bool {
+    let names_stream =
+        |bounds: &syn::punctuated::Punctuated<syn::TypeParamBound, syn::Token![+]>| {
+            bounds.iter().any(|b| {
+                matches!(b, syn::TypeParamBound::Trait(t)
+                if t.path.segments.last().is_some_and(|s| s.ident == "Stream"))
+            })
+        };
+    match ty {
+        Type::ImplTrait(t) => names_stream(&t.bounds),
+        Type::TraitObject(t) => names_stream(&t.bounds),
+        Type::Reference(r) => is_stream(&r.elem),
+        Type::Paren(p) => is_stream(&p.elem),
+        Type::Path(tp) => {
+            let Some(last) = tp.path.segments.last() else {
+                return false;
+            };
+            let name = last.ident.to_string();
+            if name == "Streaming" || name.ends_with("Stream") {
+                return true;
+            }
+            let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+                return false;
+            };
+            matches!(name.as_str(), "Request" | "Pin" | "Box")
+                && args
+                    .args
+                    .iter()
+                    .any(|a| matches!(a, syn::GenericArgument::Type(t) if is_stream(t)))
+        }
+        _ => false,
+    }
 }
 
 /// `Result<Streaming<R>, _>`: `tonic::Streaming` or an imported `Streaming`.
