@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::pb::order::order_service_server::OrderServiceServer;
 use crate::pb::user::user_service_client::UserServiceClient;
 use crate::pb::user::user_service_server::UserServiceServer;
-use crate::pb::user::{GetUserReply, GetUserRequest};
+use crate::pb::user::{GetUserReply, GetUserRequest, ListUsersRequest};
 use crate::run::{Options, Process, Running, serve, wait_until};
 use crate::services::gateway::{self, OrdersClient};
 use crate::services::order::{OrderSvc, Store, UsersClient};
@@ -60,6 +60,92 @@ trait PlainReads {
     hedge(max_attempts = 3, delay = "20ms", non_fatal = [Unavailable]))]
 trait HedgedReads {
     async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, tonic::Status>;
+}
+
+/// user-svc's user stream as a watcher reads it: long-lived, resumed after a break.
+#[steadfast::resilient_client(service = "user-svc", client = UserServiceClient,
+    grpc_service = "user.UserService", timeout = "120s")]
+trait UserStreams {
+    async fn list_users(
+        &self,
+        req: ListUsersRequest,
+    ) -> Result<tonic::Streaming<GetUserReply>, tonic::Status>;
+}
+
+/// The same stream under a 1 s deadline.
+#[steadfast::resilient_client(service = "user-svc", client = UserServiceClient,
+    grpc_service = "user.UserService", timeout = "1s")]
+trait ShortStreams {
+    async fn list_users(
+        &self,
+        req: ListUsersRequest,
+    ) -> Result<tonic::Streaming<GetUserReply>, tonic::Status>;
+}
+
+/// A `ListUsers` stream read across the replica kill (opened on the replica that is
+/// killed, resumed through discovery by the method's resume rule: from one past the last id
+/// received), and one cut by its deadline.
+#[derive(Clone, Debug, Default)]
+pub struct StreamProbe {
+    /// Messages received across the kill.
+    pub received: u64,
+    /// Times the stream broke and was resumed.
+    pub resumed: u32,
+    /// Ids out of sequence (missing or repeated); 0 when the resumed stream is seamless.
+    pub gaps: u64,
+    /// Resumptions that failed (each is tried again).
+    pub errors: u32,
+    /// The stream under a 1 s deadline: when it ended, and how.
+    pub cut: Option<(Duration, tonic::Code)>,
+}
+
+/// Reads `ListUsers` from `first` (a client of one replica) until `stop`; after a break,
+/// resumes through `resume` from one past the last id received.
+async fn watch_users(
+    first: UserStreamsClient,
+    resume: UserStreamsClient,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> StreamProbe {
+    let mut probe = StreamProbe::default();
+    let mut next = 1u64;
+    let mut client = first;
+    while !*stop.borrow() {
+        let req = ListUsersRequest {
+            from_id: next,
+            count: 0,
+            interval_ms: 20,
+        };
+        let mut stream = match client.list_users(req).await {
+            Ok(s) => s,
+            Err(_) => {
+                probe.errors += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = stop.wait_for(|stopped| *stopped) => return probe,
+            };
+            match message {
+                Ok(Some(reply)) => {
+                    if reply.id != next {
+                        probe.gaps += 1;
+                    }
+                    next = reply.id + 1;
+                    probe.received += 1;
+                }
+                // Broken (the replica died) or ended: resume elsewhere.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if !*stop.borrow() {
+            probe.resumed += 1;
+            client = resume.clone();
+        }
+    }
+    probe
 }
 
 /// Direct `GetUser` reads during the slow-replica phase, without and with hedging.
@@ -145,6 +231,8 @@ pub struct Report {
     pub order_ejections: Vec<String>,
     /// Direct reads during the slow-replica phase, without and with hedging.
     pub reads: ReadProbe,
+    /// A stream across the replica kill, and one cut by its deadline.
+    pub stream: StreamProbe,
 }
 
 struct Sample {
@@ -430,7 +518,44 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
     )
     .await?;
     let mut probe_tasks = Vec::new();
+    let mut probe_results: Vec<(Vec<Duration>, usize)> = Vec::new();
     let probe_on = Arc::new(AtomicBool::new(false));
+    // A watcher on the replica about to be killed, resuming through discovery.
+    let (stream_stop, stream_stopped) = tokio::sync::watch::channel(false);
+    let on_victim = UserStreamsClient::connect(
+        ClientConfig::endpoints([format!("http://{}", users[1].running.grpc_addr)])?
+            .downstreams(Downstreams::new()),
+    )
+    .await?;
+    let discovered = UserStreamsClient::connect(
+        ClientConfig::discover(registry.clone()).downstreams(Downstreams::new()),
+    )
+    .await?;
+    let watcher = tokio::spawn(watch_users(on_victim, discovered, stream_stopped));
+    // A stream longer than its deadline.
+    let short = ShortStreamsClient::connect(
+        ClientConfig::discover(registry.clone()).downstreams(Downstreams::new()),
+    )
+    .await?;
+    let cut = tokio::spawn(async move {
+        let started = Instant::now();
+        let req = ListUsersRequest {
+            from_id: 1,
+            count: 0,
+            interval_ms: 50,
+        };
+        let mut stream = match short.list_users(req).await {
+            Ok(s) => s,
+            Err(status) => return (started.elapsed(), status.code()),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return (started.elapsed(), tonic::Code::Ok),
+                Err(status) => return (started.elapsed(), status.code()),
+            }
+        }
+    });
     for (i, name) in PHASES.iter().enumerate() {
         match i {
             1 => users[1].process.kill(),
@@ -493,6 +618,15 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
             }
         }
         probe_on.store(false, Ordering::Relaxed);
+        // Wait for the read probe's last reads before the next phase's faults apply: a read
+        // still in flight would otherwise meet them and count as a failure of this phase.
+        for task in probe_tasks.drain(..) {
+            probe_results.push(task.await.unwrap_or_default());
+        }
+        if i == 1 {
+            // The stream has lived through the kill: stop watching.
+            stream_stop.send_replace(true);
+        }
         let after = steadfast::metrics::render();
         let delta = |prefix: &str| counter(&after, prefix) - counter(&before_metrics, prefix);
         let mut transitions = Vec::new();
@@ -522,9 +656,11 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
         let _ = w.await;
     }
 
+    let mut stream = watcher.await.unwrap_or_default();
+    stream.cut = cut.await.ok();
+
     let mut reads = ReadProbe::default();
-    for (k, task) in probe_tasks.into_iter().enumerate() {
-        let (mut lat, errors) = task.await.unwrap_or_default();
+    for (k, (mut lat, errors)) in probe_results.into_iter().enumerate() {
         lat.sort();
         let summary = (lat.len(), percentile(&lat, 0.5), percentile(&lat, 0.99));
         if k == 0 {
@@ -637,6 +773,7 @@ pub async fn run(opts: DemoOptions, logs: LogBuffer) -> Result<Report, BoxError>
         recovery,
         order_ejections: ejected_seen.into_iter().collect(),
         reads,
+        stream,
     })
 }
 
@@ -667,6 +804,18 @@ pub fn print(report: &Report) {
          with hedging (3 copies, 20 ms apart) p50 {:.1} ms, p99 {:.1} ms ({} reads); {} failed",
         r.plain.1, r.plain.2, r.plain.0, r.hedged.1, r.hedged.2, r.hedged.0, r.errors
     );
+    let st = &report.stream;
+    println!(
+        "ListUsers stream opened on the replica killed in phase 2: {} messages, resumed {} time(s) \
+         through discovery from the last id + 1, {} id(s) out of sequence",
+        st.received, st.resumed, st.gaps
+    );
+    if let Some((after, code)) = st.cut {
+        println!(
+            "ListUsers stream under a 1 s deadline: ended after {} ms with {code:?}",
+            after.as_millis()
+        );
+    }
     println!("time to recovery after user-svc was restored (>= 95 % success from then on):");
     for r in &report.recovery {
         match r.after {

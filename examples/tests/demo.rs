@@ -106,6 +106,18 @@ async fn the_demo_survives_its_timeline_on_memory_etcd_and_nacos() {
     for (who, state) in &report.final_breaker_states {
         assert_eq!(state, "closed", "{who} at the end");
     }
+    // A stream opened on the replica that is killed lives through the kill: resumed
+    // through discovery, with no id lost or repeated; a stream longer than its 1 s deadline
+    // is cut at it.
+    let st = &report.stream;
+    assert!(st.received > 100 && st.resumed >= 1, "{st:?}");
+    assert_eq!(st.gaps, 0, "{st:?}");
+    let (after, code) = st.cut.expect("the deadline-bound stream ended");
+    assert_eq!(code, tonic::Code::DeadlineExceeded, "{st:?}");
+    assert!(
+        after >= Duration::from_millis(950) && after <= Duration::from_millis(1200),
+        "{st:?}"
+    );
     // One request's log lines, from all three services, joined by trace id.
     let (_, lines) = report.trace.as_ref().expect("a traced request");
     for service in ["services::gateway", "services::order", "services::user"] {
