@@ -112,3 +112,54 @@ async fn streams_that_fail_after_starting_open_the_breaker() {
         "rejected without reaching the server"
     );
 }
+
+#[tokio::test]
+async fn a_stream_that_goes_quiet_for_its_idle_timeout_ends_with_unavailable() {
+    let scripted = Scripted::new([Action::Ok]);
+    let server = serve(scripted.clone()).await;
+    let streams = StreamsClient::connect(
+        ClientConfig::endpoints([server.url()])
+            .unwrap()
+            .stream_idle_timeout(std::time::Duration::from_millis(150))
+            .unwrap()
+            .downstreams(Downstreams::new()),
+    )
+    .await
+    .unwrap();
+    // Messages every 20 ms: never idle for 150 ms, runs to its end.
+    let fast = ListUsersRequest {
+        from_id: 1,
+        count: 10,
+        interval_ms: 20,
+    };
+    let (ids, status) = drain(streams.list_users(fast).await.unwrap()).await;
+    assert_eq!(ids.len(), 10);
+    assert!(status.is_none(), "{status:?}");
+    // One message every 500 ms: cut 150 ms after the stream started.
+    let slow = ListUsersRequest {
+        from_id: 1,
+        count: 3,
+        interval_ms: 500,
+    };
+    let started = tokio::time::Instant::now();
+    let (ids, status) = drain(streams.list_users(slow).await.unwrap()).await;
+    let took = started.elapsed();
+    assert!(ids.is_empty(), "{ids:?}");
+    let status = status.expect("cut");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("idle timeout"), "{status:?}");
+    assert!(
+        took >= std::time::Duration::from_millis(140)
+            && took <= std::time::Duration::from_millis(250),
+        "cut after {took:?}"
+    );
+    // The server saw the call cancelled.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while scripted.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never saw the cancellation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

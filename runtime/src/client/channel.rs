@@ -164,7 +164,9 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
         let streaming = req
             .extensions()
             .get::<crate::deadline::StreamingResponse>()
-            .is_some();
+            .copied();
+        let idle = streaming.and_then(|s| s.idle);
+        let streaming = streaming.is_some();
         let stream_deadline = streaming
             .then(|| req.extensions().get::<crate::Context>())
             .flatten()
@@ -177,6 +179,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 commit,
                 stream_deadline,
                 streaming,
+                idle,
             },
             Transport::Custom(t) => ResponseFuture {
                 inner: Inner::Discovered {
@@ -185,6 +188,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 commit,
                 stream_deadline,
                 streaming,
+                idle,
             },
             Transport::Discovered(pool) => {
                 let (avoid, probe) = commit
@@ -202,6 +206,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                         commit,
                         stream_deadline,
                         streaming,
+                        idle,
                     };
                 };
                 // The layer above reports the final outcome (it sees the trailers); without
@@ -230,6 +235,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                     commit,
                     stream_deadline,
                     streaming,
+                    idle,
                 }
             }
         }
@@ -256,6 +262,7 @@ pin_project! {
         commit: Option<AttemptInfo>,
         stream_deadline: Option<tokio::time::Instant>,
         streaming: bool,
+        idle: Option<std::time::Duration>,
     }
 }
 
@@ -292,9 +299,16 @@ impl Future for ResponseFuture {
         }
         // A response stream: bounded by the call's deadline, and its end reported.
         let deadline = this.stream_deadline.take();
+        let idle = *this.idle;
         let info = this.commit.clone();
         Poll::Ready(out.map(|response| {
             response.map(|body| {
+                let body = match idle {
+                    Some(idle) => {
+                        tonic::body::Body::new(crate::deadline::body::IdleBody::new(body, idle))
+                    }
+                    None => body,
+                };
                 let body = match deadline {
                     Some(at) => tonic::body::Body::new(crate::deadline::body::DeadlineBody::new(
                         body,

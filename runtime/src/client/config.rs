@@ -43,6 +43,7 @@ pub struct ClientConfig {
     pub(crate) service_config: Option<ServiceConfig>,
     pub(crate) registry_config: bool,
     share_connections: bool,
+    pub(crate) stream_idle: Option<Duration>,
     pub(crate) downstreams: Downstreams,
     pub(crate) outlier_detection: OutlierDetection,
     pub(crate) panic_threshold: u32,
@@ -120,6 +121,7 @@ impl ClientConfig {
             service_config: None,
             registry_config: true,
             share_connections: false,
+            stream_idle: None,
             downstreams: Downstreams::global(),
             outlier_detection: OutlierDetection::default(),
             panic_threshold: 50,
@@ -437,6 +439,35 @@ impl ClientConfig {
     pub fn share_connections(mut self, share: bool) -> Self {
         self.share_connections = share;
         self
+    }
+
+    /// Ends a response stream (a method returning `Streaming<..>`) that brings no message
+    /// for `idle`, with UNAVAILABLE, so that a watch-style caller resumes it instead of
+    /// waiting on a stuck server or a dead network path. Off by default; the method's
+    /// timeout still bounds the whole stream (give long-lived streams a long one). Must be
+    /// > 0.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadfast::client::ClientConfig;
+    /// let config = ClientConfig::endpoints(["http://127.0.0.1:50051"])?
+    ///     .stream_idle_timeout(Duration::from_secs(30))?;
+    /// assert!(ClientConfig::endpoints(["http://127.0.0.1:50051"])?
+    ///     .stream_idle_timeout(Duration::ZERO)
+    ///     .unwrap_err()
+    ///     .to_string()
+    ///     .contains("stream_idle_timeout"));
+    /// # let _ = config; Ok::<(), steadfast::Error>(())
+    /// ```
+    pub fn stream_idle_timeout(mut self, idle: Duration) -> Result<Self, Error> {
+        if idle.is_zero() {
+            return Err(Error::config(
+                "stream_idle_timeout",
+                "is 0; give how long a stream may go without a message, e.g. 30s",
+            ));
+        }
+        self.stream_idle = Some(idle);
+        Ok(self)
     }
 
     /// Uses `downstreams` for per-service shared state (retry throttles) instead of the

@@ -198,6 +198,8 @@ struct CoreInner {
     methods: RwLock<Arc<[Arc<CallPolicy>]>>,
     breaker: Arc<crate::breaker::CircuitBreaker>,
     wire: config::WireOptions,
+    /// At most this long between two messages of a response stream.
+    stream_idle: Option<Duration>,
     config_status: watch::Sender<ConfigStatus>,
     /// The task following the registry's service config; ended with the client.
     follower: Mutex<Option<tokio::task::AbortHandle>>,
@@ -370,6 +372,7 @@ impl ClientCore {
             .breakers()
             .get_or_insert(spec.service, spec.breaker);
         let wire = config.wire.clone();
+        let stream_idle = config.stream_idle;
         let builder = Builder {
             spec,
             enforces_grpc_timeout: channel.enforces_grpc_timeout(),
@@ -385,6 +388,7 @@ impl ClientCore {
                 methods: RwLock::new(methods),
                 breaker,
                 wire,
+                stream_idle,
                 config_status: watch::channel(ConfigStatus::default()).0,
                 follower: Mutex::new(None),
             }),
@@ -534,7 +538,9 @@ where
     if core.inner.spec.methods[index].streaming {
         request
             .extensions_mut()
-            .insert(crate::deadline::StreamingResponse);
+            .insert(crate::deadline::StreamingResponse {
+                idle: core.inner.stream_idle,
+            });
     }
 
     let request = match &core.inner.wire.interceptor {

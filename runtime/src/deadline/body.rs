@@ -89,3 +89,70 @@ impl Body for DeadlineBody {
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
+
+pin_project! {
+    /// Ends a response stream with UNAVAILABLE when no frame comes for `idle`; the timer
+    /// restarts with every frame.
+    pub(crate) struct IdleBody {
+        inner: Option<tonic::body::Body>,
+        sleep: Pin<Box<Sleep>>,
+        idle: Duration,
+    }
+}
+
+impl IdleBody {
+    pub(crate) fn new(inner: tonic::body::Body, idle: Duration) -> Self {
+        IdleBody {
+            inner: Some(inner),
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            idle,
+        }
+    }
+}
+
+impl Body for IdleBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
+            match &frame {
+                None => *this.inner = None,
+                Some(_) => this
+                    .sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + *this.idle),
+            }
+            return Poll::Ready(frame);
+        }
+        if this.sleep.as_mut().poll(cx).is_ready() {
+            // Dropping the body resets the stream: the server sees the call cancelled.
+            *this.inner = None;
+            let mut trailers = http::HeaderMap::new();
+            let status = tonic::Status::unavailable(format!(
+                "no message for {:?} (the stream's idle timeout)",
+                this.idle
+            ));
+            let _ = status.add_header(&mut trailers);
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}

@@ -23,11 +23,15 @@ pub use crate::wire::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
 use crate::Context;
 
 /// Marks a call whose response is a stream: the client's transport then bounds the whole
-/// stream by the call's deadline. Generated code sets it for methods that return a
-/// `Streaming<..>`.
+/// stream by the call's deadline, and the wait for each message by `idle`, if set.
+/// Generated code sets it for methods that return a `Streaming<..>`.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug)]
-pub struct StreamingResponse;
+pub struct StreamingResponse {
+    /// At most this long between two messages (see
+    /// [`ClientConfig::stream_idle_timeout`](crate::client::ClientConfig::stream_idle_timeout)).
+    pub idle: Option<std::time::Duration>,
+}
 
 /// Enforces the incoming `grpc-timeout` of each request and exposes the deadline to the
 /// handler through [`Context`].
