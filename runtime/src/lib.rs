@@ -102,6 +102,67 @@
 //! The generated struct is named after the trait with a `Client` suffix. The trait stays an
 //! ordinary trait: write fakes for tests by implementing it by hand.
 //!
+//! # Streaming
+//!
+//! A method that returns `Result<tonic::Streaming<Reply>, Status>` is a server-streaming
+//! call: it is retried until its response headers arrive (gRFC A6's commit point), never
+//! after; its timeout bounds the whole stream, not only its start (the stream ends with
+//! DEADLINE_EXCEEDED and the server sees the cancellation); the breaker records the stream's
+//! outcome when it ends. [`client::ClientConfig::stream_idle_timeout`] ends a stream that
+//! goes quiet with UNAVAILABLE. On servers, [`deadline::DeadlineLayer`] cuts a streaming
+//! response at the caller's deadline too. Client and bidirectional streaming are not
+//! supported yet: a method that takes a stream of requests is a compile error that says so.
+//!
+//! ```no_run
+//! # mod pb { pub mod watch_client {
+//! #     #[derive(Clone)] pub struct WatchClient<T>(T);
+//! #     impl<T> WatchClient<T> {
+//! #         pub fn new(t: T) -> Self { WatchClient(t) }
+//! #         pub fn send_compressed(self, _: tonic::codec::CompressionEncoding) -> Self { self }
+//! #         pub fn accept_compressed(self, _: tonic::codec::CompressionEncoding) -> Self { self }
+//! #         pub fn max_decoding_message_size(self, _: usize) -> Self { self }
+//! #         pub fn max_encoding_message_size(self, _: usize) -> Self { self }
+//! #         pub async fn list_users(&mut self, _: tonic::Request<u64>)
+//! #             -> Result<tonic::Response<tonic::Streaming<String>>, tonic::Status> { unimplemented!() }
+//! #     }
+//! # } }
+//! use std::time::Duration;
+//! use steadfast::client::ClientConfig;
+//!
+//! #[steadfast::resilient_client(service = "user-svc", client = pb::watch_client::WatchClient,
+//!     timeout = "1h")]
+//! trait Users {
+//!     /// Users from `from_id` on. Resume rule: after a break, call again from the last
+//!     /// id received + 1.
+//!     async fn list_users(&self, from_id: u64) -> Result<tonic::Streaming<String>, tonic::Status>;
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = steadfast::registry::from_url("memory://").await?;
+//! let users = UsersClient::connect(
+//!     ClientConfig::discover(registry).stream_idle_timeout(Duration::from_secs(30))?,
+//! )
+//! .await?;
+//! let mut next = 1;
+//! loop {
+//!     let Ok(mut stream) = users.list_users(next).await else {
+//!         tokio::time::sleep(Duration::from_millis(200)).await;
+//!         continue;
+//!     };
+//!     loop {
+//!         match stream.message().await {
+//!             Ok(Some(user)) => {
+//!                 println!("{user}");
+//!                 next += 1;
+//!             }
+//!             Ok(None) => return Ok(()),
+//!             Err(_) => break, // broken, cut or quiet: resume where it stopped
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
+//!
 //! # Tracing: `#[traced]`
 //!
 //! `#[traced]` instruments a handler with the request's trace context:
