@@ -25,7 +25,7 @@ fi
 # The Nacos backend's tests run a real Nacos-protocol server: rnacos, a crate (no Debian or
 # PyPI package has a Nacos server). Building it takes about 16 minutes on 2 cores, once per
 # machine: cargo install skips it when it is installed.
-if ! command -v rnacos >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/rnacos" ]; then
+if ! command -v rnacos >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/rnacos" ]; then
   echo "== installing rnacos (a Nacos-protocol server, for the Nacos tests)"
   cargo install --locked rnacos@0.8.8
 fi

@@ -34,10 +34,12 @@ fn binary() -> String {
     if let Ok(bin) = std::env::var("RNACOS_BIN") {
         return bin;
     }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cargo_bin = format!("{home}/.cargo/bin/rnacos");
-    if std::path::Path::new(&cargo_bin).exists() {
-        return cargo_bin;
+    // Where `cargo install` put it, when that is not on the PATH.
+    let cargo_home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let installed = format!("{cargo_home}/bin/rnacos");
+    if std::path::Path::new(&installed).exists() {
+        return installed;
     }
     "rnacos".into()
 }
