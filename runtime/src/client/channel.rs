@@ -303,21 +303,22 @@ impl Future for ResponseFuture {
         let info = this.commit.clone();
         Poll::Ready(out.map(|response| {
             response.map(|body| {
-                let body = match idle {
-                    Some(idle) => {
-                        tonic::body::Body::new(crate::deadline::body::IdleBody::new(body, idle))
+                let body = if deadline.is_some() || idle.is_some() {
+                    let mut cut = crate::deadline::body::CutBody::new(body);
+                    if let Some(at) = deadline {
+                        cut = cut.deadline(
+                            Box::pin(tokio::time::sleep_until(at)),
+                            tonic::Status::deadline_exceeded(
+                                "the call's deadline expired while the response was streaming",
+                            ),
+                        );
                     }
-                    None => body,
-                };
-                let body = match deadline {
-                    Some(at) => tonic::body::Body::new(crate::deadline::body::DeadlineBody::new(
-                        body,
-                        Box::pin(tokio::time::sleep_until(at)),
-                        tonic::Status::deadline_exceeded(
-                            "the call's deadline expired while the response was streaming",
-                        ),
-                    )),
-                    None => body,
+                    if let Some(idle) = idle {
+                        cut = cut.idle(idle);
+                    }
+                    tonic::body::Body::new(cut)
+                } else {
+                    body
                 };
                 match info {
                     Some(info) => tonic::body::Body::new(StreamEndBody {

@@ -1,5 +1,5 @@
-//! The response body of a server call with a deadline: a streaming response is cut at the
-//! deadline too, not only the handler's first answer.
+//! A response body cut by a timer: a streaming response is bounded by its deadline (not only
+//! the handler's first answer) and, on clients, by an idle timeout between messages.
 
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
@@ -7,32 +7,39 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-pin_project! {
-    /// Passes a response body through until the deadline; then drops it (on a server, the
-    /// handler's stream ends and its producer sees the caller gone; on a client, the stream
-    /// is reset, which cancels it on the server) and ends the response with the trailers of
-    /// `status`.
-    pub(crate) struct DeadlineBody {
-        inner: Option<tonic::body::Body>,
-        sleep: Pin<Box<Sleep>>,
-        status: Option<tonic::Status>,
-    }
+/// Passes a response body through until one of its timers fires: the deadline, or no frame
+/// for the idle time (restarted with every frame). Then it drops the body (on a server, the
+/// handler's stream ends and its producer sees the caller gone; on a client, the stream is
+/// reset, which cancels it on the server) and ends the response with that timer's status in
+/// the trailers.
+pub(crate) struct CutBody {
+    inner: Option<tonic::body::Body>,
+    deadline: Option<(Pin<Box<Sleep>>, tonic::Status)>,
+    idle: Option<(Pin<Box<Sleep>>, Duration)>,
 }
 
-impl DeadlineBody {
-    pub(crate) fn new(
-        inner: tonic::body::Body,
-        sleep: Pin<Box<Sleep>>,
-        status: tonic::Status,
-    ) -> Self {
-        DeadlineBody {
+impl CutBody {
+    /// `inner`, with no timer yet.
+    pub(crate) fn new(inner: tonic::body::Body) -> Self {
+        CutBody {
             inner: Some(inner),
-            sleep,
-            status: Some(status),
+            deadline: None,
+            idle: None,
         }
+    }
+
+    /// Cut when `sleep` fires, with `status`.
+    pub(crate) fn deadline(mut self, sleep: Pin<Box<Sleep>>, status: tonic::Status) -> Self {
+        self.deadline = Some((sleep, status));
+        self
+    }
+
+    /// Cut with UNAVAILABLE when no frame comes for `idle`.
+    pub(crate) fn idle(mut self, idle: Duration) -> Self {
+        self.idle = Some((Box::pin(tokio::time::sleep(idle)), idle));
+        self
     }
 }
 
@@ -48,7 +55,7 @@ pub(super) fn expired(timeout: Duration) -> tonic::Status {
     status
 }
 
-impl Body for DeadlineBody {
+impl Body for CutBody {
     type Data = Bytes;
     type Error = tonic::Status;
 
@@ -56,94 +63,42 @@ impl Body for DeadlineBody {
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
-            if frame.is_none() {
-                *this.inner = None;
-            }
-            return Poll::Ready(frame);
-        }
-        if this.sleep.as_mut().poll(cx).is_ready() {
-            // Dropping the body drops the handler's stream: its producer sees the caller
-            // gone, as when the client cancels.
-            *this.inner = None;
-            let mut trailers = http::HeaderMap::new();
-            if let Some(status) = this.status.take() {
-                let _ = status.add_header(&mut trailers);
-            }
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
-
-pin_project! {
-    /// Ends a response stream with UNAVAILABLE when no frame comes for `idle`; the timer
-    /// restarts with every frame.
-    pub(crate) struct IdleBody {
-        inner: Option<tonic::body::Body>,
-        sleep: Pin<Box<Sleep>>,
-        idle: Duration,
-    }
-}
-
-impl IdleBody {
-    pub(crate) fn new(inner: tonic::body::Body, idle: Duration) -> Self {
-        IdleBody {
-            inner: Some(inner),
-            sleep: Box::pin(tokio::time::sleep(idle)),
-            idle,
-        }
-    }
-}
-
-impl Body for IdleBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
+        let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
             match &frame {
-                None => *this.inner = None,
-                Some(_) => this
-                    .sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + *this.idle),
+                None => this.inner = None,
+                Some(_) => {
+                    if let Some((sleep, idle)) = &mut this.idle {
+                        let at = tokio::time::Instant::now() + *idle;
+                        sleep.as_mut().reset(at);
+                    }
+                }
             }
             return Poll::Ready(frame);
         }
-        if this.sleep.as_mut().poll(cx).is_ready() {
-            // Dropping the body resets the stream: the server sees the call cancelled.
-            *this.inner = None;
-            let mut trailers = http::HeaderMap::new();
-            let status = tonic::Status::unavailable(format!(
-                "no message for {:?} (the stream's idle timeout)",
-                this.idle
-            ));
-            let _ = status.add_header(&mut trailers);
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        let mut fired = None;
+        if let Some((sleep, status)) = &mut this.deadline
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            fired = Some(status.clone());
+        } else if let Some((sleep, idle)) = &mut this.idle
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            fired = Some(tonic::Status::unavailable(format!(
+                "no message for {idle:?} (the stream's idle timeout)"
+            )));
         }
-        Poll::Pending
+        let Some(status) = fired else {
+            return Poll::Pending;
+        };
+        // Dropping the body drops the stream: the other side sees the call gone.
+        this.inner = None;
+        let mut trailers = http::HeaderMap::new();
+        let _ = status.add_header(&mut trailers);
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -7,7 +7,7 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Sleep;
 
-use super::body::{DeadlineBody, expired};
+use super::body::{CutBody, expired};
 use crate::Context;
 use crate::trace::context::CURRENT;
 
@@ -57,7 +57,8 @@ where
             };
             let status = expired(this.timeout.unwrap_or_default());
             return Poll::Ready(out.map(|response| {
-                response.map(|body| tonic::body::Body::new(DeadlineBody::new(body, sleep, status)))
+                response
+                    .map(|body| tonic::body::Body::new(CutBody::new(body).deadline(sleep, status)))
             }));
         }
         if let Some(sleep) = this.sleep.as_mut() {
