@@ -592,25 +592,28 @@ async fn sweep_every_interval(pool: Weak<Pool>) {
 #[cfg(test)]
 mod tests;
 
+/// A registry whose one watch channel the caller publishes on (the bench, and the tests).
+#[derive(Debug)]
+struct OneWatch(tokio::sync::watch::Sender<Arc<[Instance]>>);
+
+#[async_trait::async_trait]
+impl Registry for OneWatch {
+    async fn register(&self, _: &Instance) -> Result<(), Error> {
+        Ok(())
+    }
+    async fn deregister(&self, _: &str, _: &str) -> Result<(), Error> {
+        Ok(())
+    }
+    async fn watch(&self, _: &str) -> Result<Instances, Error> {
+        Ok(self.0.subscribe())
+    }
+}
+
 /// What the bench measures of a pool of `n` endpoints: how long one registry update takes
 /// (one endpoint added), and one pick with `ejected_pct` percent of the endpoints ejected,
 /// averaged over `picks`. For `steadfast-examples`' bench; not public API.
 #[doc(hidden)]
 pub async fn measure_pool(n: usize, ejected_pct: usize, picks: u32) -> (Duration, Duration) {
-    #[derive(Debug)]
-    struct Given(tokio::sync::watch::Sender<Arc<[Instance]>>);
-    #[async_trait::async_trait]
-    impl Registry for Given {
-        async fn register(&self, _: &Instance) -> Result<(), Error> {
-            Ok(())
-        }
-        async fn deregister(&self, _: &str, _: &str) -> Result<(), Error> {
-            Ok(())
-        }
-        async fn watch(&self, _: &str) -> Result<Instances, Error> {
-            Ok(self.0.subscribe())
-        }
-    }
     let instance = |i: usize| {
         Instance::new(
             "bench",
@@ -619,7 +622,8 @@ pub async fn measure_pool(n: usize, ejected_pct: usize, picks: u32) -> (Duration
         )
     };
     let set: Arc<[Instance]> = (0..n).map(instance).collect();
-    let registry: Arc<dyn Registry> = Arc::new(Given(tokio::sync::watch::channel(set.clone()).0));
+    let registry: Arc<dyn Registry> =
+        Arc::new(OneWatch(tokio::sync::watch::channel(set.clone()).0));
     let config = PoolConfig {
         connect: Arc::new(|uri| {
             Ok(Arc::new(

@@ -234,23 +234,6 @@ async fn without_grace_an_empty_set_applies_at_once() {
     assert!(pool.ids().is_empty());
 }
 
-/// A registry with one watch channel the test holds the sending end of.
-#[derive(Debug)]
-struct OneWatch(tokio::sync::watch::Sender<Arc<[Instance]>>);
-
-#[async_trait::async_trait]
-impl Registry for OneWatch {
-    async fn register(&self, _: &Instance) -> Result<(), Error> {
-        Ok(())
-    }
-    async fn deregister(&self, _: &str, _: &str) -> Result<(), Error> {
-        Ok(())
-    }
-    async fn watch(&self, _: &str) -> Result<Instances, Error> {
-        Ok(self.0.subscribe())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn dropping_the_pool_drops_its_watch_at_once() {
     let (tx, _) = tokio::sync::watch::channel(Arc::from(Vec::new()));
