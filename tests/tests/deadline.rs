@@ -177,15 +177,10 @@ async fn a_server_stream_longer_than_its_deadline_is_cut_at_the_deadline() {
     });
     request.set_timeout(Duration::from_secs(1));
     let started = tokio::time::Instant::now();
-    let mut stream = client.list_users(request).await.unwrap().into_inner();
-    let mut received = 0;
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(_)) => received += 1,
-            Ok(None) => panic!("the stream ran to its end: {received} messages"),
-            Err(status) => break status,
-        }
-    };
+    let stream = client.list_users(request).await.unwrap().into_inner();
+    let (ids, status) = common::drain(stream).await;
+    let received = ids.len();
+    let status = status.unwrap_or_else(|| panic!("the stream ran to its end: {received} messages"));
     let took = started.elapsed();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(
@@ -204,14 +199,7 @@ async fn a_server_stream_longer_than_its_deadline_is_cut_at_the_deadline() {
         "{received} messages before the cut"
     );
     // The handler's producer saw the caller gone.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while scripted.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the producer never stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    scripted.until_cancelled("the producer never stopped").await;
 
     // Within its deadline, a stream runs to its end.
     let mut request = Request::new(ListUsersRequest {
@@ -257,7 +245,7 @@ async fn a_resilient_client_bounds_a_whole_response_stream_by_its_deadline() {
     .await
     .unwrap();
     let started = tokio::time::Instant::now();
-    let mut stream = lister
+    let stream = lister
         .list_users(ListUsersRequest {
             from_id: 1,
             count: 25,
@@ -265,14 +253,9 @@ async fn a_resilient_client_bounds_a_whole_response_stream_by_its_deadline() {
         })
         .await
         .unwrap();
-    let mut received = 0;
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(_)) => received += 1,
-            Ok(None) => panic!("the stream ran to its end: {received} messages"),
-            Err(status) => break status,
-        }
-    };
+    let (ids, status) = common::drain(stream).await;
+    let received = ids.len();
+    let status = status.unwrap_or_else(|| panic!("the stream ran to its end: {received} messages"));
     let took = started.elapsed();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(
@@ -284,12 +267,7 @@ async fn a_resilient_client_bounds_a_whole_response_stream_by_its_deadline() {
         "{received} messages before the cut"
     );
     // The server's producer saw the call cancelled.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while scripted.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never saw the cancellation"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    scripted
+        .until_cancelled("the server never saw the cancellation")
+        .await;
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Action, Scripted, serve};
+use common::{Action, Scripted, drain, serve};
 use steadfast::client::{ClientConfig, Downstreams};
 use steadfast_examples::pb::user::user_service_client::UserServiceClient;
 use steadfast_examples::pb::user::{GetUserReply, ListUsersRequest};
@@ -40,18 +40,6 @@ async fn client(url: String) -> StreamsClient {
     )
     .await
     .unwrap()
-}
-
-/// Reads a stream to its end: the messages' ids, and the final status if it failed.
-async fn drain(mut stream: tonic::Streaming<GetUserReply>) -> (Vec<u64>, Option<Status>) {
-    let mut ids = Vec::new();
-    loop {
-        match stream.message().await {
-            Ok(Some(reply)) => ids.push(reply.id),
-            Ok(None) => return (ids, None),
-            Err(status) => return (ids, Some(status)),
-        }
-    }
 }
 
 #[tokio::test]
@@ -153,13 +141,7 @@ async fn a_stream_that_goes_quiet_for_its_idle_timeout_ends_with_unavailable() {
             && took <= std::time::Duration::from_millis(250),
         "cut after {took:?}"
     );
-    // The server saw the call cancelled.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while scripted.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never saw the cancellation"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    scripted
+        .until_cancelled("the server never saw the cancellation")
+        .await;
 }

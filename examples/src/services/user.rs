@@ -19,11 +19,11 @@ pub type UserStream =
 /// Answers `ListUsers`: users from `from_id` on, one every `interval_ms`, `count` of them (0:
 /// until the caller goes away), each `served_by` this replica. When the caller goes away
 /// (the stream is dropped: cancelled, or cut by its deadline), the producer stops and adds
-/// one to `cancelled`, if given.
+/// one to `cancelled`, if given (a watch, so that a test can await it).
 pub fn list_users(
     request: Request<ListUsersRequest>,
     served_by: &str,
-    cancelled: Option<Arc<AtomicU64>>,
+    cancelled: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 ) -> Result<Response<UserStream>, Status> {
     let ListUsersRequest {
         from_id,
@@ -55,7 +55,7 @@ pub fn list_users(
         if tx.is_closed()
             && let Some(c) = cancelled
         {
-            c.fetch_add(1, Ordering::SeqCst);
+            c.send_modify(|n| *n += 1);
         }
     });
     Ok(Response::new(Box::pin(

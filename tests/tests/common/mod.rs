@@ -58,10 +58,29 @@ pub struct Scripted {
     last: Arc<Mutex<Option<Action>>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// `ListUsers` streams the caller went away from before their end.
-    pub cancelled: Arc<std::sync::atomic::AtomicU64>,
+    pub cancelled: Cancelled,
+}
+
+/// How many streams were cancelled, as a watch that tests await.
+#[derive(Clone)]
+pub struct Cancelled(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Cancelled {
+    fn default() -> Self {
+        Cancelled(Arc::new(tokio::sync::watch::channel(0).0))
+    }
 }
 
 impl Scripted {
+    /// Waits (up to 2 s) until the producer of a `ListUsers` stream has seen its caller go.
+    pub async fn until_cancelled(&self, what: &str) {
+        let mut cancelled = self.cancelled.0.subscribe();
+        tokio::time::timeout(Duration::from_secs(2), cancelled.wait_for(|n| *n > 0))
+            .await
+            .unwrap_or_else(|_| panic!("{what}"))
+            .unwrap();
+    }
+
     pub fn new(actions: impl IntoIterator<Item = Action>) -> Self {
         let s = Scripted::default();
         s.script.lock().unwrap().extend(actions);
@@ -180,7 +199,7 @@ impl UserService for Scripted {
             _ => steadfast_examples::services::user::list_users(
                 req,
                 "scripted",
-                Some(self.cancelled.clone()),
+                Some(self.cancelled.0.clone()),
             ),
         }
     }
@@ -233,5 +252,18 @@ pub async fn serve_with<S: UserService>(server: UserServiceServer<S>) -> Server 
     Server {
         addr,
         stop: Some(stop),
+    }
+}
+
+/// Reads a `ListUsers` stream to its end: the ids received, and the final status if it
+/// failed.
+pub async fn drain(mut stream: tonic::Streaming<GetUserReply>) -> (Vec<u64>, Option<Status>) {
+    let mut ids = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(reply)) => ids.push(reply.id),
+            Ok(None) => return (ids, None),
+            Err(status) => return (ids, Some(status)),
+        }
     }
 }
