@@ -310,12 +310,9 @@ impl Drop for Inner {
                                 group.clone(),
                                 to_nacos(i, &config),
                             );
-                            let why = match tokio::time::timeout(t, call).await {
-                                Ok(Ok(())) => continue,
-                                Ok(Err(e)) => e.to_string(),
-                                Err(_) => format!("no answer within {t:?}"),
-                            };
-                            tracing::debug!(service, id = %i.id, "deregistering a dropped registry's instance failed: {why}");
+                            if let Err(e) = bounded("deregister", t, call).await {
+                                tracing::debug!(service, id = %i.id, "deregistering a dropped registry's instance failed: {e}");
+                            }
                         }
                     }
                 });
@@ -323,6 +320,18 @@ impl Drop for Inner {
         if let Err(e) = spawned {
             tracing::debug!("cannot deregister a dropped nacos registry's instances: {e}");
         }
+    }
+}
+
+/// One request to Nacos, bounded by `t`; an error, or no answer, names `what`.
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    t: Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(t, call).await {
+        Ok(r) => r.map_err(|e| nacos_err(what, e)),
+        Err(_) => Err(nacos_err(what, format!("no answer within {t:?}"))),
     }
 }
 
@@ -359,14 +368,8 @@ impl NacosRegistry {
                 if config.user.is_some() {
                     builder = builder.enable_auth_plugin_http();
                 }
-                match tokio::time::timeout(config.connect_timeout, builder.build()).await {
-                    Ok(Ok(naming)) => Ok(naming),
-                    Ok(Err(e)) => Err(nacos_err(&config.servers.join(","), e)),
-                    Err(_) => Err(nacos_err(
-                        &config.servers.join(","),
-                        format!("no answer within {:?}", config.connect_timeout),
-                    )),
-                }
+                let servers = config.servers.join(",");
+                bounded(&servers, config.connect_timeout, builder.build()).await
             })
             .await
     }
@@ -407,10 +410,7 @@ impl NacosRegistry {
                 }
             }
         };
-        match tokio::time::timeout(t, call).await {
-            Ok(r) => r.map_err(|e| nacos_err("register", e)),
-            Err(_) => Err(nacos_err("register", format!("no answer within {t:?}"))),
-        }
+        bounded("register", t, call).await
     }
 
     /// Syncs `service` now; on failure keeps retrying in the background until it succeeds.
@@ -500,7 +500,7 @@ impl NacosRegistry {
             self.group(),
             to_nacos(&marked, &self.inner.config),
         );
-        if let Err(e) = tokio::time::timeout(self.inner.config.connect_timeout, call).await {
+        if let Err(e) = bounded("register", self.inner.config.connect_timeout, call).await {
             tracing::debug!(service = %instance.service, "draining mark not written: {e}");
         }
     }
@@ -803,10 +803,7 @@ impl Registry for NacosRegistry {
             self.group(),
             to_nacos(&instance, &self.inner.config),
         );
-        match tokio::time::timeout(t, call).await {
-            Ok(r) => r.map_err(|e| nacos_err("deregister", e)),
-            Err(_) => Err(nacos_err("deregister", format!("no answer within {t:?}"))),
-        }
+        bounded("deregister", t, call).await
     }
 
     /// Subscribes to `service`; returns once the first list is in (or the connect timeout
