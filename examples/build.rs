@@ -8,7 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     println!("cargo:rerun-if-changed=proto");
+    // A service that does not implement a method answers UNIMPLEMENTED for it.
     tonic_prost_build::configure()
+        .generate_default_stubs(true)
         .compile_protos(&["proto/user.proto", "proto/order.proto"], &["proto"])?;
     Ok(())
 }

@@ -83,7 +83,25 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
     };
     let specs = model.methods.iter().map(method_spec);
     let breaker = breaker_tokens(&model.breaker);
-    let method_idents = model.methods.iter().map(|m| &m.ident);
+    // A method taking `impl Stream` is generic: it is named through a call with an empty
+    // stream of its message type.
+    let uses = model.methods.iter().map(|m| {
+        let ident = &m.ident;
+        match &m.request_item {
+            None => quote!(let _ = <#client_ident as #trait_ident>::#ident;),
+            Some(item) => {
+                let empty = quote!(::steadfast::__private::empty_stream::<#item>());
+                let arg = if m.request_form {
+                    quote!(::steadfast::__private::tonic::Request::new(#empty))
+                } else {
+                    empty
+                };
+                quote!(let _ = |c: &#client_ident| {
+                    let _ = <#client_ident as #trait_ident>::#ident(c, #arg);
+                };)
+            }
+        }
+    });
     let inherent = model
         .methods
         .iter()
@@ -190,7 +208,7 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
         // Uses the trait and its methods, so a trait written only to generate a client is not
         // reported as "never used" when callers use the inherent methods.
         const _: fn() = || {
-            #(let _ = <#client_ident as #trait_ident>::#method_idents;)*
+            #(#uses)*
         };
 
         #[automatically_derived]
@@ -308,13 +326,19 @@ fn inherent_method(index: usize, m: &Method, vis: &syn::Visibility) -> TokenStre
             __steadfast_message
         ))
     };
+    // A stream of requests is read once and replayed on retries.
+    let entry = if m.request_stream {
+        quote!(streaming)
+    } else {
+        quote!(unary)
+    };
     quote_spanned! {span=>
         #[doc = #doc]
         #vis fn #ident(&self, __steadfast_message: #message)
             -> impl ::core::future::Future<Output = #output> + ::core::marker::Send + 'static
         {
             let __steadfast_client = ::core::clone::Clone::clone(&self.__steadfast_client);
-            ::steadfast::__private::unary(
+            ::steadfast::__private::#entry(
                 &self.__steadfast_core,
                 #index,
                 #request,

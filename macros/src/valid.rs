@@ -44,6 +44,11 @@ pub(crate) struct Method {
     pub(crate) hedge: Option<HedgeSpec>,
     /// Whether the method returns a response stream (`Result<Streaming<R>, Status>`).
     pub(crate) streaming: bool,
+    /// Whether the method sends a stream of requests (`impl Stream<Item = M> + Send +
+    /// 'static`, or that inside `tonic::Request<..>`): client or bidirectional streaming.
+    pub(crate) request_stream: bool,
+    /// The message type `M` of a request stream.
+    pub(crate) request_item: Option<Type>,
 }
 
 /// Collects errors so that all of them are reported together.
@@ -178,14 +183,18 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
                 format!("method `{}` must take `&self` first; write `async fn {}(&self, request: Message)`", sig.ident, sig.ident),
             ),
         }
+        let mut request_item = None;
         let message = match (inputs.next(), inputs.next()) {
-            (Some(FnArg::Typed(t)), None) if is_stream(&t.ty) => {
-                errors.spanned(
-                    &t.ty,
-                    "client and bidirectional streaming are not supported by #[resilient_client] yet: take one request message (a unary or server-streaming call, which may return `Result<tonic::Streaming<Reply>, Status>`), and call the tonic client directly for this method",
-                );
-                None
-            }
+            (Some(FnArg::Typed(t)), None) if is_stream(&t.ty) => match request_stream(&t.ty) {
+                Ok(item) => {
+                    request_item = Some(item);
+                    Some((*t.ty).clone())
+                }
+                Err((at, msg)) => {
+                    errors.spanned(at, msg);
+                    None
+                }
+            },
             (Some(FnArg::Typed(t)), None) => Some((*t.ty).clone()),
             _ => {
                 errors.spanned(
@@ -256,6 +265,8 @@ pub(crate) fn client(args: ClientArgs, item: &ItemTrait) -> syn::Result<Client> 
                 sig: sig.clone(),
                 request_form: is_request(&message),
                 streaming: streams_response(&sig.output),
+                request_stream: request_item.is_some(),
+                request_item,
                 message,
                 timeout,
                 retry,
@@ -338,6 +349,93 @@ fn is_stream(ty: &Type) -> bool {
         }
         _ => false,
     }
+}
+
+/// The one form of request stream a client method takes: `impl Stream<Item = M> + Send +
+/// 'static`, alone or inside `tonic::Request<..>`. Any other form is an error on the
+/// offending tokens, saying what to write.
+fn request_stream(ty: &Type) -> Result<Type, (Box<dyn quote::ToTokens>, String)> {
+    const WRITE: &str = "write a stream of requests as `impl Stream<Item = Message> + Send + 'static` (or `tonic::Request<impl Stream<Item = Message> + Send + 'static>` to send metadata)";
+    let inner = match ty {
+        Type::Path(tp) if is_request(ty) => {
+            let Some(syn::PathArguments::AngleBracketed(a)) =
+                tp.path.segments.last().map(|s| &s.arguments)
+            else {
+                unreachable!("is_request checked the one type argument")
+            };
+            match &a.args[0] {
+                syn::GenericArgument::Type(t) => t,
+                _ => unreachable!("is_request checked the one type argument"),
+            }
+        }
+        _ => ty,
+    };
+    let Type::ImplTrait(it) = inner else {
+        let streaming = matches!(inner, Type::Path(tp)
+            if tp.path.segments.last().is_some_and(|s| s.ident == "Streaming"));
+        let msg = if streaming {
+            format!(
+                "`Streaming` is a stream of received messages, as a server handler gets it; to send one, {WRITE}"
+            )
+        } else {
+            format!("{WRITE}: a boxed or named stream can be passed to it as it is")
+        };
+        return Err((Box::new(inner.clone()), msg));
+    };
+    let mut send = false;
+    let mut stat = false;
+    let mut item = None;
+    for bound in &it.bounds {
+        match bound {
+            syn::TypeParamBound::Trait(t) => {
+                let Some(last) = t.path.segments.last() else {
+                    continue;
+                };
+                if last.ident == "Send" {
+                    send = true;
+                } else if last.ident == "Stream" {
+                    if let syn::PathArguments::AngleBracketed(a) = &last.arguments {
+                        item = a.args.iter().find_map(|g| match g {
+                            syn::GenericArgument::AssocType(at) if at.ident == "Item" => {
+                                Some(at.ty.clone())
+                            }
+                            _ => None,
+                        });
+                    }
+                }
+            }
+            syn::TypeParamBound::Lifetime(l) if l.ident == "static" => stat = true,
+            _ => {}
+        }
+    }
+    let Some(item) = item else {
+        return Err((
+            Box::new(it.clone()),
+            format!("name the message type of the stream: {WRITE}"),
+        ));
+    };
+    if let Type::Path(tp) = &item
+        && tp.path.segments.last().is_some_and(|s| s.ident == "Result")
+    {
+        return Err((
+            Box::new(item.clone()),
+            format!("the items of a request stream are messages, not results; {WRITE}"),
+        ));
+    }
+    if !send || !stat {
+        let missing = match (send, stat) {
+            (false, false) => "`+ Send + 'static`",
+            (false, true) => "`+ Send`",
+            _ => "`+ 'static`",
+        };
+        return Err((
+            Box::new(it.clone()),
+            format!(
+                "add {missing}: the stream is read by the connection's task and replayed on retries, after this method returns; {WRITE}"
+            ),
+        ));
+    }
+    Ok(item)
 }
 
 /// `Result<Streaming<R>, _>`: `tonic::Streaming` or an imported `Streaming`.

@@ -282,9 +282,12 @@ pub use trace::spawn;
 pub mod __private {
     pub use crate::Error;
     pub use crate::breaker::BreakerConfig;
-    pub use crate::client::{Channel, ClientConfig, ClientCore, ClientSpec, MethodSpec, unary};
+    pub use crate::client::{
+        Channel, ClientConfig, ClientCore, ClientSpec, MethodSpec, streaming, unary,
+    };
     pub use crate::retry::{HedgingPolicy, RetryPolicy};
     pub use ::core::time::Duration;
+    pub use ::futures_util::stream::empty as empty_stream;
     pub use ::tonic;
     pub use ::tonic::async_trait;
     pub use ::tracing;

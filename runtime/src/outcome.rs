@@ -574,3 +574,98 @@ mod tests {
         assert!(info.is_probe() && info.avoid() == Some("e1"));
     }
 }
+
+/// How a streaming call ended, for the metrics layer: its final code and how many messages
+/// went each way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamSummary {
+    /// The final status code (`Cancelled` when the caller dropped the response stream).
+    pub code: Code,
+    /// Messages read from the caller's request stream (1 for a single request message).
+    pub sent: u64,
+    /// Messages received (1 for a single response message).
+    pub received: u64,
+}
+
+/// Told a streaming call's [`StreamSummary`] when it ends (see [`StreamTally::on_end`]).
+pub type TallyEnd = Box<dyn FnOnce(StreamSummary) + Send>;
+
+/// The per-call tally of a streaming call (client, server or bidirectional streaming),
+/// carried as a request extension: the request stream counts what it sends, the transport
+/// counts what the final attempt receives and says how the stream ended, and the metrics
+/// layer records it. A call without one is not a stream.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use steadfast::outcome::{StreamSummary, StreamTally};
+///
+/// let tally = StreamTally::new(true);
+/// let seen = Arc::new(Mutex::new(None));
+/// let s = seen.clone();
+/// tally.on_end(Box::new(move |summary| *s.lock().unwrap() = Some(summary)));
+/// tally.ended(tonic::Code::Ok, 3);
+/// let summary: StreamSummary = seen.lock().unwrap().unwrap();
+/// assert_eq!((summary.code, summary.sent, summary.received), (tonic::Code::Ok, 1, 3));
+/// ```
+#[derive(Clone, Default)]
+pub struct StreamTally(Arc<TallyInner>);
+
+#[derive(Default)]
+struct TallyInner {
+    response_stream: bool,
+    sent: OnceLock<Arc<std::sync::atomic::AtomicU64>>,
+    end: Mutex<Option<TallyEnd>>,
+}
+
+impl std::fmt::Debug for StreamTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTally")
+            .field("response_stream", &self.0.response_stream)
+            .field("sent", &self.sent())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamTally {
+    /// A tally for a call whose response is (or is not) a stream.
+    pub fn new(response_stream: bool) -> Self {
+        StreamTally(Arc::new(TallyInner {
+            response_stream,
+            ..TallyInner::default()
+        }))
+    }
+    /// Whether the response is a stream (its end comes after the response headers).
+    pub fn is_response_stream(&self) -> bool {
+        self.0.response_stream
+    }
+    /// Counts the messages sent with `counter` (the request stream's own count).
+    pub fn count_sent(&self, counter: Arc<std::sync::atomic::AtomicU64>) {
+        let _ = self.0.sent.set(counter);
+    }
+    /// Messages sent so far (1 when the request is a single message).
+    pub fn sent(&self) -> u64 {
+        self.0
+            .sent
+            .get()
+            .map_or(1, |c| c.load(Ordering::Relaxed))
+    }
+    /// Runs `f` when the call ends (set by the metrics layer once the call's response
+    /// started).
+    pub fn on_end(&self, f: TallyEnd) {
+        *self.0.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+    /// The call ended with `code` after `received` messages. Only the first report after
+    /// [`on_end`](Self::on_end) counts; before it, a report is an attempt's that was not the
+    /// call's answer, and is ignored.
+    pub fn ended(&self, code: Code, received: u64) {
+        let f = self.0.end.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(f) = f {
+            f(StreamSummary {
+                code,
+                sent: self.sent(),
+                received,
+            });
+        }
+    }
+}

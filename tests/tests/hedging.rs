@@ -92,12 +92,11 @@ impl UserService for Replica {
         Err(Status::unimplemented(""))
     }
 
-    type ListUsersStream = steadfast_examples::services::user::UserStream;
 
     async fn list_users(
         &self,
         req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
-    ) -> Result<tonic::Response<Self::ListUsersStream>, tonic::Status> {
+    ) -> Result<tonic::Response<steadfast_examples::services::user::UserStream>, tonic::Status> {
         steadfast_examples::services::user::list_users(req, "hedging", None)
     }
 }

@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::user::user_service_server::UserService;
 use crate::pb::user::{
-    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest, ListUsersRequest,
+    CountUsersReply, CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
+    ListUsersRequest,
 };
 
 /// The stream `ListUsers` answers with.
@@ -156,7 +157,7 @@ impl UserService for UserSvc {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.apply_fault().await?;
         let id = request.into_inner().id;
-        if id == 0 || id > 1_000_000 {
+        if !exists(id) {
             return Err(Status::not_found(format!("no user {id}")));
         }
         tracing::info!(id, "user found");
@@ -184,8 +185,6 @@ impl UserService for UserSvc {
         }))
     }
 
-    type ListUsersStream = UserStream;
-
     async fn list_users(
         &self,
         request: Request<ListUsersRequest>,
@@ -194,4 +193,75 @@ impl UserService for UserSvc {
         self.apply_fault().await?;
         list_users(request, &self.instance, None)
     }
+
+    async fn count_users(
+        &self,
+        request: Request<Streaming<GetUserRequest>>,
+    ) -> Result<Response<CountUsersReply>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.apply_fault().await?;
+        let mut ids = request.into_inner();
+        let mut reply = CountUsersReply::default();
+        while let Some(req) = ids.message().await? {
+            if exists(req.id) {
+                reply.found += 1;
+            } else {
+                reply.missing += 1;
+            }
+        }
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(reply))
+    }
+
+    async fn lookup_users(
+        &self,
+        request: Request<Streaming<GetUserRequest>>,
+    ) -> Result<Response<UserStream>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.apply_fault().await?;
+        Ok(Response::new(lookup_users(
+            request.into_inner(),
+            self.instance.clone(),
+        )))
+    }
+}
+
+/// Whether user `id` exists.
+fn exists(id: u64) -> bool {
+    (1..=1_000_000).contains(&id)
+}
+
+/// Answers `LookupUsers`: each id the caller streams, as it comes, with its user `served_by`
+/// this replica; an id with no user ends the stream with NOT_FOUND.
+pub fn lookup_users(mut ids: Streaming<GetUserRequest>, served_by: String) -> UserStream {
+    Box::pin(async_stream_of(move |tx| async move {
+        loop {
+            let item = match ids.message().await {
+                Ok(Some(req)) if exists(req.id) => Ok(GetUserReply {
+                    id: req.id,
+                    name: format!("user-{}", req.id),
+                    served_by: served_by.clone(),
+                }),
+                Ok(Some(req)) => Err(Status::not_found(format!("no user {}", req.id))),
+                Ok(None) => return,
+                Err(status) => Err(status),
+            };
+            let last = item.is_err();
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    }))
+}
+
+/// A stream fed by `produce` through a small channel; `produce` stops when the stream is
+/// dropped (its sends fail).
+fn async_stream_of<F, Fut>(produce: F) -> tokio_stream::wrappers::ReceiverStream<Result<GetUserReply, Status>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<GetUserReply, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(produce(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

@@ -159,6 +159,11 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
         crate::metrics::LearnRpcService::learn_from(req.extensions());
         crate::trace::LearnSpanService::learn_from(req.extensions());
         let commit = req.extensions().get::<AttemptInfo>().cloned();
+        let tally = req
+            .extensions()
+            .get::<crate::outcome::StreamTally>()
+            .filter(|t| t.is_response_stream())
+            .cloned();
         // A response stream is bounded by the call's deadline as a whole, not only until
         // its headers.
         let streaming = req
@@ -180,6 +185,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 stream_deadline,
                 streaming,
                 idle,
+                tally,
             },
             Transport::Custom(t) => ResponseFuture {
                 inner: Inner::Discovered {
@@ -189,6 +195,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 stream_deadline,
                 streaming,
                 idle,
+                tally,
             },
             Transport::Discovered(pool) => {
                 let (avoid, probe) = commit
@@ -207,6 +214,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                         stream_deadline,
                         streaming,
                         idle,
+                        tally,
                     };
                 };
                 // The layer above reports the final outcome (it sees the trailers); without
@@ -236,6 +244,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                     stream_deadline,
                     streaming,
                     idle,
+                    tally,
                 }
             }
         }
@@ -263,6 +272,7 @@ pin_project! {
         stream_deadline: Option<tokio::time::Instant>,
         streaming: bool,
         idle: Option<std::time::Duration>,
+        tally: Option<crate::outcome::StreamTally>,
     }
 }
 
@@ -301,6 +311,7 @@ impl Future for ResponseFuture {
         let deadline = this.stream_deadline.take();
         let idle = *this.idle;
         let info = this.commit.clone();
+        let tally = this.tally.take();
         Poll::Ready(out.map(|response| {
             response.map(|body| {
                 let body = if deadline.is_some() || idle.is_some() {
@@ -320,25 +331,73 @@ impl Future for ResponseFuture {
                 } else {
                     body
                 };
-                match info {
-                    Some(info) => tonic::body::Body::new(StreamEndBody {
-                        inner: body,
-                        info: Some(info),
-                    }),
-                    None => body,
+                if info.is_none() && tally.is_none() {
+                    return body;
                 }
+                tonic::body::Body::new(StreamEndBody {
+                    inner: body,
+                    info,
+                    tally,
+                    messages: MessageCounter::default(),
+                })
             })
         }))
     }
 }
 
 pin_project! {
-    /// A response stream that tells its attempt how it ended: the status in its trailers,
-    /// or the error that cut it (see [`AttemptInfo::on_stream_end`]).
+    /// A response stream that tells its attempt how it ended (the status in its trailers,
+    /// or the error that cut it; see [`AttemptInfo::on_stream_end`]) and its call's
+    /// [`StreamTally`](crate::outcome::StreamTally) how many messages it brought.
     struct StreamEndBody {
         #[pin]
         inner: tonic::body::Body,
         info: Option<AttemptInfo>,
+        tally: Option<crate::outcome::StreamTally>,
+        messages: MessageCounter,
+    }
+
+    impl PinnedDrop for StreamEndBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Dropped before its end: the caller went away.
+            if let Some(tally) = this.tally.take() {
+                tally.ended(tonic::Code::Cancelled, this.messages.count);
+            }
+        }
+    }
+}
+
+/// Counts the gRPC messages in a response body: each is a 5-byte header (flag, 4-byte
+/// big-endian length) and its payload, cut anywhere across data frames.
+#[derive(Default)]
+struct MessageCounter {
+    header: [u8; 5],
+    filled: usize,
+    payload_left: usize,
+    count: u64,
+}
+
+impl MessageCounter {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(data.len());
+                self.payload_left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.filled).min(data.len());
+            self.header[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == 5 {
+                self.filled = 0;
+                self.count += 1;
+                let [_, a, b, c, d] = self.header;
+                self.payload_left = u32::from_be_bytes([a, b, c, d]) as usize;
+            }
+        }
     }
 }
 
@@ -352,6 +411,12 @@ impl http_body::Body for StreamEndBody {
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
+        if this.tally.is_some()
+            && let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(|f| f.data_ref()))
+            && let Some(data) = data
+        {
+            this.messages.feed(data);
+        }
         let ended = match &frame {
             Some(Ok(f)) => f.trailers_ref().map(|t| {
                 crate::outcome::classify_status(t)
@@ -361,10 +426,21 @@ impl http_body::Body for StreamEndBody {
             // The end without trailers: a broken response.
             None => Some(crate::outcome::AttemptOutcome::Transport),
         };
-        if let Some(outcome) = ended
-            && let Some(info) = this.info.take()
-        {
-            info.stream_ended(outcome);
+        if let Some(outcome) = ended {
+            if let Some(info) = this.info.take() {
+                info.stream_ended(outcome);
+            }
+            if let Some(tally) = this.tally.take() {
+                let code = match &frame {
+                    Some(Err(status)) => status.code(),
+                    Some(Ok(f)) => f
+                        .trailers_ref()
+                        .and_then(|t| t.get("grpc-status"))
+                        .map_or(tonic::Code::Unknown, |v| tonic::Code::from_bytes(v.as_bytes())),
+                    None => outcome.code(),
+                };
+                tally.ended(code, this.messages.count);
+            }
         }
         Poll::Ready(frame)
     }
@@ -375,5 +451,28 @@ impl http_body::Body for StreamEndBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageCounter;
+
+    #[test]
+    fn messages_are_counted_across_any_cut_of_the_body() {
+        let mut body = Vec::new();
+        for len in [0u32, 3, 300, 1] {
+            body.push(0);
+            body.extend_from_slice(&len.to_be_bytes());
+            body.extend(std::iter::repeat_n(7u8, len as usize));
+        }
+        for chunk in [1, 2, 4, 5, 7, 64, body.len()] {
+            let mut counter = MessageCounter::default();
+            for piece in body.chunks(chunk) {
+                counter.feed(piece);
+            }
+            assert_eq!(counter.count, 4, "chunks of {chunk}");
+            assert_eq!((counter.filled, counter.payload_left), (0, 0));
+        }
     }
 }

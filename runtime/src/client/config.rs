@@ -44,6 +44,7 @@ pub struct ClientConfig {
     pub(crate) registry_config: bool,
     share_connections: bool,
     pub(crate) stream_idle: Option<Duration>,
+    pub(crate) replay_buffer: usize,
     pub(crate) downstreams: Downstreams,
     pub(crate) outlier_detection: OutlierDetection,
     pub(crate) panic_threshold: u32,
@@ -122,6 +123,7 @@ impl ClientConfig {
             registry_config: true,
             share_connections: false,
             stream_idle: None,
+            replay_buffer: crate::retry::DEFAULT_BUFFER_LIMIT,
             downstreams: Downstreams::global(),
             outlier_detection: OutlierDetection::default(),
             panic_threshold: 50,
@@ -468,6 +470,24 @@ impl ClientConfig {
         }
         self.stream_idle = Some(idle);
         Ok(self)
+    }
+
+    /// How many bytes of a request stream (client and bidirectional streaming) a call keeps
+    /// to send again on a retry: 256 KiB by default ([`DEFAULT_BUFFER_LIMIT`], as grpc-go's
+    /// per-RPC retry buffer). Each message counts as its encoded length plus its 5-byte
+    /// frame header. A stream that outgrows it commits its call: the call goes on, but a
+    /// failure is returned instead of retried. 0 never retries a request stream.
+    ///
+    /// [`DEFAULT_BUFFER_LIMIT`]: crate::retry::DEFAULT_BUFFER_LIMIT
+    ///
+    /// ```
+    /// use steadfast::client::ClientConfig;
+    /// let config = ClientConfig::endpoints(["http://127.0.0.1:50051"])?.replay_buffer(1 << 20);
+    /// # let _ = config; Ok::<(), steadfast::Error>(())
+    /// ```
+    pub fn replay_buffer(mut self, bytes: usize) -> Self {
+        self.replay_buffer = bytes;
+        self
     }
 
     /// Uses `downstreams` for per-service shared state (retry throttles) instead of the

@@ -200,6 +200,8 @@ struct CoreInner {
     wire: config::WireOptions,
     /// At most this long between two messages of a response stream.
     stream_idle: Option<Duration>,
+    /// Bytes of a request stream kept for replay.
+    replay_buffer: usize,
     config_status: watch::Sender<ConfigStatus>,
     /// The task following the registry's service config; ended with the client.
     follower: Mutex<Option<tokio::task::AbortHandle>>,
@@ -373,6 +375,7 @@ impl ClientCore {
             .get_or_insert(spec.service, spec.breaker);
         let wire = config.wire.clone();
         let stream_idle = config.stream_idle;
+        let replay_buffer = config.replay_buffer;
         let builder = Builder {
             spec,
             enforces_grpc_timeout: channel.enforces_grpc_timeout(),
@@ -389,6 +392,7 @@ impl ClientCore {
                 breaker,
                 wire,
                 stream_idle,
+                replay_buffer,
                 config_status: watch::channel(ConfigStatus::default()).0,
                 follower: Mutex::new(None),
             }),
@@ -517,9 +521,57 @@ fn apply(
     parsed
 }
 
-/// Runs one unary call of method `index` through its [`stack`]. Called by generated code.
+/// Runs one call of method `index` with one request message (unary or server streaming)
+/// through its [`stack`]. Called by generated code.
 #[doc(hidden)]
 pub fn unary<M, R, F, Fut>(
+    core: &ClientCore,
+    index: usize,
+    request: tonic::Request<M>,
+    attempt: F,
+) -> impl Future<Output = Result<R, Status>> + Send + 'static
+where
+    M: Clone + Send + 'static,
+    R: Send + 'static,
+    F: FnMut(tonic::Request<M>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
+{
+    call(core, index, request, attempt)
+}
+
+/// Runs one call of method `index` that sends a stream of requests (client or
+/// bidirectional streaming) through its [`stack`]: the stream is read once, and what it
+/// sent is replayed on a retry while it fits the replay buffer
+/// ([`ClientConfig::replay_buffer`]). Called by generated code.
+#[doc(hidden)]
+pub fn streaming<S, M, R, F, Fut>(
+    core: &ClientCore,
+    index: usize,
+    request: tonic::Request<S>,
+    attempt: F,
+) -> impl Future<Output = Result<R, Status>> + Send + 'static
+where
+    S: futures_util::Stream<Item = M> + Send + 'static,
+    M: prost::Message + Clone + Send + 'static,
+    R: Send + 'static,
+    F: FnMut(tonic::Request<crate::retry::ReplayStream<M>>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
+{
+    let (metadata, mut extensions, source) = request.into_parts();
+    let replay = crate::retry::ReplayStream::prost(source, core.inner.replay_buffer);
+    extensions.insert(replay.commit());
+    let tally = crate::outcome::StreamTally::new(core.inner.spec.methods[index].streaming);
+    tally.count_sent(replay.read_counter());
+    extensions.insert(tally);
+    call(
+        core,
+        index,
+        tonic::Request::from_parts(metadata, extensions, replay),
+        attempt,
+    )
+}
+
+fn call<M, R, F, Fut>(
     core: &ClientCore,
     index: usize,
     mut request: tonic::Request<M>,
@@ -541,6 +593,15 @@ where
             .insert(crate::deadline::StreamingResponse {
                 idle: core.inner.stream_idle,
             });
+        if request
+            .extensions()
+            .get::<crate::outcome::StreamTally>()
+            .is_none()
+        {
+            request
+                .extensions_mut()
+                .insert(crate::outcome::StreamTally::new(true));
+        }
     }
 
     let request = match &core.inner.wire.interceptor {

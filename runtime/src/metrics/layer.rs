@@ -13,6 +13,7 @@ use tower_service::Service;
 
 use super::MethodMetrics;
 use crate::Context;
+use crate::outcome::{StreamSummary, StreamTally};
 use crate::trace::TraceId;
 
 /// Records each call (all its attempts together) in `rpc_client_duration_seconds`, by gRPC
@@ -97,11 +98,21 @@ where
             req.extensions_mut()
                 .insert(LearnRpcService(self.handles.clone()));
         }
+        let tally = req.extensions().get::<StreamTally>().cloned().map(|t| {
+            // A stream counts as started now, unless the service name is still to be learned
+            // (then when its response starts).
+            let counted = self.handles.is_resolved();
+            if counted {
+                self.handles.stream_started();
+            }
+            (t, counted)
+        });
         ResponseFuture {
             inner: self.inner.call(req),
             started: Instant::now(),
             handles: self.handles.clone(),
             trace_id,
+            tally,
         }
     }
 }
@@ -131,6 +142,8 @@ pin_project! {
         started: Instant,
         handles: Arc<MethodMetrics>,
         trace_id: Option<TraceId>,
+        // A streaming call: also counted as a stream, when it ends.
+        tally: Option<(StreamTally, bool)>,
     }
 }
 
@@ -153,8 +166,24 @@ where
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
-        this.handles
-            .call(code, this.started.elapsed(), *this.trace_id);
+        let started = *this.started;
+        this.handles.call(code, started.elapsed(), *this.trace_id);
+        if let Some((tally, counted)) = this.tally.take() {
+            if !counted {
+                this.handles.stream_started();
+            }
+            let (handles, trace_id) = (this.handles.clone(), *this.trace_id);
+            let finish = move |s: StreamSummary| {
+                handles.stream_finished(s.code, started.elapsed(), s.sent, s.received, trace_id);
+            };
+            if code == tonic::Code::Ok && tally.is_response_stream() {
+                // The transport reports the end of the response stream.
+                tally.on_end(Box::new(finish));
+            } else {
+                tally.on_end(Box::new(finish));
+                tally.ended(code, u64::from(code == tonic::Code::Ok));
+            }
+        }
         Poll::Ready(result)
     }
 }

@@ -7,6 +7,10 @@
 //! | `rpc_client_duration_seconds` | histogram, exemplars `trace_id` | `rpc_service`, `rpc_method`, `rpc_grpc_status_code` |
 //! | `rpc_server_duration_seconds` | histogram, exemplars `trace_id` | `rpc_service`, `rpc_method`, `rpc_grpc_status_code` |
 //! | `steadfast_client_retries_total` | counter, exemplar `trace_id` | `rpc_service`, `rpc_method` |
+//! | `steadfast_client_streams_started_total` | counter | `rpc_service`, `rpc_method` |
+//! | `steadfast_client_stream_duration_seconds` | histogram, exemplars `trace_id` | `rpc_service`, `rpc_method`, `rpc_grpc_status_code` |
+//! | `steadfast_client_stream_messages_sent_total` | counter | `rpc_service`, `rpc_method` |
+//! | `steadfast_client_stream_messages_received_total` | counter | `rpc_service`, `rpc_method` |
 //! | `steadfast_http_handler_duration_seconds` | histogram, exemplars `trace_id` | `service`, `handler`, `outcome` |
 //! | `steadfast_breaker_state` | gauge: 0 closed, 1 open, 2 half-open | `service` |
 //! | `steadfast_breaker_transitions_total` | counter | `service`, `to` |
@@ -17,7 +21,15 @@
 //! `rpc_service` is the full gRPC service name (`demo.user.UserService`), `rpc_method` the
 //! gRPC method name (`GetUser`) and `rpc_grpc_status_code` the numeric status code (`0` for
 //! OK, `14` for UNAVAILABLE), as in the OpenTelemetry semantic conventions. A call count is
-//! the histogram's `_count`. The breaker metrics are labelled with the steadfast name of the
+//! the histogram's `_count`.
+//!
+//! # Streams
+//! A streaming call (client, server or bidirectional streaming) is also counted as a
+//! stream: `steadfast_client_streams_started_total` when it starts, and one sample of
+//! `steadfast_client_stream_duration_seconds` when it ends, by its final code (the stream's
+//! trailers, the deadline, or `1` CANCELLED when the caller dropped it), with the messages
+//! it sent and received added to the two message counters. `rpc_client_duration_seconds`
+//! times a streaming call until its response started (its headers), as for any call. The breaker metrics are labelled with the steadfast name of the
 //! downstream (`service = "user-svc"`): one breaker guards every gRPC service it serves.
 //!
 //! # Formats
@@ -426,6 +438,54 @@ impl MethodMetrics {
         }
     }
 
+    fn method_labels(&self) -> MethodLabels {
+        MethodLabels {
+            rpc_service: self
+                .resolved
+                .get()
+                .map_or_else(|| Name(Arc::from("")), |r| r.service.clone()),
+            rpc_method: self.method.clone(),
+        }
+    }
+
+    /// Records that a streaming call started.
+    pub fn stream_started(&self) {
+        self.metrics
+            .0
+            .client_streams_started
+            .get_or_create(&self.method_labels())
+            .inc();
+    }
+
+    /// Records that a streaming call ended with `code` after `elapsed`, having sent `sent`
+    /// messages and received `received`.
+    pub fn stream_finished(
+        &self,
+        code: tonic::Code,
+        elapsed: std::time::Duration,
+        sent: u64,
+        received: u64,
+        trace_id: Option<TraceId>,
+    ) {
+        let labels = self.method_labels();
+        let families = &self.metrics.0;
+        families.client_stream_sent.get_or_create(&labels).inc_by(sent);
+        families
+            .client_stream_received
+            .get_or_create(&labels)
+            .inc_by(received);
+        record(
+            &families.client_stream_duration,
+            RpcLabels {
+                rpc_service: labels.rpc_service,
+                rpc_method: labels.rpc_method,
+                rpc_grpc_status_code: status_label(code),
+            },
+            elapsed,
+            trace_id,
+        );
+    }
+
     /// The gRPC service name, once known.
     pub fn service(&self) -> Option<&str> {
         self.resolved.get().map(|r| &*r.service.0)
@@ -478,6 +538,10 @@ impl ServerMethodMetrics {
 struct Families {
     client_retries: Family<MethodLabels, CounterWithExemplar<TraceLabel>>,
     client_duration: LatencyFamily<RpcLabels>,
+    client_streams_started: Family<MethodLabels, Counter>,
+    client_stream_duration: LatencyFamily<RpcLabels>,
+    client_stream_sent: Family<MethodLabels, Counter>,
+    client_stream_received: Family<MethodLabels, Counter>,
     server_duration: LatencyFamily<RpcLabels>,
     http_duration: LatencyFamily<HandlerLabels>,
     health_latency: Family<CheckLabel, FloatGauge>,
@@ -493,6 +557,10 @@ impl Families {
         let mut families = Families {
             client_retries: Family::default(),
             client_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
+            client_streams_started: Family::default(),
+            client_stream_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
+            client_stream_sent: Family::default(),
+            client_stream_received: Family::default(),
             server_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
             http_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
             health_latency: Family::default(),
@@ -525,6 +593,26 @@ impl Families {
             "client_retries",
             "Retry attempts made by resilient clients",
             self.client_retries.clone(),
+        );
+        r.register(
+            "client_streams_started",
+            "Streaming calls (client, server or bidirectional) started by resilient clients",
+            self.client_streams_started.clone(),
+        );
+        r.register(
+            "client_stream_duration_seconds",
+            "Duration of streaming calls made by resilient clients, from start to the stream's end, by final code",
+            self.client_stream_duration.clone(),
+        );
+        r.register(
+            "client_stream_messages_sent",
+            "Messages sent on streaming calls made by resilient clients",
+            self.client_stream_sent.clone(),
+        );
+        r.register(
+            "client_stream_messages_received",
+            "Messages received on streaming calls made by resilient clients",
+            self.client_stream_received.clone(),
         );
         r.register(
             "http_handler_duration_seconds",

@@ -35,6 +35,7 @@ mod http;
 mod layer;
 mod policy;
 mod pushback;
+mod replay;
 mod throttle;
 
 use std::future::Future;
@@ -53,6 +54,7 @@ pub use self::http::{DEFAULT_BUFFER_LIMIT, HttpRetry, HttpRetryFuture, HttpRetry
 pub use self::layer::RetryLayer;
 pub use self::policy::{MAX_ATTEMPTS_LIMIT, RetryPolicy, RetryPolicyBuilder};
 pub use self::pushback::{PUSHBACK_KEY, Pushback};
+pub use self::replay::{ReplayCommit, ReplayStream};
 pub use self::throttle::RetryThrottle;
 
 use crate::Context;
@@ -339,8 +341,13 @@ where
     fn call(&mut self, request: tonic::Request<M>) -> Self::Future {
         let inner = self.inner.clone();
         let policy = self.policy.clone();
+        // A request stream is sent to one server at a time: hedging it would upload it
+        // several times over.
+        let hedging = policy
+            .hedging
+            .filter(|_| request.extensions().get::<ReplayCommit>().is_none());
         Box::pin(async move {
-            match policy.hedging {
+            match hedging {
                 Some(hedging) => policy.hedged(inner, request, hedging).await,
                 None => policy.attempts(inner, request).await,
             }
@@ -366,6 +373,9 @@ impl CallPolicy {
         let deadline = ctx.and_then(Context::deadline);
         let trace_id = ctx.and_then(Context::trace).map(|t| t.trace_id());
         let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
+        // A request stream that outgrew its replay buffer cannot be sent again.
+        let replay = extensions.get::<ReplayCommit>().cloned();
+        let replayable = || replay.as_ref().is_none_or(|r| !r.is_committed());
         let mut avoid: Option<Arc<str>> = None;
         let mut backoff_n = 0u32;
         let mut attempts = 0u32;
@@ -402,7 +412,9 @@ impl CallPolicy {
                 // here cannot fix it.
                 AttemptOutcome::PassedThrough(_) => return Err(status),
                 // Never reached a server: send it again at once, elsewhere, uncounted.
-                AttemptOutcome::NotSent if transparent < MAX_TRANSPARENT_RETRIES => {
+                AttemptOutcome::NotSent
+                    if transparent < MAX_TRANSPARENT_RETRIES && replayable() =>
+                {
                     transparent += 1;
                     attempts -= 1;
                     avoid = info.endpoint();
@@ -424,7 +436,7 @@ impl CallPolicy {
                 return Err(status);
             };
             avoid = info.endpoint();
-            if info.is_committed() {
+            if info.is_committed() || !replayable() {
                 return Err(status);
             }
             let pushback = Pushback::from_metadata(status.metadata());

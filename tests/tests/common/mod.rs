@@ -18,7 +18,7 @@ use std::time::Duration;
 use steadfast::deadline::DeadlineLayer;
 use steadfast_examples::pb::user::user_service_server::{UserService, UserServiceServer};
 use steadfast_examples::pb::user::{
-    CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
+    CountUsersReply, CreateUserReply, CreateUserRequest, GetUserReply, GetUserRequest,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -48,6 +48,8 @@ pub struct Seen {
     pub tenant: Option<String>,
     /// The `grpc-encoding` the request was compressed with.
     pub encoding: Option<String>,
+    /// The ids of a request stream (`CountUsers`), in the order they arrived.
+    pub ids: Vec<u64>,
 }
 
 /// A user service whose answers follow a script; when the script runs out it repeats the
@@ -130,6 +132,7 @@ pub fn record<T>(req: &Request<T>) -> Seen {
         encoding: md
             .get("grpc-encoding")
             .map(|v| v.to_str().unwrap().to_owned()),
+        ids: Vec::new(),
     }
 }
 
@@ -175,12 +178,11 @@ impl UserService for Scripted {
         }
     }
 
-    type ListUsersStream = steadfast_examples::services::user::UserStream;
 
     async fn list_users(
         &self,
         req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
-    ) -> Result<tonic::Response<Self::ListUsersStream>, tonic::Status> {
+    ) -> Result<tonic::Response<steadfast_examples::services::user::UserStream>, tonic::Status> {
         self.seen.lock().unwrap().push(record(&req));
         match self.next() {
             Action::Fail(code) => Err(Status::new(code, "scripted failure")),
@@ -201,6 +203,70 @@ impl UserService for Scripted {
                 "scripted",
                 Some(self.cancelled.0.clone()),
             ),
+        }
+    }
+
+    async fn count_users(
+        &self,
+        req: Request<tonic::Streaming<GetUserRequest>>,
+    ) -> Result<Response<CountUsersReply>, Status> {
+        self.count_users_scripted(req).await
+    }
+
+    async fn lookup_users(
+        &self,
+        req: Request<tonic::Streaming<GetUserRequest>>,
+    ) -> Result<Response<steadfast_examples::services::user::UserStream>, Status> {
+        self.seen.lock().unwrap().push(record(&req));
+        let mut ids = req.into_inner();
+        match self.next() {
+            // Before any response: trailers-only.
+            Action::Fail(code) => Err(Status::new(code, "scripted failure")),
+            // One answer, then the failure.
+            Action::FailStream(code) => {
+                let first = ids.message().await?.map(|m| m.id).unwrap_or_default();
+                let items = vec![
+                    Ok(GetUserReply {
+                        id: first,
+                        name: format!("user-{first}"),
+                        served_by: "scripted".into(),
+                    }),
+                    Err(Status::new(code, "scripted failure mid-stream")),
+                ];
+                Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+            }
+            _ => Ok(Response::new(
+                steadfast_examples::services::user::lookup_users(ids, "scripted".into()),
+            )),
+        }
+    }
+}
+
+impl Scripted {
+    /// Records the call, reads its whole request stream into the record, then answers
+    /// with the next action (for a failure: trailers-only, after the stream).
+    pub async fn count_users_scripted(
+        &self,
+        req: Request<tonic::Streaming<GetUserRequest>>,
+    ) -> Result<Response<CountUsersReply>, Status> {
+        let seen = record(&req);
+        let index = {
+            let mut all = self.seen.lock().unwrap();
+            all.push(seen);
+            all.len() - 1
+        };
+        let action = self.next();
+        let mut stream = req.into_inner();
+        let mut found = 0;
+        while let Some(m) = stream.message().await? {
+            self.seen.lock().unwrap()[index].ids.push(m.id);
+            found += 1;
+        }
+        match action {
+            Action::Fail(code) | Action::FailStream(code) => {
+                Err(Status::new(code, "scripted failure"))
+            }
+            _ => Ok(Response::new(CountUsersReply { found, missing: 0 })),
         }
     }
 }

@@ -37,12 +37,11 @@ impl UserService for TracedUsers {
         Err(Status::unimplemented("not used"))
     }
 
-    type ListUsersStream = steadfast_examples::services::user::UserStream;
 
     async fn list_users(
         &self,
         req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
-    ) -> Result<tonic::Response<Self::ListUsersStream>, tonic::Status> {
+    ) -> Result<tonic::Response<steadfast_examples::services::user::UserStream>, tonic::Status> {
         steadfast_examples::services::user::list_users(req, "traced", None)
     }
 }
