@@ -393,15 +393,15 @@ fn request_stream(ty: &Type) -> Result<Type, (Box<dyn quote::ToTokens>, String)>
                 };
                 if last.ident == "Send" {
                     send = true;
-                } else if last.ident == "Stream" {
-                    if let syn::PathArguments::AngleBracketed(a) = &last.arguments {
-                        item = a.args.iter().find_map(|g| match g {
-                            syn::GenericArgument::AssocType(at) if at.ident == "Item" => {
-                                Some(at.ty.clone())
-                            }
-                            _ => None,
-                        });
-                    }
+                } else if last.ident == "Stream"
+                    && let syn::PathArguments::AngleBracketed(a) = &last.arguments
+                {
+                    item = a.args.iter().find_map(|g| match g {
+                        syn::GenericArgument::AssocType(at) if at.ident == "Item" => {
+                            Some(at.ty.clone())
+                        }
+                        _ => None,
+                    });
                 }
             }
             syn::TypeParamBound::Lifetime(l) if l.ident == "static" => stat = true,

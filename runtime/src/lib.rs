@@ -295,5 +295,6 @@ pub mod __private {
     /// What `#[traced]` calls.
     pub mod trace {
         pub use crate::server::call::{Call, Site, ok_code, result_code};
+        pub use crate::server::stream::{BoxStream, Hold, Probe, StreamReply, UnaryReply};
     }
 }

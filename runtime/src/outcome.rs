@@ -645,10 +645,7 @@ impl StreamTally {
     }
     /// Messages sent so far (1 when the request is a single message).
     pub fn sent(&self) -> u64 {
-        self.0
-            .sent
-            .get()
-            .map_or(1, |c| c.load(Ordering::Relaxed))
+        self.0.sent.get().map_or(1, |c| c.load(Ordering::Relaxed))
     }
     /// Runs `f` when the call ends (set by the metrics layer once the call's response
     /// started).

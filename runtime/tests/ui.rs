@@ -10,4 +10,5 @@ fn ui() {
     t.pass("tests/ui/pass/async-trait.rs");
     t.pass("tests/ui/pass/traced.rs");
     t.pass("tests/ui/pass/request-argument.rs");
+    t.pass("tests/ui/pass/request-stream.rs");
 }

@@ -92,11 +92,11 @@ impl UserService for Replica {
         Err(Status::unimplemented(""))
     }
 
-
     async fn list_users(
         &self,
         req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
-    ) -> Result<tonic::Response<steadfast_examples::services::user::UserStream>, tonic::Status> {
+    ) -> Result<tonic::Response<steadfast_examples::services::user::UserStream>, tonic::Status>
+    {
         steadfast_examples::services::user::list_users(req, "hedging", None)
     }
 }

@@ -51,7 +51,10 @@ async fn client(config: ClientConfig) -> UploadsClient {
 /// Requests for `ids`, counting how many the caller's stream yields.
 fn counted(
     ids: impl IntoIterator<Item = u64, IntoIter: Send + 'static>,
-) -> (impl Stream<Item = GetUserRequest> + Send + 'static, Arc<AtomicU64>) {
+) -> (
+    impl Stream<Item = GetUserRequest> + Send + 'static,
+    Arc<AtomicU64>,
+) {
     let yielded = Arc::new(AtomicU64::new(0));
     let y = yielded.clone();
     let stream = tokio_stream::iter(ids).map(move |id| {
@@ -159,13 +162,19 @@ async fn bidi_unavailable_before_the_first_answer_is_retried_with_the_stream_rep
     let uploads = client(config(server.url())).await;
     let (ids, yielded) = counted(1..=5);
     let mut request = tonic::Request::new(ids);
-    request.metadata_mut().insert("x-tenant", "acme".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-tenant", "acme".parse().unwrap());
     let (got, status) = drain(uploads.lookup_users(request).await.unwrap()).await;
     assert_eq!(got, [1, 2, 3, 4, 5]);
     assert!(status.is_none(), "{status:?}");
     assert_eq!(scripted.calls(), 2);
     let tenants: Vec<Option<String>> = scripted.seen().iter().map(|s| s.tenant.clone()).collect();
-    assert_eq!(tenants, [Some("acme".into()), Some("acme".into())], "metadata on every attempt");
+    assert_eq!(
+        tenants,
+        [Some("acme".into()), Some("acme".into())],
+        "metadata on every attempt"
+    );
     assert_eq!(yielded.load(Ordering::Relaxed), 5);
 }
 
@@ -209,7 +218,11 @@ async fn a_breaker_opened_by_failing_bidi_streams_rejects_new_streams_fast() {
         rejected.metadata().get("steadfast-breaker-open").is_some(),
         "{rejected:?}"
     );
-    assert_eq!(scripted.calls(), calls, "rejected without reaching the server");
+    assert_eq!(
+        scripted.calls(),
+        calls,
+        "rejected without reaching the server"
+    );
     // A client stream to the same service is rejected as fast.
     let rejected = uploads.count_users(counted(1..=3).0).await.unwrap_err();
     assert!(rejected.metadata().get("steadfast-breaker-open").is_some());
@@ -252,7 +265,10 @@ async fn streams_are_counted_with_their_messages_and_final_code() {
             .unwrap(),
     )
     .await;
-    assert_eq!((got.len(), status.map(|s| s.code())), (1, Some(Code::NotFound)));
+    assert_eq!(
+        (got.len(), status.map(|s| s.code())),
+        (1, Some(Code::NotFound))
+    );
     // Bidi dropped by the caller after its first answer: CANCELLED.
     let mut stream = uploads
         .lookup_users(tonic::Request::new(
@@ -276,12 +292,30 @@ async fn streams_are_counted_with_their_messages_and_final_code() {
     assert_eq!(m("stream_messages_sent_total", "CountUsers", ""), 5.0);
     assert_eq!(m("stream_messages_received_total", "CountUsers", ""), 1.0);
     let code = |c: &str| format!(",rpc_grpc_status_code=\"{c}\"");
-    assert_eq!(m("stream_duration_seconds_count", "CountUsers", &code("0")), 1.0);
+    assert_eq!(
+        m("stream_duration_seconds_count", "CountUsers", &code("0")),
+        1.0
+    );
 
     assert_eq!(m("streams_started_total", "LookupUsers", ""), 3.0);
-    assert_eq!(m("stream_messages_sent_total", "LookupUsers", ""), 4.0 + 2.0 + 1.0);
-    assert_eq!(m("stream_messages_received_total", "LookupUsers", ""), 4.0 + 1.0 + 1.0);
-    assert_eq!(m("stream_duration_seconds_count", "LookupUsers", &code("0")), 1.0);
-    assert_eq!(m("stream_duration_seconds_count", "LookupUsers", &code("5")), 1.0);
-    assert_eq!(m("stream_duration_seconds_count", "LookupUsers", &code("1")), 1.0);
+    assert_eq!(
+        m("stream_messages_sent_total", "LookupUsers", ""),
+        4.0 + 2.0 + 1.0
+    );
+    assert_eq!(
+        m("stream_messages_received_total", "LookupUsers", ""),
+        4.0 + 1.0 + 1.0
+    );
+    assert_eq!(
+        m("stream_duration_seconds_count", "LookupUsers", &code("0")),
+        1.0
+    );
+    assert_eq!(
+        m("stream_duration_seconds_count", "LookupUsers", &code("5")),
+        1.0
+    );
+    assert_eq!(
+        m("stream_duration_seconds_count", "LookupUsers", &code("1")),
+        1.0
+    );
 }

@@ -28,11 +28,12 @@ use tonic::{Request, Response, Status};
 // ---------- log capture ----------
 
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
+struct Capture(Arc<Mutex<Vec<u8>>>, Arc<tokio::sync::watch::Sender<u64>>);
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
+        self.1.send_modify(|n| *n += 1);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -50,6 +51,23 @@ impl Capture {
     fn lines_text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+    /// The lines with `needle`, once there are `n` of them (written by other tasks).
+    async fn until(&self, needle: &str, n: usize) -> Vec<Value> {
+        let mut written = self.1.subscribe();
+        let wait = async {
+            loop {
+                let lines = self.with_message(needle);
+                if lines.len() >= n {
+                    return lines;
+                }
+                written.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {n} `{needle}` lines in {}", self.lines_text()))
+    }
+
     fn with_message(&self, needle: &str) -> Vec<Value> {
         self.lines()
             .into_iter()
@@ -547,4 +565,84 @@ async fn a_bearer_token_reaches_no_log_line_no_span_field_and_no_exported_span()
             span.name
         );
     }
+}
+
+#[steadfast::resilient_client(service = "user-svc", client = UserServiceClient, timeout = "5s")]
+trait UserStreams {
+    async fn list_users(
+        &self,
+        req: steadfast_examples::pb::user::ListUsersRequest,
+    ) -> Result<tonic::Streaming<GetUserReply>, Status>;
+}
+
+#[tokio::test]
+async fn a_traced_streaming_handler_keeps_its_span_until_the_stream_ends() {
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let spans = SpanLog::default();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::layer::SubscriberExt::with(
+        steadfast::telemetry::subscriber(move || writer.clone()),
+        spans.clone(),
+    ));
+    let user_url = serve_grpc(UserServiceServer::new(TracedUsers)).await;
+    let users = UserStreamsClient::connect(
+        ClientConfig::endpoints([user_url])
+            .unwrap()
+            .downstreams(Downstreams::new()),
+    )
+    .await
+    .unwrap();
+    let request = |count| steadfast_examples::pb::user::ListUsersRequest {
+        from_id: 1,
+        count,
+        interval_ms: 40,
+    };
+
+    // A stream of 3 users, 40 ms apart.
+    let mut stream = users.list_users(request(3)).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(user) = stream.message().await.unwrap() {
+        got.push(user.id);
+    }
+    assert_eq!(got, [1, 2, 3]);
+    let listing = logs.with_message("listing users");
+    let trace_id = listing[0]["trace_id"].as_str().unwrap().to_owned();
+    let produced = logs.with_message("producing user");
+    assert_eq!(produced.len(), 3, "{}", logs.lines_text());
+    for line in &produced {
+        // Each message is produced inside the handler's span and its context.
+        assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
+        assert_eq!(line["span_id"], listing[0]["span_id"], "{line}");
+        assert_eq!(line["fields"]["context_trace"], trace_id.as_str(), "{line}");
+    }
+    // The handler's call ends with its stream: after the last message, with its duration.
+    let finished = logs.until("list_users finished", 1).await.remove(0);
+    assert_eq!(finished["fields"]["code"], "Ok", "{finished}");
+    assert!(
+        finished["fields"]["latency_ms"].as_f64().unwrap() >= 110.0,
+        "the span covers the whole stream: {finished}"
+    );
+    let text = logs.lines_text();
+    assert!(
+        text.find("list_users finished").unwrap() > text.rfind("producing user").unwrap(),
+        "{text}"
+    );
+    let handler = spans
+        .named("rpc")
+        .into_iter()
+        .find(|s| s.get("span_id") == listing[0]["span_id"].as_str())
+        .expect("the handler's span");
+    assert_eq!(
+        handler.get("rpc.grpc.status_code"),
+        Some("0"),
+        "{handler:?}"
+    );
+
+    // A stream the caller drops after its first message ends CANCELLED, and stops.
+    let mut stream = users.list_users(request(50)).await.unwrap();
+    assert!(stream.message().await.unwrap().is_some());
+    drop(stream);
+    let cancelled = logs.until("list_users finished", 2).await.remove(1);
+    assert_eq!(cancelled["fields"]["code"], "Cancelled", "{cancelled}");
+    assert!(logs.with_message("producing user").len() < 3 + 50);
 }

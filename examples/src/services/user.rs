@@ -33,7 +33,8 @@ pub fn list_users(
     } = request.into_inner();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let served_by = served_by.to_owned();
-    tokio::spawn(async move {
+    // In the handler's trace: the producer's log lines and calls belong to it.
+    steadfast::spawn(async move {
         let interval = Duration::from_millis(u64::from(interval_ms));
         let mut id = from_id.max(1);
         let mut sent = 0u32;
@@ -185,6 +186,7 @@ impl UserService for UserSvc {
         }))
     }
 
+    #[steadfast::traced]
     async fn list_users(
         &self,
         request: Request<ListUsersRequest>,
@@ -194,6 +196,7 @@ impl UserService for UserSvc {
         list_users(request, &self.instance, None)
     }
 
+    #[steadfast::traced]
     async fn count_users(
         &self,
         request: Request<Streaming<GetUserRequest>>,
@@ -213,6 +216,7 @@ impl UserService for UserSvc {
         Ok(Response::new(reply))
     }
 
+    #[steadfast::traced]
     async fn lookup_users(
         &self,
         request: Request<Streaming<GetUserRequest>>,
@@ -256,12 +260,15 @@ pub fn lookup_users(mut ids: Streaming<GetUserRequest>, served_by: String) -> Us
 
 /// A stream fed by `produce` through a small channel; `produce` stops when the stream is
 /// dropped (its sends fail).
-fn async_stream_of<F, Fut>(produce: F) -> tokio_stream::wrappers::ReceiverStream<Result<GetUserReply, Status>>
+fn async_stream_of<F, Fut>(
+    produce: F,
+) -> tokio_stream::wrappers::ReceiverStream<Result<GetUserReply, Status>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<GetUserReply, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(produce(tx));
+    // In the handler's trace: the producer's log lines and calls belong to it.
+    steadfast::spawn(produce(tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }

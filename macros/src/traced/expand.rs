@@ -80,7 +80,13 @@ pub(crate) fn expand(t: Traced) -> TokenStream {
         }
     };
     let run = match &kind {
-        Kind::Grpc { .. } => quote!(__steadfast_call.run_grpc(__steadfast_span, #body).await),
+        // A handler answering with a stream keeps its span until the stream ends.
+        Kind::Grpc { .. } => quote! {{
+            #[allow(unused_imports)]
+            use ::steadfast::__private::trace::{StreamReply as _, UnaryReply as _};
+            let __steadfast_hold = (&::steadfast::__private::trace::Probe::<#output>::new()).hold();
+            __steadfast_call.run_grpc(__steadfast_span, #body, __steadfast_hold).await
+        }},
         Kind::Http { .. } => {
             quote!(__steadfast_call.run(__steadfast_span, #body, #code, true).await)
         }

@@ -436,7 +436,9 @@ impl http_body::Body for StreamEndBody {
                     Some(Ok(f)) => f
                         .trailers_ref()
                         .and_then(|t| t.get("grpc-status"))
-                        .map_or(tonic::Code::Unknown, |v| tonic::Code::from_bytes(v.as_bytes())),
+                        .map_or(tonic::Code::Unknown, |v| {
+                            tonic::Code::from_bytes(v.as_bytes())
+                        }),
                     None => outcome.code(),
                 };
                 tally.ended(code, this.messages.count);

@@ -469,7 +469,10 @@ impl MethodMetrics {
     ) {
         let labels = self.method_labels();
         let families = &self.metrics.0;
-        families.client_stream_sent.get_or_create(&labels).inc_by(sent);
+        families
+            .client_stream_sent
+            .get_or_create(&labels)
+            .inc_by(sent);
         families
             .client_stream_received
             .get_or_create(&labels)

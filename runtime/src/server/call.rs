@@ -240,12 +240,29 @@ impl Call {
         self.ctx = self.ctx.clone().with_trace(trace);
     }
 
+    /// Runs `f` with this call's context as [`Context::current`].
+    pub(crate) fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        crate::trace::context::CURRENT.sync_scope(self.ctx.clone(), f)
+    }
+
+    /// Ends a call whose response stream ended with `code`.
+    pub(crate) fn finish_stream(&self, span: &tracing::Span, code: tonic::Code) {
+        span.record("rpc.grpc.status_code", code as i32);
+        if is_server_error(code) {
+            span.record("otel.status_code", "error");
+        }
+        self.finish(span, crate::code::code_name(code), Some(code), true);
+    }
+
     /// Runs a tonic handler's body: inside the context and span, bounded by the incoming
-    /// deadline; logs the end at info with latency and code, and records metrics.
+    /// deadline; logs the end at info with latency and code, and records metrics. With
+    /// `hold` (a handler answering with a stream), a call that starts its stream ends with
+    /// the stream instead: the span stays open and each message is produced inside it.
     pub async fn run_grpc<F, U>(
         self,
         span: tracing::Span,
         body: F,
+        hold: Option<super::stream::Hold<U>>,
     ) -> Result<tonic::Response<U>, Status>
     where
         F: Future<Output = Result<tonic::Response<U>, Status>>,
@@ -268,16 +285,17 @@ impl Call {
             },
             None => fut.await,
         };
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        span.record("rpc.grpc.status_code", code as i32);
-        if is_server_error(code) {
-            span.record("otel.status_code", "error");
+        match (result, hold) {
+            (Ok(response), Some(hold)) => Ok(response.map(|stream| hold(stream, self, span))),
+            (result, _) => {
+                let code = match &result {
+                    Ok(_) => tonic::Code::Ok,
+                    Err(s) => s.code(),
+                };
+                self.finish_stream(&span, code);
+                result
+            }
         }
-        self.finish(&span, crate::code::code_name(code), Some(code), true);
-        result
     }
 
     /// Runs any other handler's or fn's body inside the context and span. `code` names the

@@ -3,6 +3,7 @@
 //! registration together. It imports the feature modules; none of them imports it.
 
 pub(crate) mod call;
+pub(crate) mod stream;
 
 use std::time::Duration;
 

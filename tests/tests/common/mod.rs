@@ -178,11 +178,11 @@ impl UserService for Scripted {
         }
     }
 
-
     async fn list_users(
         &self,
         req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
-    ) -> Result<tonic::Response<steadfast_examples::services::user::UserStream>, tonic::Status> {
+    ) -> Result<tonic::Response<steadfast_examples::services::user::UserStream>, tonic::Status>
+    {
         self.seen.lock().unwrap().push(record(&req));
         match self.next() {
             Action::Fail(code) => Err(Status::new(code, "scripted failure")),

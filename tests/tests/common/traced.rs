@@ -37,11 +37,34 @@ impl UserService for TracedUsers {
         Err(Status::unimplemented("not used"))
     }
 
-
+    /// Produces each user when the stream is polled (no task of its own), logging
+    /// "producing user" with the trace id the current context has then.
+    #[steadfast::traced]
     async fn list_users(
         &self,
         req: tonic::Request<steadfast_examples::pb::user::ListUsersRequest>,
-    ) -> Result<tonic::Response<steadfast_examples::services::user::UserStream>, tonic::Status> {
-        steadfast_examples::services::user::list_users(req, "traced", None)
+    ) -> Result<tonic::Response<steadfast_examples::services::user::UserStream>, tonic::Status>
+    {
+        let req = req.into_inner();
+        let interval = std::time::Duration::from_millis(u64::from(req.interval_ms));
+        let last = req.from_id + u64::from(req.count);
+        tracing::info!(count = req.count, "listing users");
+        let users = futures_util::stream::unfold(req.from_id, move |id| async move {
+            if id >= last {
+                return None;
+            }
+            tokio::time::sleep(interval).await;
+            let context_trace = steadfast::Context::current()
+                .trace()
+                .map(|t| t.trace_id().to_string());
+            tracing::info!(id, context_trace, "producing user");
+            let reply = GetUserReply {
+                id,
+                name: format!("user-{id}"),
+                served_by: "traced".into(),
+            };
+            Some((Ok(reply), id + 1))
+        });
+        Ok(Response::new(Box::pin(users)))
     }
 }
