@@ -104,14 +104,88 @@
 //!
 //! # Streaming
 //!
-//! A method that returns `Result<tonic::Streaming<Reply>, Status>` is a server-streaming
-//! call: it is retried until its response headers arrive (gRFC A6's commit point), never
-//! after; its timeout bounds the whole stream, not only its start (the stream ends with
-//! DEADLINE_EXCEEDED and the server sees the cancellation); the breaker records the stream's
-//! outcome when it ends. [`client::ClientConfig::stream_idle_timeout`] ends a stream that
-//! goes quiet with UNAVAILABLE. On servers, [`deadline::DeadlineLayer`] cuts a streaming
-//! response at the caller's deadline too. Client and bidirectional streaming are not
-//! supported yet: a method that takes a stream of requests is a compile error that says so.
+//! All four gRPC method kinds are written the way tonic users write them:
+//!
+//! | kind | argument | result |
+//! | --- | --- | --- |
+//! | unary | `M` or `tonic::Request<M>` | `Result<R, Status>` |
+//! | server streaming | `M` or `tonic::Request<M>` | `Result<tonic::Streaming<R>, Status>` |
+//! | client streaming | `impl Stream<Item = M> + Send + 'static` (or in `tonic::Request<..>`) | `Result<R, Status>` |
+//! | bidirectional | `impl Stream<Item = M> + Send + 'static` (or in `tonic::Request<..>`) | `Result<tonic::Streaming<R>, Status>` |
+//!
+//! Any other form of request stream is a compile error on it that says what to write.
+//!
+//! - **Retries (gRFC A6).** A call is retried until it is committed: its response headers
+//!   arrived (a failure after the first message reaches the caller), or its request stream
+//!   outgrew the replay buffer. The caller's request stream is read once; what it sent is
+//!   kept and replayed, in order, on each retry, up to
+//!   [`client::ClientConfig::replay_buffer`] bytes per call (256 KiB by default, as
+//!   grpc-go). Past the bound the call goes on but is never sent again. A call with a
+//!   request stream is not hedged (that would upload it several times over).
+//! - **Deadlines.** The method's timeout bounds the whole call, stream included: a stream
+//!   still running at the deadline ends with DEADLINE_EXCEEDED and the server sees the
+//!   cancellation; `grpc-timeout` is sent and [`deadline::DeadlineLayer`] enforces it on
+//!   servers for the whole streaming response.
+//!   [`client::ClientConfig::stream_idle_timeout`] ends a response stream that goes quiet
+//!   with UNAVAILABLE (for watch-style streams without an overall deadline).
+//! - **Breaker.** A response stream's outcome is recorded when it ends (its final status);
+//!   a stream that never starts is recorded at once; a half-open probe is released when the
+//!   stream starts, so a long healthy stream holds no probe slot.
+//! - **Metrics.** Each streaming call counts in `steadfast_client_streams_started_total`, and
+//!   at its end in `steadfast_client_stream_duration_seconds` (by final code, CANCELLED when
+//!   the caller dropped it) and the messages sent and received counters (see [`metrics`]).
+//! - **`#[traced]`** on a handler answering with a stream keeps its span and context open
+//!   until the stream ends: each message is produced inside them, and the call is logged
+//!   and measured with the stream's final code.
+//!
+//! A client stream, replayed after a failure (runnable: the stand-in client answers without
+//! a network):
+//!
+//! ```
+//! # mod pb {
+//! #     use std::sync::{Arc, Mutex};
+//! #     #[derive(Clone, PartialEq, prost::Message)]
+//! #     pub struct Id { #[prost(uint64, tag = "1")] pub id: u64 }
+//! #     /// Fails its first call with UNAVAILABLE after reading the stream; records what each read.
+//! #     #[derive(Clone)] pub struct IdsClient<T>(T, pub Arc<Mutex<Vec<Vec<u64>>>>);
+//! #     impl<T> IdsClient<T> {
+//! #         pub fn new(t: T) -> Self { IdsClient(t, SEEN.with(|s| s.clone())) }
+//! #         pub fn send_compressed(self, _: tonic::codec::CompressionEncoding) -> Self { self }
+//! #         pub fn accept_compressed(self, _: tonic::codec::CompressionEncoding) -> Self { self }
+//! #         pub fn max_decoding_message_size(self, _: usize) -> Self { self }
+//! #         pub fn max_encoding_message_size(self, _: usize) -> Self { self }
+//! #         pub async fn count(&mut self, req: impl tonic::IntoStreamingRequest<Message = Id>)
+//! #             -> Result<tonic::Response<u64>, tonic::Status> {
+//! #             use futures_util::StreamExt;
+//! #             let ids: Vec<u64> = req.into_streaming_request().into_inner().map(|m| m.id).collect().await;
+//! #             let first = { let mut s = self.1.lock().unwrap(); s.push(ids.clone()); s.len() == 1 };
+//! #             if first { return Err(tonic::Status::unavailable("restarting")); }
+//! #             Ok(tonic::Response::new(ids.len() as u64))
+//! #         }
+//! #     }
+//! #     thread_local!(pub static SEEN: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default());
+//! # }
+//! use futures_util::Stream;
+//! use steadfast::client::ClientConfig;
+//!
+//! #[steadfast::resilient_client(service = "ids", client = pb::IdsClient, timeout = "1s",
+//!     retry(max_attempts = 3, initial_backoff = "1ms"))]
+//! trait Ids {
+//!     async fn count(&self, ids: impl Stream<Item = pb::Id> + Send + 'static)
+//!         -> Result<u64, tonic::Status>;
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ids = IdsClient::connect(ClientConfig::endpoints(["http://127.0.0.1:50051"])?).await?;
+//! let stream = futures_util::stream::iter([1, 2, 3].map(|id| pb::Id { id }));
+//! assert_eq!(ids.count(stream).await?, 3);
+//! // The first attempt failed; the retry sent the same messages again, in order.
+//! let seen = pb::SEEN.with(|s| s.lock().unwrap().clone());
+//! assert_eq!(seen, [[1, 2, 3], [1, 2, 3]]);
+//! # Ok(()) }
+//! ```
+//!
+//! A watch-style server stream, resumed after a break:
 //!
 //! ```no_run
 //! # mod pb { pub mod watch_client {
