@@ -246,7 +246,12 @@
 //!   service name, `rpc.method`, `rpc.grpc.status_code`, `client.address`), the request's
 //!   message type, `trace_id`, `span_id` and `parent_span_id`; applies the incoming
 //!   deadline, logs the end at info with latency and status code, and records
-//!   `rpc_server_duration_seconds` with the trace id as exemplar;
+//!   `rpc_server_duration_seconds` with the trace id as exemplar. A handler answering with
+//!   a boxed stream (`Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>`, tonic's
+//!   `BoxStream`, the usual `type XStream`) ends with its stream instead: its span and
+//!   context stay open and are entered whenever the stream is polled, and the end is logged
+//!   and measured with the stream's final code (CANCELLED when the caller went away). A
+//!   handler whose stream type is another named type ends when it returns;
 //! - on an HTTP handler with a `HeaderMap` argument it does the same from the headers (or the
 //!   [`trace::TraceLayer`]'s context);
 //! - on any other async fn it opens a child span of the current context.

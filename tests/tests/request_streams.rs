@@ -114,6 +114,26 @@ async fn a_request_stream_larger_than_the_replay_buffer_is_not_retried() {
 }
 
 #[tokio::test]
+async fn server_pushback_governs_request_stream_retries_as_for_unary_calls() {
+    // "Do not retry": one attempt.
+    let scripted = Scripted::new([Action::Pushback(Code::Unavailable, "-1"), Action::Ok]);
+    let server = serve(scripted.clone()).await;
+    let uploads = client(config(server.url())).await;
+    let err = uploads.count_users(counted(1..=3).0).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(scripted.calls(), 1);
+    // "Retry after 150 ms": the replay waits for it, not for the 5 ms backoff.
+    scripted.script([Action::Pushback(Code::Unavailable, "150"), Action::Ok]);
+    let reply = uploads.count_users(counted(1..=3).0).await.unwrap();
+    assert_eq!(reply.found, 3);
+    let seen = scripted.seen();
+    assert_eq!(seen.len(), 3);
+    let gap = seen[2].at - seen[1].at;
+    assert!(gap >= Duration::from_millis(150), "retried after {gap:?}");
+    assert_eq!(seen[2].ids, [1, 2, 3]);
+}
+
+#[tokio::test]
 async fn the_default_replay_buffer_is_256_kib_per_call() {
     // 30,000 ids of 3 bytes (+5): 240,000 bytes fit; 40,000 (320,000 bytes) do not.
     let ids = |n: u64| counted((1_000..1_000 + n).collect::<Vec<_>>()).0;

@@ -266,6 +266,11 @@ impl Scripted {
             Action::Fail(code) | Action::FailStream(code) => {
                 Err(Status::new(code, "scripted failure"))
             }
+            Action::Pushback(code, value) => {
+                let mut md = tonic::metadata::MetadataMap::new();
+                md.insert("grpc-retry-pushback-ms", value.parse().unwrap());
+                Err(Status::with_metadata(code, "scripted pushback", md))
+            }
             _ => Ok(Response::new(CountUsersReply { found, missing: 0 })),
         }
     }
