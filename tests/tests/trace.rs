@@ -41,6 +41,18 @@ impl Write for Capture {
     }
 }
 
+/// The JSON log lines and the spans of this thread, until the guard is dropped.
+fn capture() -> (Capture, SpanLog, tracing::subscriber::DefaultGuard) {
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let spans = SpanLog::default();
+    let guard = tracing::subscriber::set_default(tracing_subscriber::layer::SubscriberExt::with(
+        steadfast::telemetry::subscriber(move || writer.clone()),
+        spans.clone(),
+    ));
+    (logs, spans, guard)
+}
+
 impl Capture {
     fn lines(&self) -> Vec<Value> {
         let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
@@ -225,13 +237,7 @@ fn post_request(addr: SocketAddr, extra: &str) -> String {
 
 #[tokio::test]
 async fn one_trace_id_across_gateway_order_and_user_services() {
-    let logs = Capture::default();
-    let writer = logs.clone();
-    let spans = SpanLog::default();
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::layer::SubscriberExt::with(
-        steadfast::telemetry::subscriber(move || writer.clone()),
-        spans.clone(),
-    ));
+    let (logs, spans, _guard) = capture();
 
     let user_url = serve_grpc(UserServiceServer::new(TracedUsers)).await;
     let cfg = |url: String| {
@@ -577,13 +583,7 @@ trait UserStreams {
 
 #[tokio::test]
 async fn a_traced_streaming_handler_keeps_its_span_until_the_stream_ends() {
-    let logs = Capture::default();
-    let writer = logs.clone();
-    let spans = SpanLog::default();
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::layer::SubscriberExt::with(
-        steadfast::telemetry::subscriber(move || writer.clone()),
-        spans.clone(),
-    ));
+    let (logs, spans, _guard) = capture();
     let user_url = serve_grpc(UserServiceServer::new(TracedUsers)).await;
     let users = UserStreamsClient::connect(
         ClientConfig::endpoints([user_url])

@@ -115,6 +115,13 @@ impl Scripted {
     }
 }
 
+/// A failure with the server pushback `value` (`grpc-retry-pushback-ms`).
+pub fn pushback(code: Code, value: &str) -> Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert("grpc-retry-pushback-ms", value.parse().unwrap());
+    Status::with_metadata(code, "scripted pushback", md)
+}
+
 pub fn record<T>(req: &Request<T>) -> Seen {
     let md = req.metadata();
     Seen {
@@ -155,11 +162,7 @@ impl UserService for Scripted {
             Action::Fail(code) | Action::FailStream(code) => {
                 Err(Status::new(code, "scripted failure"))
             }
-            Action::Pushback(code, value) => {
-                let mut md = tonic::metadata::MetadataMap::new();
-                md.insert("grpc-retry-pushback-ms", value.parse().unwrap());
-                Err(Status::with_metadata(code, "scripted pushback", md))
-            }
+            Action::Pushback(code, value) => Err(pushback(code, value)),
             Action::Sleep(d) => {
                 tokio::time::sleep(d).await;
                 Ok(Response::new(reply))
@@ -266,11 +269,7 @@ impl Scripted {
             Action::Fail(code) | Action::FailStream(code) => {
                 Err(Status::new(code, "scripted failure"))
             }
-            Action::Pushback(code, value) => {
-                let mut md = tonic::metadata::MetadataMap::new();
-                md.insert("grpc-retry-pushback-ms", value.parse().unwrap());
-                Err(Status::with_metadata(code, "scripted pushback", md))
-            }
+            Action::Pushback(code, value) => Err(pushback(code, value)),
             _ => Ok(Response::new(CountUsersReply { found, missing: 0 })),
         }
     }
