@@ -33,6 +33,35 @@ pub mod keys {
     pub const DRAINING: &str = "steadfast.draining";
 }
 
+/// Whether this build speaks TLS to Nacos: `nacos-sdk` decides it for a whole build, with
+/// its feature `tls` (steadfast's `nacos-tls`).
+const TLS_BUILD: bool = cfg!(feature = "nacos-tls");
+
+/// The variable `nacos-sdk` reads its CA from (PEM), when connecting over TLS.
+pub const TLS_CA_VAR: &str = "NACOS_CLIENT_TLS_CA_CERT";
+
+/// Checks the CA file that [`TLS_CA_VAR`] names, if it names one: `nacos-sdk` panics on a
+/// file it cannot read, so a bad one is refused here, as a configuration error.
+fn check_tls_ca() -> Result<(), Error> {
+    let Some(path) = std::env::var_os(TLS_CA_VAR) else {
+        return Ok(());
+    };
+    let shown = path.to_string_lossy().into_owned();
+    let pem = std::fs::read_to_string(&path).map_err(|e| {
+        Error::config(
+            TLS_CA_VAR,
+            format!("names `{shown}`, which cannot be read: {e}"),
+        )
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Error::config(
+            TLS_CA_VAR,
+            format!("names `{shown}`, which holds no PEM certificate"),
+        ));
+    }
+    Ok(())
+}
+
 /// How long a removed instance that was draining stays listed (as draining).
 const DRAINED_LINGER: Duration = Duration::from_secs(2);
 /// How long discovery keeps an instance that vanished without draining (half of the grace
@@ -41,11 +70,21 @@ const SESSION_TTL: Duration = Duration::from_secs(15);
 
 /// How to reach Nacos, and where in it services live.
 ///
-/// From `nacos://host:8848[,host2:8848]?namespace=..&group=..&cluster=..&username=..&password=..&grpc_port=..`:
+/// From `nacos://host:8848[,host2:8848]?namespace=..&group=..&cluster=..&username=..&password=..&grpc_port=..&tls=..`:
 /// `namespace` is the namespace id (default: `public`), `group` the service group (default
 /// `DEFAULT_GROUP`), `cluster` the cluster this process registers in (default `DEFAULT`) and
 /// the only one it discovers when given; `grpc_port` the server's gRPC port when it is not
 /// the HTTP port + 1000. Values are percent-decoded.
+///
+/// # TLS
+/// `nacos-sdk` speaks TLS to Nacos for a whole build or not at all, so TLS is a cargo
+/// feature, `nacos-tls` (it implies `nacos`): a build with it reaches every Nacos server over
+/// TLS (gRPC and the HTTP login), and `tls` defaults to on; a build without it refuses
+/// `tls=1`, and one with it refuses `tls=0`, each with an error that says so. The server's
+/// certificate is checked against the CA in the PEM file that the variable
+/// `NACOS_CLIENT_TLS_CA_CERT` ([`TLS_CA_VAR`]) names, else the system's roots; the HTTP login
+/// (with `username`) checks it against the system's store, which `SSL_CERT_FILE` replaces.
+/// An unreadable CA file is refused when the URL is parsed.
 ///
 /// ```
 /// use steadfast::registry::NacosConfig;
@@ -53,8 +92,8 @@ const SESSION_TTL: Duration = Duration::from_secs(15);
 /// assert_eq!(c.servers(), ["127.0.0.1:8848"]);
 /// assert_eq!(c.group(), "payments");
 /// assert!(!format!("{c:?}").contains("a&b"), "Debug never shows the password");
-/// let err = NacosConfig::parse("127.0.0.1:8848?tls=1").unwrap_err().to_string();
-/// assert!(err.contains("`tls`"), "{err}");
+/// let err = NacosConfig::parse("127.0.0.1:8848?tls=maybe").unwrap_err().to_string();
+/// assert!(err.contains("registry.nacos.tls"), "{err}");
 /// # Ok::<(), steadfast::Error>(())
 /// ```
 #[derive(Clone)]
@@ -65,6 +104,7 @@ pub struct NacosConfig {
     cluster: Option<String>,
     user: Option<(String, String)>,
     grpc_port: Option<u16>,
+    tls: bool,
     connect_timeout: Duration,
 }
 
@@ -77,6 +117,7 @@ impl std::fmt::Debug for NacosConfig {
             .field("cluster", &self.cluster)
             .field("user", &self.user.as_ref().map(|u| &u.0)) // never the password
             .field("grpc_port", &self.grpc_port)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -116,6 +157,7 @@ impl NacosConfig {
             cluster: None,
             user: None,
             grpc_port: None,
+            tls: TLS_BUILD,
             connect_timeout: Duration::from_secs(3),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -152,16 +194,47 @@ impl NacosConfig {
                         )
                     })?)
                 }
+                "tls" => {
+                    c.tls = match v.as_str() {
+                        "1" | "true" | "yes" | "on" => true,
+                        "0" | "false" | "no" | "off" => false,
+                        _ => {
+                            return Err(Error::config(
+                                "registry.nacos.tls",
+                                format!("`{v}` is not a switch; write tls=1 or tls=0"),
+                            ));
+                        }
+                    }
+                }
                 other => {
                     return Err(Error::config(
                         "registry",
                         format!(
                             "unknown nacos option `{other}`; use namespace, group, cluster, \
-                             username, password, grpc_port"
+                             username, password, grpc_port, tls"
                         ),
                     ));
                 }
             }
+        }
+        match (c.tls, TLS_BUILD) {
+            (true, false) => {
+                return Err(Error::config(
+                    "registry.nacos.tls",
+                    "is on, but this build has no TLS to Nacos: enable steadfast's feature \
+                     `nacos-tls` (nacos-sdk turns TLS on for a whole build)",
+                ));
+            }
+            (false, true) => {
+                return Err(Error::config(
+                    "registry.nacos.tls",
+                    "is off, but this build speaks TLS to every Nacos server (steadfast's \
+                     feature `nacos-tls`: nacos-sdk turns TLS on for a whole build); build \
+                     without it to reach Nacos in plain text",
+                ));
+            }
+            (true, true) => check_tls_ca()?,
+            (false, false) => {}
         }
         if let Some((user, password)) = &c.user
             && (user.is_empty() || password.is_empty())
@@ -235,8 +308,7 @@ impl NacosConfig {
 /// [`telemetry::init`](crate::telemetry::init) and
 /// [`telemetry::subscriber`](crate::telemetry::subscriber) drop those events; with a
 /// subscriber of your own, keep that target at INFO. Service config stored in the registry
-/// and TLS to Nacos are not supported on Nacos (`nacos-sdk`'s TLS takes its CA only from a
-/// process-wide environment variable and switches every connection to TLS).
+/// is not supported on Nacos. TLS to Nacos: see [`NacosConfig`].
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), steadfast::Error> {

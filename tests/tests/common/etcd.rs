@@ -30,17 +30,24 @@ pub struct Etcd {
 }
 
 /// A CA and a certificate for 127.0.0.1 and localhost, as PEM files in `dir`: (ca, cert, key).
-fn pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+/// The two have different names: OpenSSL takes a certificate whose subject is its issuer's
+/// for a self-signed one.
+pub fn pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "steadfast test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let cert = params.signed_by(&key, &issuer).unwrap();
     let paths = (
         dir.join("ca.pem"),
         dir.join("etcd.pem"),

@@ -8,6 +8,8 @@ pub mod http;
 pub mod nacos;
 pub mod replicas;
 pub mod spans;
+#[cfg(feature = "nacos-tls")]
+pub mod tls_proxy;
 pub mod traced;
 
 use std::collections::VecDeque;
