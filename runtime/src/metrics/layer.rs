@@ -145,6 +145,25 @@ pin_project! {
         // A streaming call: also counted as a stream, when it ends.
         tally: Option<(StreamTally, bool)>,
     }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Dropped before its response: a stream the caller gave up on.
+            if let Some((tally, counted)) = this.tally.take() {
+                if !counted {
+                    this.handles.stream_started();
+                }
+                this.handles.stream_finished(
+                    tonic::Code::Cancelled,
+                    this.started.elapsed(),
+                    tally.sent(),
+                    0,
+                    *this.trace_id,
+                );
+            }
+        }
+    }
 }
 
 impl<F> std::fmt::Debug for ResponseFuture<F> {

@@ -40,11 +40,22 @@ const TLS_BUILD: bool = cfg!(feature = "nacos-tls");
 /// The variable `nacos-sdk` reads its CA from (PEM), when connecting over TLS.
 pub const TLS_CA_VAR: &str = "NACOS_CLIENT_TLS_CA_CERT";
 
-/// Checks the CA file that [`TLS_CA_VAR`] names, if it names one: `nacos-sdk` panics on a
-/// file it cannot read, so a bad one is refused here, as a configuration error.
+/// Checks the CA file that [`TLS_CA_VAR`] names: `nacos-sdk` trusts no other root and panics
+/// on a file it cannot read or parse, so a missing or bad one is refused here, as a
+/// configuration error.
 fn check_tls_ca() -> Result<(), Error> {
-    let Some(path) = std::env::var_os(TLS_CA_VAR) else {
-        return Ok(());
+    check_ca(std::env::var_os(TLS_CA_VAR))
+}
+
+fn check_ca(path: Option<std::ffi::OsString>) -> Result<(), Error> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let Some(path) = path else {
+        return Err(Error::config(
+            TLS_CA_VAR,
+            "is not set; TLS to Nacos needs it to name the PEM file of the CA that signed \
+             the servers' certificates (nacos-sdk trusts no other root)",
+        ));
     };
     let shown = path.to_string_lossy().into_owned();
     let pem = std::fs::read_to_string(&path).map_err(|e| {
@@ -53,13 +64,18 @@ fn check_tls_ca() -> Result<(), Error> {
             format!("names `{shown}`, which cannot be read: {e}"),
         )
     })?;
-    if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(Error::config(
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
+    match certs {
+        Ok(certs) if !certs.is_empty() => Ok(()),
+        Ok(_) => Err(Error::config(
             TLS_CA_VAR,
             format!("names `{shown}`, which holds no PEM certificate"),
-        ));
+        )),
+        Err(e) => Err(Error::config(
+            TLS_CA_VAR,
+            format!("names `{shown}`, whose PEM does not parse: {e}"),
+        )),
     }
-    Ok(())
 }
 
 /// How long a removed instance that was draining stays listed (as draining).
@@ -80,11 +96,13 @@ const SESSION_TTL: Duration = Duration::from_secs(15);
 /// `nacos-sdk` speaks TLS to Nacos for a whole build or not at all, so TLS is a cargo
 /// feature, `nacos-tls` (it implies `nacos`): a build with it reaches every Nacos server over
 /// TLS (gRPC and the HTTP login), and `tls` defaults to on; a build without it refuses
-/// `tls=1`, and one with it refuses `tls=0`, each with an error that says so. The server's
-/// certificate is checked against the CA in the PEM file that the variable
-/// `NACOS_CLIENT_TLS_CA_CERT` ([`TLS_CA_VAR`]) names, else the system's roots; the HTTP login
-/// (with `username`) checks it against the system's store, which `SSL_CERT_FILE` replaces.
-/// An unreadable CA file is refused when the URL is parsed.
+/// `tls=1`, and one with it refuses `tls=0`, each with an error that says so. The gRPC
+/// connection checks the server's certificate against the CA in the PEM file that the
+/// variable `NACOS_CLIENT_TLS_CA_CERT` ([`TLS_CA_VAR`]) names, and against no other root, so
+/// the variable is required; the HTTP login (with `username`) checks it against the system's
+/// OpenSSL store, which `SSL_CERT_FILE` replaces. A missing variable, or a file that cannot
+/// be read or holds no certificate, is refused when the URL is parsed (`nacos-sdk` would
+/// panic on it).
 ///
 /// ```
 /// use steadfast::registry::NacosConfig;
@@ -1001,5 +1019,40 @@ mod tests {
             let err = NacosConfig::parse(url).unwrap_err().to_string();
             assert!(err.contains(field), "{url}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tls_ca_tests {
+    use super::check_ca;
+
+    fn err(path: Option<&std::path::Path>) -> String {
+        check_ca(path.map(|p| p.as_os_str().to_owned()))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_missing_unreadable_or_malformed_ca_is_refused_naming_the_variable() {
+        assert!(err(None).contains("NACOS_CLIENT_TLS_CA_CERT"));
+        let dir = std::env::temp_dir().join(format!("steadfast-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        assert!(err(Some(&missing)).contains("cannot be read"));
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no certificate here").unwrap();
+        assert!(err(Some(&empty)).contains("holds no PEM certificate"));
+        let broken = dir.join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = err(Some(&broken));
+        assert!(
+            e.contains("broken.pem") && e.contains("NACOS_CLIENT_TLS_CA_CERT"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

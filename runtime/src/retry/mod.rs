@@ -403,6 +403,11 @@ impl CallPolicy {
                     if let Some(throttle) = &self.throttle {
                         throttle.on_success();
                     }
+                    // The response started: the request stream is never sent again, and
+                    // its buffer goes.
+                    if let Some(replay) = &replay {
+                        replay.commit();
+                    }
                     return Ok(response);
                 }
                 Err(status) => status,
@@ -487,6 +492,11 @@ impl CallPolicy {
             );
             self.method_metrics().retry(trace_id);
             tokio::time::sleep(delay).await;
+            // The attempt given up may have read its request stream past the buffer
+            // meanwhile.
+            if !replayable() {
+                return Err(status);
+            }
         }
     }
 }

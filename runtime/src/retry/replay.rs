@@ -27,7 +27,9 @@ impl ReplayCommit {
     pub fn is_committed(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
-    fn commit(&self) {
+    /// Commits the call: its request stream will not be sent again (set when the stream
+    /// outgrows its buffer, and by the retry layer once the response started).
+    pub(crate) fn commit(&self) {
         self.0.store(true, Ordering::Release);
     }
 }
@@ -37,10 +39,13 @@ impl ReplayCommit {
 /// per-RPC retry buffer), and each clone of the `ReplayStream` starts from the first one.
 /// The caller's stream is polled once per message, whatever the number of attempts.
 ///
-/// Once the messages read exceed the bound, the buffer is released and the call is
-/// committed ([`ReplayCommit`]): the attempt that read past the bound carries on alone,
-/// and a failure is returned to the caller instead of being retried. A clone that is
-/// behind at that moment (an attempt already given up) never yields again.
+/// Only the newest clone (the attempt in flight) reads the caller's stream; an older one (an
+/// attempt given up, whose connection may still be asking for its body) only gets what is
+/// buffered, so it can neither take messages from the attempt in flight nor commit the call.
+/// Once the messages read exceed the bound, or the call's response started, the buffer is
+/// released and the call is committed ([`ReplayCommit`]): the attempt in flight carries on
+/// alone, and a failure is returned to the caller instead of being retried. A clone that is
+/// behind the released buffer never yields again.
 ///
 /// Generated clients wrap every request stream in one; with [`RetryLayer`](super::RetryLayer)
 /// on its own, put the stream's [`commit`](Self::commit) marker in the request's
@@ -63,6 +68,8 @@ pub struct ReplayStream<M> {
     shared: Arc<Shared<M>>,
     /// The index (in the whole stream) of the next message this reader yields.
     pos: u64,
+    /// Which clone this is: only the newest reads the caller's stream.
+    generation: u64,
 }
 
 struct Shared<M> {
@@ -71,6 +78,8 @@ struct Shared<M> {
     waiters: Arc<WakeAll>,
     commit: ReplayCommit,
     read: Arc<AtomicU64>,
+    /// The generation of the newest clone.
+    newest: AtomicU64,
 }
 
 struct State<M> {
@@ -118,11 +127,14 @@ impl<M> std::fmt::Debug for ReplayStream<M> {
 }
 
 impl<M> Clone for ReplayStream<M> {
-    /// Another reader, from the first message.
+    /// Another reader, from the first message; it becomes the one that reads the caller's
+    /// stream.
     fn clone(&self) -> Self {
+        let generation = self.shared.newest.fetch_add(1, Ordering::AcqRel) + 1;
         ReplayStream {
             shared: self.shared.clone(),
             pos: 0,
+            generation,
         }
     }
 }
@@ -148,8 +160,10 @@ impl<M: Clone + Send + 'static> ReplayStream<M> {
                 waiters: Arc::default(),
                 commit: ReplayCommit::default(),
                 read: Arc::default(),
+                newest: AtomicU64::new(0),
             }),
             pos: 0,
+            generation: 0,
         }
     }
 }
@@ -196,9 +210,12 @@ impl<M: Clone> Stream for ReplayStream<M> {
         let Some(source) = state.source.as_mut() else {
             return Poll::Ready(None);
         };
-        // At the front: read the caller's stream, with a waker that wakes every reader
-        // waiting here (another attempt may be waiting for the same next message).
+        // At the front: the newest reader reads the caller's stream, with a waker that
+        // wakes every reader waiting here; an older one waits for what the newest reads.
         shared.waiters.register(cx.waker());
+        if self.generation != shared.newest.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
         let waker = Waker::from(shared.waiters.clone());
         match source.as_mut().poll_next(&mut Context::from_waker(&waker)) {
             Poll::Pending => Poll::Pending,
@@ -212,6 +229,8 @@ impl<M: Clone> Stream for ReplayStream<M> {
                 shared.read.fetch_add(1, Ordering::Relaxed);
                 self.pos += 1;
                 if shared.commit.is_committed() {
+                    // Nothing is kept once the call is committed.
+                    state.buffer.clear();
                     state.base = self.pos;
                 } else {
                     state.bytes = state.bytes.saturating_add((state.size)(&m));
@@ -251,29 +270,43 @@ mod tests {
             p.fetch_add(1, Ordering::Relaxed);
         });
         let replay = ReplayStream::new(source, 1 << 20, |_| 4);
+        // A first attempt reads three messages and fails.
         let mut a = replay.clone();
-        let mut b = replay.clone();
-        // Interleaved: a leads, b follows from the buffer, then b leads.
         assert_eq!(a.next().await, Some(0));
         assert_eq!(a.next().await, Some(1));
-        assert_eq!(b.next().await, Some(0));
-        assert_eq!(b.next().await, Some(1));
-        assert_eq!(b.next().await, Some(2));
+        assert_eq!(a.next().await, Some(2));
+        // The retry replays them, then reads on.
+        let b = replay.clone();
+        let all: Vec<u32> = b.collect().await;
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        // The first attempt, still asked for its body, gets only what is buffered.
         let rest_a: Vec<u32> = a.collect().await;
-        let rest_b: Vec<u32> = b.collect().await;
-        assert_eq!(rest_a, (2..10).collect::<Vec<_>>());
-        assert_eq!(rest_b, (3..10).collect::<Vec<_>>());
+        assert_eq!(rest_a, (3..10).collect::<Vec<_>>());
         assert_eq!(polled.load(Ordering::Relaxed), 10, "one read per message");
         assert_eq!(replay.messages_read(), 10);
         assert!(!replay.commit().is_committed());
     }
 
     #[tokio::test]
+    async fn an_attempt_given_up_cannot_read_the_source_nor_commit_the_call() {
+        let replay = ReplayStream::new(futures_util::stream::iter(0u32..10), 10, |_| 4);
+        let mut old = replay.clone();
+        assert_eq!(old.next().await, Some(0));
+        let mut new = replay.clone();
+        // The old attempt's connection asks for more: it gets nothing new.
+        assert!(old.next().now_or_never().is_none());
+        assert!(!replay.commit().is_committed());
+        assert_eq!(new.next().await, Some(0));
+        assert_eq!(new.next().await, Some(1));
+        assert_eq!(replay.messages_read(), 2);
+    }
+
+    #[tokio::test]
     async fn past_the_bound_the_call_is_committed_and_a_reader_behind_never_yields() {
         let replay = ReplayStream::new(futures_util::stream::iter(0u32..10), 10, |_| 4);
         let mut behind = replay.clone();
-        let mut front = replay.clone();
         assert_eq!(behind.next().await, Some(0));
+        let mut front = replay.clone();
         // 4 + 4 bytes fit in 10; the third message does not.
         assert_eq!(front.next().await, Some(0));
         assert_eq!(front.next().await, Some(1));
@@ -298,7 +331,7 @@ mod tests {
         let replay = ReplayStream::new(tokio_stream_from(rx), 1024, |_| 4);
         let mut a = replay.clone();
         let mut b = replay.clone();
-        // Both wait at the front; the source registers only the last waker it was given.
+        // Both wait at the front: b on the source, a (older) for what b reads.
         let wait_a = tokio::spawn(async move { a.next().await });
         tokio::task::yield_now().await;
         let wait_b = tokio::spawn(async move { b.next().await });

@@ -63,11 +63,31 @@ impl Nacos {
             data: tempfile::tempdir().unwrap(),
             auth,
         };
+        // A port taken between our probe and rnacos's bind (tests start servers in
+        // parallel) makes it exit, and rnacos 0.8.8 now and then panics in a thread while it
+        // starts (an unset store in `raftapply.rs`, seen with auth on) and never answers:
+        // start it again, on other ports with a fresh data dir.
+        for _ in 0..2 {
+            n.spawn();
+            if n.ready(true).await {
+                return n;
+            }
+            n.kill();
+            n.data = tempfile::tempdir().unwrap();
+            n.http_port = free_port();
+            n.grpc_port = free_port();
+        }
         n.launch().await;
         n
     }
 
     async fn launch(&mut self) {
+        self.spawn();
+        self.ready(false).await;
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.data.path().join("rnacos.log")).unwrap();
         let mut cmd = Command::new(binary());
         if let Some((user, password)) = &self.auth {
             cmd.env("RNACOS_ENABLE_OPEN_API_AUTH", "true")
@@ -83,7 +103,7 @@ impl Nacos {
             .env("RUST_LOG", "warn")
             .current_dir(self.data.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -92,12 +112,17 @@ impl Nacos {
                 )
             });
         self.child = Some(child);
+    }
+
+    /// Waits until it answers (and, with auth, takes its admin's login). When it exits or
+    /// panics first: false if `may_exit`, else (exits) a panic with its log.
+    async fn ready(&mut self, may_exit: bool) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, _)) = self.try_http("GET", "/health", "").await {
                 // With auth, the admin user is created a moment after the server answers.
                 let Some((user, password)) = &self.auth else {
-                    return;
+                    return true;
                 };
                 let login = format!(
                     "/nacos/v1/auth/login?username={}&password={}",
@@ -105,12 +130,26 @@ impl Nacos {
                     encode(password)
                 );
                 if let Ok((200, _)) = self.try_http("POST", &login, "").await {
-                    return;
+                    return true;
                 }
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let log =
+                || std::fs::read_to_string(self.data.path().join("rnacos.log")).unwrap_or_default();
+            if let Some(status) = exited {
+                assert!(may_exit, "rnacos exited ({status}): {}", log());
+                return false;
+            }
+            if may_exit && log().contains("panicked") {
+                return false;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "rnacos did not answer /health within 20 s"
+                "rnacos did not answer /health within 20 s: {}",
+                log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
