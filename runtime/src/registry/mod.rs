@@ -40,6 +40,7 @@
 
 mod etcd;
 mod fixed;
+mod linger;
 mod memory;
 #[cfg(feature = "nacos")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nacos")))]

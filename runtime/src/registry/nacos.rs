@@ -13,6 +13,7 @@ use nacos_sdk::api::props::ClientProps;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio::time::Instant;
 
+use super::linger::{Lingering, publish};
 use super::{Instance, Instances, RegistrationStatus, Registry};
 use crate::Error;
 
@@ -78,8 +79,6 @@ fn check_ca(path: Option<std::ffi::OsString>) -> Result<(), Error> {
     }
 }
 
-/// How long a removed instance that was draining stays listed (as draining).
-const DRAINED_LINGER: Duration = Duration::from_secs(2);
 /// How long discovery keeps an instance that vanished without draining (half of the grace
 /// period): about the time Nacos takes to notice a silently dead client (20 s).
 const SESSION_TTL: Duration = Duration::from_secs(15);
@@ -705,7 +704,8 @@ impl NamingEventListener for Forward {
 
 /// Keeps `tx` equal to the usable instances of `service`, from a first read and then the
 /// subscription's events; a removed draining instance lingers (as draining) for
-/// [`DRAINED_LINGER`]. Ends, unsubscribing, once every receiver is dropped.
+/// [`DRAINED_LINGER`](super::linger::DRAINED_LINGER). Ends, unsubscribing, once every
+/// receiver is dropped.
 async fn follow(
     reg: NacosRegistry,
     service: String,
@@ -744,7 +744,13 @@ async fn follow(
         };
         match outcome {
             Ok((naming, now)) => {
-                publish(&tx, &service, &now, &mut BTreeMap::new(), &mut Vec::new());
+                apply_list(
+                    &tx,
+                    &service,
+                    &now,
+                    &mut BTreeMap::new(),
+                    &mut Lingering::default(),
+                );
                 if let Some(f) = first.take() {
                     let _ = f.send(());
                 }
@@ -768,25 +774,18 @@ async fn follow(
         .iter()
         .map(|i| (i.id.clone(), i.clone()))
         .collect();
-    let mut lingering: Vec<(String, Instant)> = Vec::new();
+    let mut lingering = Lingering::default();
     loop {
-        let next = lingering.iter().map(|(_, at)| *at).min();
+        let next = lingering.next();
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
                 let list = event.instances.clone().unwrap_or_default();
-                publish(&tx, &service, &list, &mut known, &mut lingering);
+                apply_list(&tx, &service, &list, &mut known, &mut lingering);
             }
             _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                let now = Instant::now();
-                lingering.retain(|(id, at)| {
-                    let over = *at <= now;
-                    if over {
-                        known.remove(id);
-                    }
-                    !over
-                });
-                send(&tx, &known);
+                lingering.expire(&mut known);
+                publish(&tx, &known);
             }
             _ = tx.closed() => break,
         }
@@ -800,45 +799,36 @@ async fn follow(
 }
 
 /// Applies a full list from Nacos to `known` and publishes it. An instance that was draining
-/// and is no longer listed stays (as draining) for [`DRAINED_LINGER`].
-fn publish(
+/// and is no longer listed stays (as draining) for
+/// [`DRAINED_LINGER`](super::linger::DRAINED_LINGER).
+fn apply_list(
     tx: &watch::Sender<Arc<[Instance]>>,
     service: &str,
     list: &[ServiceInstance],
     known: &mut BTreeMap<String, Instance>,
-    lingering: &mut Vec<(String, Instant)>,
+    lingering: &mut Lingering,
 ) {
     let now: BTreeMap<String, Instance> = list
         .iter()
         .filter_map(|n| from_nacos(service, n))
         .map(|i| (i.id.clone(), i))
         .collect();
-    lingering.retain(|(id, _)| !now.contains_key(id));
+    for id in now.keys() {
+        lingering.forget(id);
+    }
     for (id, old) in known.iter() {
-        if old.draining && !now.contains_key(id) && !lingering.iter().any(|(l, _)| l == id) {
-            lingering.push((id.clone(), Instant::now() + DRAINED_LINGER));
+        if old.draining && !now.contains_key(id) {
+            lingering.hold(id.clone());
         }
     }
     let mut next = now;
-    for (id, _) in lingering.iter() {
+    for id in lingering.keys() {
         if let Some(old) = known.get(id) {
-            next.entry(id.clone()).or_insert_with(|| old.clone());
+            next.entry(id.to_owned()).or_insert_with(|| old.clone());
         }
     }
     *known = next;
-    send(tx, known);
-}
-
-fn send(tx: &watch::Sender<Arc<[Instance]>>, known: &BTreeMap<String, Instance>) {
-    let set: Arc<[Instance]> = known.values().cloned().collect();
-    tx.send_if_modified(|cur| {
-        if **cur == *set {
-            false
-        } else {
-            *cur = set;
-            true
-        }
-    });
+    publish(tx, known);
 }
 
 #[async_trait::async_trait]

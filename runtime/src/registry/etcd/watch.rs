@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::MAX_VALUE_BYTES;
 use super::conn::Conn;
 use crate::registry::Instance;
+use crate::registry::linger::{Lingering, publish};
 
 /// Keys asked for per page of the list; halved (down to one) while a page is too large to
 /// decode.
@@ -17,9 +18,6 @@ const PAGE_KEYS: i64 = 256;
 /// The largest message we decode from etcd: a page, or a watch response. etcd's own request
 /// limit is 1.5 MiB per value, so one key always fits.
 const DECODE_LIMIT: usize = 16 * 1024 * 1024;
-/// How long a deleted instance that was draining stays in the published set (as draining):
-/// long enough for every watcher to see the mark even when the delete follows at once.
-const DRAINED_LINGER: Duration = Duration::from_secs(2);
 
 pub(super) fn parse_instance(key: &str, value: &[u8]) -> Option<Instance> {
     if value.len() > MAX_VALUE_BYTES {
@@ -306,21 +304,14 @@ async fn list_then_watch(
         )
         .await
         .map_err(|e| e.to_string())?;
-    // Deleted keys that were draining: still listed (as draining) until when.
-    let mut lingering: Vec<(String, tokio::time::Instant)> = Vec::new();
+    // Deleted keys that were draining: still listed (as draining) a moment.
+    let mut lingering = Lingering::default();
     loop {
-        let next = lingering.iter().map(|(_, at)| *at).min();
+        let next = lingering.next();
         let message = tokio::select! {
             m = stream.message() => m,
             _ = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if next.is_some() => {
-                let now = tokio::time::Instant::now();
-                lingering.retain(|(key, at)| {
-                    let over = *at <= now;
-                    if over {
-                        known.remove(key);
-                    }
-                    !over
-                });
+                lingering.expire(&mut known);
                 publish(tx, &known);
                 continue;
             }
@@ -335,7 +326,7 @@ async fn list_then_watch(
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             let key = kv.key_str().unwrap_or("<non-UTF-8 key>").to_owned();
-            lingering.retain(|(k, _)| *k != key);
+            lingering.forget(&key);
             match event.event_type() {
                 EventType::Put => match parse_instance(&key, kv.value()) {
                     Some(i) => changed |= known.insert(key, i.clone()).as_ref() != Some(&i),
@@ -344,7 +335,7 @@ async fn list_then_watch(
                 // A draining instance stays listed as draining a moment longer, so that a
                 // watcher that reads only the latest set still sees that it drained.
                 EventType::Delete if known.get(&key).is_some_and(|i| i.draining) => {
-                    lingering.push((key, tokio::time::Instant::now() + DRAINED_LINGER));
+                    lingering.hold(key);
                 }
                 EventType::Delete => changed |= known.remove(&key).is_some(),
             }
@@ -353,18 +344,6 @@ async fn list_then_watch(
             publish(tx, &known);
         }
     }
-}
-
-fn publish(tx: &watch::Sender<Arc<[Instance]>>, known: &BTreeMap<String, Instance>) {
-    let set: Arc<[Instance]> = known.values().cloned().collect();
-    tx.send_if_modified(|cur| {
-        if **cur == *set {
-            false
-        } else {
-            *cur = set;
-            true
-        }
-    });
 }
 
 #[cfg(test)]
