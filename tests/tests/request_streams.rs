@@ -92,6 +92,31 @@ async fn a_retry_replays_exactly_the_buffered_messages_in_order() {
 }
 
 #[tokio::test]
+async fn a_failure_while_the_caller_is_still_sending_replays_the_whole_stream() {
+    // The server fails after the first of 2,000 messages, while the rest are in flight;
+    // the attempt given up may still be asked for its body as the retry starts.
+    let scripted = Scripted::new([Action::FailStream(Code::Unavailable), Action::Ok]);
+    let server = serve(scripted.clone()).await;
+    let uploads = client(config(server.url())).await;
+    let (ids, yielded) = counted(1..=2_000);
+    let reply = uploads.count_users(ids).await.unwrap();
+    assert_eq!(reply.found, 2_000);
+    let seen = scripted.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].ids,
+        [1],
+        "the first attempt failed after one message"
+    );
+    assert_eq!(
+        seen[1].ids,
+        (1..=2_000).collect::<Vec<_>>(),
+        "the retry sent them all, in order"
+    );
+    assert_eq!(yielded.load(Ordering::Relaxed), 2_000);
+}
+
+#[tokio::test]
 async fn a_request_stream_larger_than_the_replay_buffer_is_not_retried() {
     let scripted = Scripted::new([Action::Fail(Code::Unavailable), Action::Ok]);
     let server = serve(scripted.clone()).await;

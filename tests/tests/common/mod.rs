@@ -249,7 +249,8 @@ impl UserService for Scripted {
 
 impl Scripted {
     /// Records the call, reads its whole request stream into the record, then answers
-    /// with the next action (for a failure: trailers-only, after the stream).
+    /// with the next action (for a failure: trailers-only, after the stream; `FailStream`
+    /// fails after the first message, while the caller is still sending).
     pub async fn count_users_scripted(
         &self,
         req: Request<tonic::Streaming<GetUserRequest>>,
@@ -266,6 +267,10 @@ impl Scripted {
         while let Some(m) = stream.message().await? {
             self.seen.lock().unwrap()[index].ids.push(m.id);
             found += 1;
+            // One message, then the failure, while the caller is still sending.
+            if let Action::FailStream(code) = action {
+                return Err(Status::new(code, "scripted failure mid-stream"));
+            }
         }
         match action {
             Action::Fail(code) | Action::FailStream(code) => {
