@@ -521,24 +521,6 @@ fn apply(
     parsed
 }
 
-/// Runs one call of method `index` with one request message (unary or server streaming)
-/// through its [`stack`]. Called by generated code.
-#[doc(hidden)]
-pub fn unary<M, R, F, Fut>(
-    core: &ClientCore,
-    index: usize,
-    request: tonic::Request<M>,
-    attempt: F,
-) -> impl Future<Output = Result<R, Status>> + Send + 'static
-where
-    M: Clone + Send + 'static,
-    R: Send + 'static,
-    F: FnMut(tonic::Request<M>) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
-{
-    call(core, index, request, attempt)
-}
-
 /// Runs one call of method `index` that sends a stream of requests (client or
 /// bidirectional streaming) through its [`stack`]: the stream is read once, and what it
 /// sent is replayed on a retry while it fits the replay buffer
@@ -563,7 +545,7 @@ where
     let tally = crate::outcome::StreamTally::new(core.inner.spec.methods[index].streaming);
     tally.count_sent(replay.read_counter());
     extensions.insert(tally);
-    call(
+    unary(
         core,
         index,
         tonic::Request::from_parts(metadata, extensions, replay),
@@ -571,7 +553,11 @@ where
     )
 }
 
-fn call<M, R, F, Fut>(
+/// Runs one call of method `index` with one request message (unary or server streaming),
+/// or with a stream of requests made replayable by [`streaming`], through its [`stack`].
+/// Called by generated code.
+#[doc(hidden)]
+pub fn unary<M, R, F, Fut>(
     core: &ClientCore,
     index: usize,
     mut request: tonic::Request<M>,

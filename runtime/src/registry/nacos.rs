@@ -502,8 +502,8 @@ impl NacosRegistry {
         bounded("register", t, call).await
     }
 
-    /// Syncs `service` now; on failure keeps retrying in the background until it succeeds.
-    async fn sync_or_retry(&self, service: &str) -> Result<(), Error> {
+    /// Ends the background task retrying the registration of `service`, if one runs.
+    fn stop_retrying(&self, service: &str) {
         if let Some(t) = self
             .inner
             .retrying
@@ -513,6 +513,11 @@ impl NacosRegistry {
         {
             t.abort();
         }
+    }
+
+    /// Syncs `service` now; on failure keeps retrying in the background until it succeeds.
+    async fn sync_or_retry(&self, service: &str) -> Result<(), Error> {
+        self.stop_retrying(service);
         match self.sync(service).await {
             Ok(()) => {
                 self.refresh_status(None);
@@ -866,15 +871,7 @@ impl Registry for NacosRegistry {
         if left > 0 {
             return self.sync_or_retry(service).await;
         }
-        if let Some(t) = self
-            .inner
-            .retrying
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(service)
-        {
-            t.abort();
-        }
+        self.stop_retrying(service);
         self.refresh_status(None);
         let naming = self.naming().await?;
         let t = self.inner.config.connect_timeout;
