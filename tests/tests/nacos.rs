@@ -34,15 +34,6 @@ impl std::io::Write for Capture {
     }
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The hosts Nacos lists for `service` in `group`, healthy or not.
 async fn listed(nacos: &Nacos, service: &str, group: &str) -> Vec<serde_json::Value> {
     let (code, body) = nacos
@@ -114,7 +105,7 @@ async fn an_instance_registered_through_the_http_api_is_discovered_and_called() 
     let body = format!(
         "serviceName=user-svc&ip=127.0.0.1&port={}&ephemeral=false&metadata={}",
         server.addr.port(),
-        urlencode(r#"{"version":"2.1"}"#)
+        common::nacos::encode(r#"{"version":"2.1"}"#)
     );
     let (code, text) = nacos.http("POST", "/nacos/v1/ns/instance", &body).await;
     assert_eq!(code, 200, "{text}");

@@ -183,7 +183,7 @@ impl Server {
                 ] {
                     let body = format!(
                         "serviceName={service}&ip=127.0.0.1&port={port}&ephemeral=false&metadata={}",
-                        urlencode(metadata)
+                        common::nacos::encode(metadata)
                     );
                     let (code, text) = n.http("POST", "/nacos/v1/ns/instance", &body).await;
                     assert_eq!(code, 200, "{text}");
@@ -191,15 +191,6 @@ impl Server {
             }
         }
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Waits (up to `within`) until the watched set satisfies `f`; returns how long it took.
