@@ -256,60 +256,125 @@ async fn etcd_frozen_longer_than_the_ttl_then_resumed_fails_no_call() {
     assert_eq!(users.core().channel().discovered_ids(), ["u1"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_member_of_three_deletes_no_registration_and_fails_no_call() {
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
-    let etcd = Etcd::cluster(3).await;
-    let reg: Arc<dyn Registry> = Arc::new(registry(&etcd, "3s").await);
-    let _replica = start(&reg, "u1", Duration::ZERO).await;
-    // Watched through a member that stays up.
-    let mut healthy = etcd.member_client(1).await;
-    let rev = healthy
-        .get(KEY, None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    let opts = WatchOptions::new().with_start_revision(rev + 1);
-    let mut events = healthy.watch(KEY, Some(opts)).await.unwrap();
-    let discovery: Arc<dyn Registry> = Arc::new(registry(&etcd, "3s").await);
-    let users =
-        UsersClient::connect(ClientConfig::discover(discovery).downstreams(Downstreams::new()))
+/// A registration on a cluster of three, watched through `watched` (a member left running),
+/// and a client calling through discovery under load.
+struct Three {
+    etcd: Etcd,
+    _replica: common::replicas::Running,
+    events: etcd_client::WatchStream,
+    watcher: etcd_client::Client,
+    users: UsersClient,
+}
+
+impl Three {
+    async fn start(watched: impl Fn(&[usize]) -> usize) -> (Three, Vec<usize>) {
+        let etcd = Etcd::cluster(3).await;
+        let followers = etcd.followers().await;
+        let reg: Arc<dyn Registry> = Arc::new(registry(&etcd, "3s").await);
+        let replica = start(&reg, "u1", Duration::ZERO).await;
+        let mut watcher = etcd.member_client(watched(&followers)).await;
+        let rev = watcher
+            .get(KEY, None)
             .await
-            .unwrap();
-    eventually("the replica discovered", || async {
-        users.core().channel().discovered_ids() == ["u1"]
-    })
-    .await;
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let opts = WatchOptions::new().with_start_revision(rev + 1);
+        let events = watcher.watch(KEY, Some(opts)).await.unwrap();
+        let discovery: Arc<dyn Registry> = Arc::new(registry(&etcd, "3s").await);
+        let users =
+            UsersClient::connect(ClientConfig::discover(discovery).downstreams(Downstreams::new()))
+                .await
+                .unwrap();
+        eventually("the replica discovered", || async {
+            users.core().channel().discovered_ids() == ["u1"]
+        })
+        .await;
+        let three = Three {
+            etcd,
+            _replica: replica,
+            events,
+            watcher,
+            users,
+        };
+        (three, followers)
+    }
+
+    /// Freezes member `i` for three TTLs, then thaws it and waits until it serves again.
+    async fn freeze(&self, i: usize) {
+        let m = &self.etcd.members[i];
+        m.pause();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        m.resume();
+        m.metric("etcd_server_has_leader").await;
+    }
+
+    /// The event types seen on the key so far, waiting 200 ms for stragglers.
+    async fn events(&mut self) -> Vec<EventType> {
+        let mut seen = Vec::new();
+        let quiet = timeout(Duration::from_millis(200), async {
+            loop {
+                let resp = self.events.message().await.unwrap().unwrap();
+                seen.extend(resp.events().iter().map(|e| e.event_type()));
+            }
+        })
+        .await;
+        assert!(quiet.is_err(), "watch ended");
+        seen
+    }
+}
+
+/// Each follower in turn (one of the members holds the registry's keepalive stream). Only
+/// followers: etcd before 3.4.28 and 3.5.11 lets a leader that thaws revoke every lease it
+/// believes expired, through the new leader (etcd-io/etcd#15247), which no client can
+/// prevent; that case is the next test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_follower_of_three_deletes_no_registration_and_fails_no_call() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    // Watched through the leader, which stays up.
+    let (mut three, followers) = Three::start(|f| 3 - f[0] - f[1]).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let running = load(&users, 4, &stop);
-    // Each member in turn: one of them holds the registry's keepalive stream.
-    for frozen in [0, 2] {
-        etcd.members[frozen].pause();
-        tokio::time::sleep(Duration::from_secs(9)).await; // three TTLs
-        etcd.members[frozen].resume();
+    let running = load(&three.users, 4, &stop);
+    for &frozen in &followers {
+        three.freeze(frozen).await;
     }
     stop.store(true, Ordering::SeqCst);
     let (calls, failed) = running.await.unwrap();
     assert_eq!(failed, 0, "{failed} of {calls} calls failed");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // Every event so far: a delete would mean the key was missing for a while.
-    let quiet = timeout(Duration::from_millis(200), async {
-        loop {
-            let resp = events.message().await.unwrap().unwrap();
-            for e in resp.events() {
-                assert_ne!(
-                    e.event_type(),
-                    EventType::Delete,
-                    "the registration was deleted"
-                );
-            }
-        }
-    })
-    .await;
-    assert!(quiet.is_err(), "watch ended");
-    assert_eq!(healthy.get(KEY, None).await.unwrap().kvs().len(), 1);
+    // A delete would mean the key was missing for a while.
+    let events = three.events().await;
+    assert!(
+        !events.contains(&EventType::Delete),
+        "the registration was deleted: {events:?}"
+    );
+    assert_eq!(three.watcher.get(KEY, None).await.unwrap().kvs().len(), 1);
+}
+
+/// The leader frozen for three TTLs: whether or not it revokes the lease when it thaws (see
+/// above), no call fails and the registration is in etcd again two seconds after the thaw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_of_three_fails_no_call_and_the_registration_stays_or_returns() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let (mut three, followers) = Three::start(|f| f[0]).await;
+    let leader = 3 - followers[0] - followers[1];
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(&three.users, 4, &stop);
+    three.freeze(leader).await;
+    // The thawed leader revokes within its lessor's next round (500 ms) if at all; the keeper
+    // finds the key missing at its next check (every TTL/3) and puts it back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (calls, failed) = running.await.unwrap();
+    assert_eq!(failed, 0, "{failed} of {calls} calls failed");
+    assert!(calls > 200, "only {calls} calls");
+    let events = three.events().await;
+    if events.contains(&EventType::Delete) {
+        assert_eq!(events.last(), Some(&EventType::Put), "{events:?}");
+    }
+    assert_eq!(three.watcher.get(KEY, None).await.unwrap().kvs().len(), 1);
+    assert_eq!(three.users.core().channel().discovered_ids(), ["u1"]);
 }
 
 #[tokio::test]

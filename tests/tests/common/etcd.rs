@@ -342,6 +342,27 @@ impl Etcd {
     }
 
     /// A raw client of member `i` alone.
+    /// The indices of the members that are not the leader, once the cluster has one.
+    pub async fn followers(&self) -> Vec<usize> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut followers = Vec::new();
+            for (i, m) in self.members.iter().enumerate() {
+                if m.metric("etcd_server_is_leader").await == 0.0 {
+                    followers.push(i);
+                }
+            }
+            if followers.len() < self.members.len() {
+                return followers;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no etcd leader in 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn member_client(&self, i: usize) -> etcd_client::Client {
         let scheme = if self.tls_ca.is_some() {
             "https"
