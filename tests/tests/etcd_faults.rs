@@ -13,7 +13,7 @@ use common::replicas::{UsersClient, start};
 use etcd_client::{EventType, WatchOptions};
 use steadfast::client::{ClientConfig, Downstreams};
 use steadfast::health::Health;
-use steadfast::registry::{EtcdConfig, EtcdRegistry, Instance, Registry};
+use steadfast::registry::{EtcdConfig, EtcdRegistry, Instance, InstanceSet, Registry};
 use steadfast_examples::pb::user::GetUserRequest;
 use tokio::time::{Instant, timeout};
 
@@ -42,7 +42,7 @@ fn instance(id: &str) -> Instance {
 async fn until_set(
     set: &mut steadfast::registry::Instances,
     within: Duration,
-    f: impl Fn(&[Instance]) -> bool,
+    f: impl Fn(&InstanceSet) -> bool,
 ) {
     timeout(within, set.wait_for(|s| f(s)))
         .await
@@ -403,7 +403,12 @@ async fn values_of_a_megabyte_under_the_prefix_hide_no_instance() {
     reg.register(&instance("u22")).await.unwrap();
     until_set(&mut fresh, Duration::from_secs(5), |s| s.len() == 2).await;
     until_set(&mut running, Duration::from_secs(5), |s| s.len() == 2).await;
-    let ids: Vec<String> = fresh.borrow().iter().map(|i| i.id.clone()).collect();
+    let ids: Vec<String> = fresh
+        .borrow()
+        .ids()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(ids, ["u1", "u22"]);
 }
 

@@ -64,7 +64,7 @@ async fn registers_and_discovers_over_tls() {
         .unwrap();
     let set = registry.watch("user-svc").await.unwrap();
     assert_eq!(set.borrow().len(), 1);
-    assert_eq!(set.borrow()[0].id, "t1");
+    assert!(set.borrow().contains("t1"));
     assert!(grpc.handshakes() >= 1, "naming went over TLS");
     // Nacos itself lists it (asked in plain HTTP, straight at the server).
     let (status, body) = nacos

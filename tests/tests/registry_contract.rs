@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::etcd::Etcd;
 use common::nacos::Nacos;
-use steadfast::registry::{Instance, Instances, MemoryRegistry, Registry};
+use steadfast::registry::{Instance, InstanceSet, Instances, MemoryRegistry, Registry};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::{Instant, timeout};
 
@@ -198,7 +198,7 @@ async fn until(
     set: &mut Instances,
     within: Duration,
     what: &str,
-    f: impl Fn(&[Instance]) -> bool,
+    f: impl Fn(&InstanceSet) -> bool,
 ) -> Duration {
     let started = Instant::now();
     let reached = timeout(within, set.wait_for(|s| f(s))).await.is_ok();
@@ -210,8 +210,9 @@ async fn until(
     started.elapsed()
 }
 
-fn ids(set: &[Instance]) -> Vec<String> {
-    set.iter()
+fn ids(set: &InstanceSet) -> Vec<String> {
+    set.sorted()
+        .into_iter()
         .filter(|i| !i.draining)
         .map(|i| i.id.clone())
         .collect()
@@ -232,8 +233,8 @@ async fn registration_is_visible_with_its_fields(kind: &str) {
     })
     .await;
     assert_eq!(
-        set.borrow()[0],
-        instance,
+        set.borrow().get("v1"),
+        Some(&instance),
         "every field comes back as written"
     );
     assert!(process.status().borrow().is_registered());
@@ -383,7 +384,10 @@ async fn malformed_entries_are_skipped(kind: &str) {
         |s| ids(s) == ["good"],
     )
     .await;
-    assert_eq!(set.borrow()[0].addr, "http://127.0.0.1:7001");
+    assert_eq!(
+        set.borrow().get("good").unwrap().addr,
+        "http://127.0.0.1:7001"
+    );
 }
 
 macro_rules! contract {

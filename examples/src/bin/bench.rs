@@ -33,6 +33,9 @@ struct Args {
     /// Shorter runs (the whole bench in well under 3 minutes on 2 cores).
     #[arg(long)]
     quick: bool,
+    /// Only the sizes section (pool and registry updates, picks at 100 to 10,000 endpoints).
+    #[arg(long)]
+    sizes: bool,
 }
 
 // 16 workers keep up to 16 calls in flight: a bucket of 10 tokens would run dry on the
@@ -275,7 +278,116 @@ async fn start_etcd() -> Option<(Etcd, String)> {
     None
 }
 
+/// Prints one row of the results table.
+fn row(name: &str, v: String, target: &str) {
+    println!("{name:<44} {v:>14} {target:>10}");
+}
+
+/// Section 6, sizes: a pool update and a pick at 100, 1000 and 10,000 endpoints (0 % and
+/// 90 % ejected), and registering into the memory registry at those sizes, with a watcher.
+async fn sizes() -> Result<serde_json::Map<String, serde_json::Value>, BoxError> {
+    let mut sizes = Vec::new();
+    for n in [100, 1_000, 10_000] {
+        let (update, _) = steadfast::discovery::measure_pool(n, 0, 1).await;
+        let (_, pick) = steadfast::discovery::measure_pool(n, 0, 200_000).await;
+        let (_, pick_ejected) = steadfast::discovery::measure_pool(n, 90, 200_000).await;
+        let (all, one) = memory_register(n).await?;
+        sizes.push((n, update, pick, pick_ejected, all, one));
+    }
+    for (n, update, pick, pick_ejected, all, one) in &sizes {
+        row(
+            &format!("pool of {n}: one update (ms)"),
+            format!("{:.4}", update.as_secs_f64() * 1e3),
+            "< 1",
+        );
+        row(
+            &format!("pool of {n}: pick, 0 % / 90 % ejected (ns)"),
+            format!("{}/{}", pick.as_nanos(), pick_ejected.as_nanos()),
+            "flat",
+        );
+        row(
+            &format!("memory registry: {n} registrations (ms)"),
+            format!("{:.1}", all.as_secs_f64() * 1e3),
+            "O(N)",
+        );
+        row(
+            &format!("memory registry: one more at {n} (us)"),
+            format!("{:.1}", one.as_secs_f64() * 1e6),
+            "flat",
+        );
+    }
+    let small = sizes[0].2.as_nanos().max(1) as f64;
+    let flatness = sizes
+        .iter()
+        .map(|s| s.3.as_nanos().max(s.2.as_nanos()) as f64 / small)
+        .fold(0.0, f64::max);
+    row(
+        "pick cost, worst size / 100 endpoints",
+        format!("{flatness:.2}"),
+        "<= 2",
+    );
+    let mut json = serde_json::Map::new();
+    json.insert(
+        "pool_update_ms_10000".into(),
+        (sizes[2].1.as_secs_f64() * 1e3).into(),
+    );
+    json.insert(
+        "pool_update_ms_100".into(),
+        (sizes[0].1.as_secs_f64() * 1e3).into(),
+    );
+    json.insert(
+        "pick_ns_10000_90pct_ejected".into(),
+        (sizes[2].3.as_nanos() as f64).into(),
+    );
+    json.insert("pick_flatness".into(), flatness.into());
+    json.insert(
+        "memory_register_all_ms_10000".into(),
+        (sizes[2].4.as_secs_f64() * 1e3).into(),
+    );
+    json.insert(
+        "memory_register_one_us_10000".into(),
+        (sizes[2].5.as_secs_f64() * 1e6).into(),
+    );
+    json.insert(
+        "memory_register_one_us_100".into(),
+        (sizes[0].5.as_secs_f64() * 1e6).into(),
+    );
+    Ok(json)
+}
+
+/// Registers `n` instances of one service into a fresh memory registry that a client
+/// watches: the time for all of them, and the median time of 21 more, one at a time.
+async fn memory_register(n: usize) -> Result<(Duration, Duration), BoxError> {
+    let reg = MemoryRegistry::new();
+    let watcher = reg.watch("sized").await?;
+    let instance = |i: usize| {
+        Instance::new(
+            "sized",
+            format!("i{i}"),
+            format!("http://127.0.0.1:{}", 1 + i % 60_000),
+        )
+    };
+    let started = Instant::now();
+    for i in 0..n {
+        reg.register(&instance(i)).await?;
+    }
+    let all = started.elapsed();
+    let mut one = Vec::new();
+    for k in 0..21 {
+        let started = Instant::now();
+        reg.register(&instance(n + k)).await?;
+        one.push(started.elapsed());
+    }
+    one.sort_unstable();
+    assert_eq!(watcher.borrow().len(), n + 21);
+    reg.shutdown().await?;
+    Ok((all, one[one.len() / 2]))
+}
+
 async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
+    if args.sizes {
+        return Ok(serde_json::Value::Object(sizes().await?));
+    }
     let d = if args.quick {
         Duration::from_secs(3)
     } else {
@@ -407,17 +519,7 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
         None => None,
     };
 
-    // 6. Size: a pool update and a pick at 100, 1000 and 10,000 endpoints (90 % ejected).
-    let mut sizes = Vec::new();
-    for n in [100, 1_000, 10_000] {
-        let (update, _) = steadfast::discovery::measure_pool(n, 0, 1).await;
-        let (_, pick) = steadfast::discovery::measure_pool(n, 0, 200_000).await;
-        let (_, pick_ejected) = steadfast::discovery::measure_pool(n, 90, 200_000).await;
-        sizes.push((n, update, pick, pick_ejected));
-    }
-
     println!("{:<44} {:>14} {:>10}", "measure", "value", "target");
-    let row = |name: &str, v: String, target: &str| println!("{name:<44} {v:>14} {target:>10}");
     row(
         "throughput ours/raw (closed loop, 16 workers)",
         format!("{ratio:.3}"),
@@ -479,28 +581,6 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
             "<= 200",
         );
     }
-    for (n, update, pick, pick_ejected) in &sizes {
-        row(
-            &format!("pool of {n}: one update (ms)"),
-            format!("{:.3}", update.as_secs_f64() * 1e3),
-            "< 1",
-        );
-        row(
-            &format!("pool of {n}: pick, 0 % / 90 % ejected (ns)"),
-            format!("{}/{}", pick.as_nanos(), pick_ejected.as_nanos()),
-            "flat",
-        );
-    }
-    let small = sizes[0].2.as_nanos().max(1) as f64;
-    let flatness = sizes
-        .iter()
-        .map(|s| s.3.as_nanos().max(s.2.as_nanos()) as f64 / small)
-        .fold(0.0, f64::max);
-    row(
-        "pick cost, worst size / 100 endpoints",
-        format!("{flatness:.2}"),
-        "<= 2",
-    );
     let mut json = serde_json::json!({
         "overhead_throughput_ratio": ratio,
         "overhead_us_per_call": overhead_us,
@@ -512,10 +592,10 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
         "amplification_budget": amplification[0],
         "amplification_naive": amplification[1],
         "discovery_add_ms": discovery_memory,
-        "pool_update_ms_10000": sizes[2].1.as_secs_f64() * 1e3,
-        "pick_ns_10000_90pct_ejected": sizes[2].3.as_nanos() as f64,
-        "pick_flatness": flatness,
     });
+    for (k, v) in sizes().await? {
+        json[k] = v;
+    }
     if let Some(ms) = discovery_etcd {
         json["discovery_add_ms_etcd"] = ms.into();
     }

@@ -117,7 +117,8 @@ impl Channel {
         }
     }
 
-    /// The ids of the instances currently in a discovered pool (empty for fixed endpoints).
+    /// The ids of the instances currently in a discovered pool, sorted (empty for fixed
+    /// endpoints).
     pub fn discovered_ids(&self) -> Vec<String> {
         match &self.inner {
             Transport::Fixed(_) | Transport::Custom(_) => Vec::new(),

@@ -181,7 +181,7 @@ async fn every_instance_vanishing_at_once_keeps_the_last_set_for_the_grace_perio
     settle().await;
     assert_eq!(
         pool.ids(),
-        ["e1", "e0", "e2"],
+        ["e0", "e1", "e2"],
         "e1 is listed again; e0 and e2 are kept while their grace lasts"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -236,7 +236,7 @@ async fn without_grace_an_empty_set_applies_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_pool_drops_its_watch_at_once() {
-    let (tx, _) = tokio::sync::watch::channel(Arc::from(Vec::new()));
+    let (tx, _) = tokio::sync::watch::channel(InstanceSet::new());
     let registry = Arc::new(OneWatch(tx));
     let config = PoolConfig {
         connect: Arc::new(|uri| {
@@ -259,10 +259,7 @@ async fn dropping_the_pool_drops_its_watch_at_once() {
 }
 
 /// A pool on a registry whose one watch channel the test publishes on.
-async fn pool_on_watch(
-    tx: &tokio::sync::watch::Sender<Arc<[Instance]>>,
-    grace: Duration,
-) -> Arc<Pool> {
+async fn pool_on_watch(tx: &tokio::sync::watch::Sender<InstanceSet>, grace: Duration) -> Arc<Pool> {
     let registry: Arc<dyn Registry> = Arc::new(OneWatch(tx.clone()));
     let config = PoolConfig {
         connect: Arc::new(|uri| {
@@ -277,7 +274,7 @@ async fn pool_on_watch(
     Pool::start("svc", &registry, config).await.unwrap()
 }
 
-fn set(list: &[(&str, u16, bool)]) -> Arc<[Instance]> {
+fn set(list: &[(&str, u16, bool)]) -> InstanceSet {
     list.iter()
         .map(|(id, port, draining)| {
             let mut i = Instance::new("svc", *id, format!("http://127.0.0.1:{port}"));
@@ -297,7 +294,7 @@ async fn an_instance_that_vanishes_without_draining_is_kept_while_its_connection
     // b's lease is lost (etcd expired it; its process could not renew it): b still answers.
     tx.send_replace(set(&[("a", 1, false), ("c", 3, false)]));
     settle().await;
-    assert_eq!(pool.ids(), ["a", "c", "b"], "b is kept, and still picked");
+    assert_eq!(pool.ids(), ["a", "b", "c"], "b is kept, and still picked");
     let picked: std::collections::HashSet<String> = (0..3)
         .filter_map(|_| pool.pick(None, false))
         .map(|s| s.id.to_string())
@@ -389,4 +386,63 @@ async fn an_ejected_instance_that_vanishes_goes_at_once_and_frees_its_ejection()
         );
     }
     assert_eq!(pool.ids(), ["a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn updates_applied_as_changes_keep_every_index_right() {
+    let (tx, _) = tokio::sync::watch::channel(InstanceSet::new());
+    let pool = pool_on_watch(&tx, Duration::ZERO).await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut want: std::collections::BTreeMap<String, u16> = std::collections::BTreeMap::new();
+    for round in 0..300 {
+        // A few changes per round, as a registry publishes them: adds, removals, moves,
+        // drains; the set is changed in place, so the pool sees only the change.
+        tx.send_modify(|set| {
+            for _ in 0..rng.usize(1..6) {
+                let id = format!("e{}", rng.usize(0..400));
+                match rng.u8(0..4) {
+                    0 | 1 => {
+                        let port = rng.u16(1..60_000);
+                        set.insert(Instance::new(
+                            "svc",
+                            &id,
+                            format!("http://127.0.0.1:{port}"),
+                        ));
+                        want.insert(id, port);
+                    }
+                    2 => {
+                        set.remove(&id);
+                        want.remove(&id);
+                    }
+                    _ => {
+                        if let Some(i) = set.get(&id) {
+                            let mut i = i.clone();
+                            i.draining = true;
+                            set.insert(i);
+                            want.remove(&id);
+                        }
+                    }
+                }
+            }
+        });
+        settle().await;
+        let t = pool.table();
+        assert_eq!(t.slots.len(), want.len(), "round {round}");
+        assert_eq!(t.by_id.len(), want.len(), "round {round}");
+        for (k, s) in t.slots.iter().enumerate() {
+            assert_eq!(t.by_id[&s.id], k, "round {round}: index of {}", s.id);
+            let port = want[&*s.id];
+            assert_eq!(*s.addr, format!("http://127.0.0.1:{port}"), "round {round}");
+        }
+        drop(t);
+        let picked = (0..want.len())
+            .filter_map(|_| pool.pick(None, false))
+            .count();
+        assert_eq!(picked, want.len());
+    }
+    assert!(
+        want.len() > 50,
+        "the test reached a sizeable set: {}",
+        want.len()
+    );
 }

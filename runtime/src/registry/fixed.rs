@@ -1,8 +1,6 @@
-use std::sync::Arc;
-
 use tokio::sync::watch;
 
-use super::{Instance, Instances, Registry};
+use super::{Instance, InstanceSet, Instances, Registry};
 use crate::Error;
 
 /// A fixed list of addresses, served for every service name (`static://host:port,...`).
@@ -63,7 +61,7 @@ impl Registry for StaticRegistry {
     }
 
     async fn watch(&self, service: &str) -> Result<Instances, Error> {
-        let set: Arc<[Instance]> = self
+        let set: InstanceSet = self
             .addrs
             .iter()
             .enumerate()

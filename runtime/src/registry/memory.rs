@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::{ConfigText, Instance, Instances, Registry};
+use super::{ConfigText, Instance, InstanceSet, Instances, Registry};
 use crate::Error;
 
 /// The shortest lease TTL a memory registry accepts.
@@ -32,7 +32,7 @@ const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// let mut users = reg.watch("user-svc").await?;
 /// reg.register(&Instance::new("user-svc", "u1", "http://127.0.0.1:50051")).await?;
 /// users.changed().await.unwrap();
-/// assert_eq!(users.borrow()[0].id, "u1");
+/// assert!(users.borrow().contains("u1"));
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -69,21 +69,52 @@ struct State {
 
 #[derive(Debug)]
 struct Service {
-    tx: watch::Sender<Arc<[Instance]>>,
-    /// Instance id -> (instance, lease id).
-    entries: BTreeMap<String, (Instance, u64)>,
+    /// The live set, changed in place: a change costs watchers work proportional to it.
+    tx: watch::Sender<InstanceSet>,
+    /// Instance id -> the lease it lives under.
+    entries: HashMap<String, u64>,
 }
 
 impl Service {
     fn new() -> Self {
         Service {
-            tx: watch::channel(Arc::from(Vec::new())).0,
-            entries: BTreeMap::new(),
+            tx: watch::channel(InstanceSet::new()).0,
+            entries: HashMap::new(),
         }
     }
-    fn publish(&self) {
-        let set: Arc<[Instance]> = self.entries.values().map(|(i, _)| i.clone()).collect();
-        self.tx.send_replace(set);
+
+    fn put(&mut self, instance: Instance, lease: u64) {
+        self.entries.insert(instance.id.clone(), lease);
+        self.tx.send_if_modified(|set| set.insert(instance));
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        let removed = self.entries.remove(id).is_some();
+        if removed {
+            self.tx.send_if_modified(|set| set.remove(id).is_some());
+        }
+        removed
+    }
+
+    /// Removes every instance that lives under a lease `gone` says is gone.
+    fn remove_leases(&mut self, gone: impl Fn(u64) -> bool) {
+        let ids: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, lease)| gone(**lease))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        for id in &ids {
+            self.entries.remove(id);
+        }
+        self.tx.send_modify(|set| {
+            for id in &ids {
+                set.remove(id);
+            }
+        });
     }
 }
 
@@ -93,7 +124,7 @@ struct Lease {
     ttl: Duration,
     keeping_alive: AtomicBool,
     /// What this lease registered, to put back if it expired while its owner was frozen.
-    registered: Mutex<Vec<Instance>>,
+    registered: Mutex<HashMap<(String, String), Instance>>,
     table: Weak<Table>,
 }
 
@@ -255,11 +286,7 @@ impl Table {
         }
         if !expired.is_empty() {
             for svc in state.services.values_mut() {
-                let before = svc.entries.len();
-                svc.entries.retain(|_, (_, lease)| !expired.contains(lease));
-                if svc.entries.len() != before {
-                    svc.publish();
-                }
+                svc.remove_leases(|lease| expired.contains(&lease));
             }
         }
         state.leases.values().min().copied()
@@ -279,7 +306,9 @@ fn renew(table: &Arc<Table>, lease: &Lease) {
             .registered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .values()
+            .cloned()
+            .collect::<Vec<_>>();
         if !instances.is_empty() {
             tracing::warn!(
                 lease = lease.id,
@@ -300,8 +329,7 @@ fn put(state: &mut State, instance: Instance, lease: u64) {
         .services
         .entry(instance.service.clone())
         .or_insert_with(Service::new);
-    svc.entries.insert(instance.id.clone(), (instance, lease));
-    svc.publish();
+    svc.put(instance, lease);
 }
 
 #[async_trait::async_trait]
@@ -314,8 +342,10 @@ impl Registry for MemoryRegistry {
                 .registered
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            reg.retain(|i| !(i.service == instance.service && i.id == instance.id));
-            reg.push(instance.clone());
+            reg.insert(
+                (instance.service.clone(), instance.id.clone()),
+                instance.clone(),
+            );
         }
         {
             let mut state = self.state();
@@ -334,12 +364,10 @@ impl Registry for MemoryRegistry {
             .registered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|i| !(i.service == service && i.id == id));
+            .remove(&(service.to_owned(), id.to_owned()));
         let mut state = self.state();
-        if let Some(svc) = state.services.get_mut(service)
-            && svc.entries.remove(id).is_some()
-        {
-            svc.publish();
+        if let Some(svc) = state.services.get_mut(service) {
+            svc.remove(id);
         }
         Ok(())
     }
@@ -390,11 +418,7 @@ impl Registry for MemoryRegistry {
         state.leases.remove(&self.lease.id);
         let id = self.lease.id;
         for svc in state.services.values_mut() {
-            let before = svc.entries.len();
-            svc.entries.retain(|_, (_, lease)| *lease != id);
-            if svc.entries.len() != before {
-                svc.publish();
-            }
+            svc.remove_leases(|lease| lease == id);
         }
         Ok(())
     }

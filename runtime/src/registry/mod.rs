@@ -31,8 +31,9 @@
 //! Implement [`Registry`]: `register` must make the instance visible to `watch`ers until
 //! `deregister` or `shutdown` (or the process's death, for a backend with liveness such as a
 //! lease or a session), and keep it so through outages, retrying; `status` says whether it
-//! is in place now, and why not; `watch` returns a [`watch::Receiver`] of the full live set,
-//! updated on every change and kept at its last value while the backend is unreachable, and
+//! is in place now, and why not; `watch` returns a [`watch::Receiver`] of the full live set
+//! (an [`InstanceSet`]: change it with `insert` and `remove` rather than building it anew, so
+//! that watchers apply a change in time proportional to it), updated on every change and kept at its last value while the backend is unreachable, and
 //! stops watching once every receiver is dropped. A Consul
 //! backend would map the lease to a session with a TTL health check and the watch to blocking
 //! queries; a Nacos backend to ephemeral instances with heartbeats and a subscription. Test it
@@ -45,6 +46,7 @@ mod memory;
 #[cfg(feature = "nacos")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nacos")))]
 pub mod nacos;
+mod set;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,6 +61,7 @@ pub use self::fixed::StaticRegistry;
 pub use self::memory::MemoryRegistry;
 #[cfg(feature = "nacos")]
 pub use self::nacos::{NacosConfig, NacosRegistry};
+pub use self::set::{Change, InstanceSet};
 
 use crate::Error;
 
@@ -152,8 +155,10 @@ impl Instance {
     }
 }
 
-/// The live set of one service, as a watch channel: the current value is the whole set.
-pub type Instances = watch::Receiver<Arc<[Instance]>>;
+/// The live set of one service, as a watch channel: the current value is the whole set, an
+/// [`InstanceSet`] (a persistent set: a watcher finds what changed since the version it
+/// last read with [`InstanceSet::changes_from`], in time proportional to the change).
+pub type Instances = watch::Receiver<InstanceSet>;
 
 /// The service config stored for one service, as a watch channel: its JSON text, or `None`
 /// while there is none. The registry does not parse it; the client does, and keeps its last

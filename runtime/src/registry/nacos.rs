@@ -13,8 +13,8 @@ use nacos_sdk::api::props::ClientProps;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio::time::Instant;
 
-use super::linger::{Lingering, publish};
-use super::{Instance, Instances, RegistrationStatus, Registry};
+use super::linger::{Lingering, publish, publish_changes};
+use super::{Instance, InstanceSet, Instances, RegistrationStatus, Registry};
 use crate::Error;
 
 /// Metadata keys under which steadfast keeps the [`Instance`] fields Nacos has no field
@@ -714,7 +714,7 @@ impl NamingEventListener for Forward {
 async fn follow(
     reg: NacosRegistry,
     service: String,
-    tx: watch::Sender<Arc<[Instance]>>,
+    tx: watch::Sender<InstanceSet>,
     first: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut first = Some(first);
@@ -789,8 +789,8 @@ async fn follow(
                 apply_list(&tx, &service, &list, &mut known, &mut lingering);
             }
             _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                lingering.expire(&mut known);
-                publish(&tx, &known);
+                let over = lingering.expire().into_iter().map(|id| (id, None)).collect();
+                publish_changes(&tx, &mut known, over);
             }
             _ = tx.closed() => break,
         }
@@ -807,7 +807,7 @@ async fn follow(
 /// and is no longer listed stays (as draining) for
 /// [`DRAINED_LINGER`](super::linger::DRAINED_LINGER).
 fn apply_list(
-    tx: &watch::Sender<Arc<[Instance]>>,
+    tx: &watch::Sender<InstanceSet>,
     service: &str,
     list: &[ServiceInstance],
     known: &mut BTreeMap<String, Instance>,
@@ -886,7 +886,7 @@ impl Registry for NacosRegistry {
     /// Subscribes to `service`; returns once the first list is in (or the connect timeout
     /// has passed: then it follows Nacos in the background).
     async fn watch(&self, service: &str) -> Result<Instances, Error> {
-        let (tx, rx) = watch::channel(Arc::from(Vec::new()));
+        let (tx, rx) = watch::channel(InstanceSet::new());
         let (first, listed) = tokio::sync::oneshot::channel();
         tokio::spawn(follow(self.clone(), service.to_owned(), tx, first));
         let t = self.inner.config.connect_timeout;

@@ -372,7 +372,7 @@ impl Registry for EtcdRegistry {
     /// Lists the service's prefix (waiting up to the connect timeout for the first list),
     /// then watches it.
     async fn watch(&self, service: &str) -> Result<Instances, Error> {
-        let (tx, rx) = tokio::sync::watch::channel(Arc::from(Vec::new()));
+        let (tx, rx) = tokio::sync::watch::channel(crate::registry::InstanceSet::new());
         let (first, listed) = tokio::sync::oneshot::channel();
         let prefix = format!("{}/{service}/", self.inner.config.prefix);
         tokio::spawn(watch::follow(

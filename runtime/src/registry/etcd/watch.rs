@@ -9,8 +9,8 @@ use tokio::sync::watch;
 
 use super::MAX_VALUE_BYTES;
 use super::conn::Conn;
-use crate::registry::Instance;
-use crate::registry::linger::{Lingering, publish};
+use crate::registry::linger::{Lingering, publish, publish_changes};
+use crate::registry::{Instance, InstanceSet};
 
 /// Keys asked for per page of the list; halved (down to one) while a page is too large to
 /// decode.
@@ -29,6 +29,18 @@ pub(super) fn parse_instance(key: &str, value: &[u8]) -> Option<Instance> {
         return None;
     }
     match serde_json::from_slice::<Instance>(value) {
+        Ok(i)
+            if !key
+                .strip_suffix(i.id.as_str())
+                .is_some_and(|k| k.ends_with('/')) =>
+        {
+            tracing::warn!(
+                key,
+                id = %i.id,
+                "skipping registry value whose id is not the last segment of its key"
+            );
+            None
+        }
         Ok(i) if i.validate().is_ok() => Some(i),
         Ok(i) => {
             tracing::warn!(
@@ -53,7 +65,7 @@ pub(super) async fn follow(
     client: Conn,
     prefix: String,
     service: String,
-    tx: watch::Sender<Arc<[Instance]>>,
+    tx: watch::Sender<InstanceSet>,
     first: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -278,7 +290,7 @@ pub(super) async fn list(
 async fn list_then_watch(
     client: Conn,
     prefix: &str,
-    tx: &watch::Sender<Arc<[Instance]>>,
+    tx: &watch::Sender<InstanceSet>,
     backoff: &mut Duration,
     first: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), String> {
@@ -311,8 +323,8 @@ async fn list_then_watch(
         let message = tokio::select! {
             m = stream.message() => m,
             _ = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if next.is_some() => {
-                lingering.expire(&mut known);
-                publish(tx, &known);
+                let over = lingering.expire().into_iter().map(|k| (k, None)).collect();
+                publish_changes(tx, &mut known, over);
                 continue;
             }
         };
@@ -322,27 +334,27 @@ async fn list_then_watch(
         if resp.compact_revision() > 0 || resp.canceled() {
             return Ok(());
         }
-        let mut changed = false;
+        // Applied to the published set one key at a time: an event costs watchers work
+        // proportional to it, not to the number of instances.
+        let mut ops = Vec::with_capacity(resp.events().len());
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             let key = kv.key_str().unwrap_or("<non-UTF-8 key>").to_owned();
             lingering.forget(&key);
             match event.event_type() {
-                EventType::Put => match parse_instance(&key, kv.value()) {
-                    Some(i) => changed |= known.insert(key, i.clone()).as_ref() != Some(&i),
-                    None => changed |= known.remove(&key).is_some(),
-                },
+                EventType::Put => {
+                    let now = parse_instance(&key, kv.value());
+                    ops.push((key, now));
+                }
                 // A draining instance stays listed as draining a moment longer, so that a
                 // watcher that reads only the latest set still sees that it drained.
                 EventType::Delete if known.get(&key).is_some_and(|i| i.draining) => {
                     lingering.hold(key);
                 }
-                EventType::Delete => changed |= known.remove(&key).is_some(),
+                EventType::Delete => ops.push((key, None)),
             }
         }
-        if changed {
-            publish(tx, &known);
-        }
+        publish_changes(tx, &mut known, ops);
     }
 }
 
@@ -361,10 +373,19 @@ mod tests {
     fn values_over_the_maximum_are_skipped() {
         let mut i = Instance::new("svc", "i1", "http://127.0.0.1:1");
         let ok = serde_json::to_vec(&i).unwrap();
-        assert!(parse_instance("k", &ok).is_some());
+        assert!(parse_instance("/p/svc/i1", &ok).is_some());
         i.metadata
             .insert("blob".into(), "x".repeat(MAX_VALUE_BYTES));
         let big = serde_json::to_vec(&i).unwrap();
-        assert!(parse_instance("k", &big).is_none());
+        assert!(parse_instance("/p/svc/i1", &big).is_none());
+    }
+
+    #[test]
+    fn a_value_under_another_id_s_key_is_skipped() {
+        let i = Instance::new("svc", "i1", "http://127.0.0.1:1");
+        let json = serde_json::to_vec(&i).unwrap();
+        assert!(parse_instance("/p/svc/i2", &json).is_none());
+        assert!(parse_instance("/p/svc/xi1", &json).is_none());
+        assert!(parse_instance("i1", &json).is_none());
     }
 }
