@@ -118,7 +118,10 @@ async fn an_instance_registered_through_the_http_api_is_discovered_and_called() 
     let reply = users.get_user(GetUserRequest { id: 7 }).await.unwrap();
     assert_eq!(reply.id, 7);
     let id = format!("127.0.0.1:{}", server.addr.port());
-    assert_eq!(users.core().channel().discovered_ids(), std::slice::from_ref(&id));
+    assert_eq!(
+        users.core().channel().discovered_ids(),
+        std::slice::from_ref(&id)
+    );
     let set = registry.watch("user-svc").await.unwrap();
     assert_eq!(set.borrow().get(&id).unwrap().version, "2.1");
 

@@ -313,17 +313,26 @@ impl Pool {
         let mut t = self.table();
         let applied = std::mem::take(&mut t.applied);
         let (mut added, mut removed) = (0, 0);
+        let mut failed = Vec::new();
         for change in set.changes_from(&applied) {
             match change {
                 Change::Added(i) | Change::Updated { new: i, .. } => {
                     let (a, r) = self.list(&mut t, i);
                     added += a;
                     removed += r;
+                    if a == 0 && !i.draining && !t.by_id.contains_key(i.id.as_str()) {
+                        failed.push(i.id.as_str());
+                    }
                 }
                 Change::Removed(i) => removed += self.unlist(&mut t, i, now),
             }
         }
         t.applied = set.clone();
+        // An instance that could not become an endpoint (a bad address, a refused
+        // connection set-up) is tried again at the next update, as if new.
+        for id in failed {
+            t.applied.remove(id);
+        }
         if added + removed > 0 {
             tracing::info!(
                 service = %self.service,
@@ -457,6 +466,10 @@ impl Pool {
     /// Drops `slot`, which the registry no longer lists (its connection failed).
     fn drop_stale(&self, slot: &Slot) {
         let mut t = self.table();
+        // Listed again since the caller looked: it stays.
+        if slot.unlisted_until_ms.load(Ordering::Acquire) == 0 {
+            return;
+        }
         if let Some(k) = t.index_of(slot) {
             t.remove_at(k);
             tracing::warn!(
@@ -526,13 +539,25 @@ impl Pool {
         self.publish_view(&t);
     }
 
-    /// The view, published anew first if an ejection has ended since it was.
+    /// The view, published anew first if an ejection has ended since it was. A pick never
+    /// waits for an update in progress (which publishes a fresh view when it is done), and
+    /// of the picks that find the view stale at once, only the first rebuilds it.
     fn view(&self, now: u64) -> Arc<View> {
         let view = self.view.read().unwrap_or_else(|p| p.into_inner()).clone();
         if now < view.until_ms {
             return view;
         }
-        self.refresh_view();
+        let t = match self.table.try_lock() {
+            Ok(t) => t,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return view,
+        };
+        let current = self.view.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if now < current.until_ms {
+            return current;
+        }
+        self.publish_view(&t);
+        drop(t);
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -632,10 +657,18 @@ impl Pool {
     }
 
     fn eject(&self, slot: &Slot, now: u64, why: &str) {
+        let mut t = self.table();
         if slot.unlisted_until_ms.load(Ordering::Acquire) != 0 {
             // Kept only while it works, and it does not: gone, rather than holding an
             // ejection slot another endpoint may need.
-            self.drop_stale(slot);
+            if let Some(k) = t.index_of(slot) {
+                t.remove_at(k);
+                tracing::warn!(
+                    service = %self.service, id = %slot.id, addr = %slot.addr, left = t.slots.len(),
+                    "dropping an instance the registry no longer lists: {why}"
+                );
+                self.publish_view(&t);
+            }
             return;
         }
         let multiplier = slot
@@ -645,11 +678,9 @@ impl Pool {
         let d = self.od().ejection_time(multiplier);
         let until = now + d.as_millis() as u64;
         slot.ejected_until_ms.store(until, Ordering::Release);
-        {
-            let mut t = self.table();
-            t.ejections_until_ms = t.ejections_until_ms.max(until);
-            self.publish_view(&t);
-        }
+        t.ejections_until_ms = t.ejections_until_ms.max(until);
+        self.publish_view(&t);
+        drop(t);
         tracing::warn!(
             service = %self.service, id = %slot.id, addr = %slot.addr,
             ejected_for_ms = d.as_millis() as u64,

@@ -446,3 +446,33 @@ async fn updates_applied_as_changes_keep_every_index_right() {
         want.len()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_that_could_not_become_an_endpoint_is_tried_again_at_the_next_update() {
+    let (tx, _) = tokio::sync::watch::channel(set(&[("a", 1, false), ("b", 2, false)]));
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = refused.clone();
+    let registry: Arc<dyn Registry> = Arc::new(OneWatch(tx.clone()));
+    let config = PoolConfig {
+        connect: Arc::new(move |uri| {
+            if uri.port_u16() == Some(2) && !once.swap(true, Ordering::SeqCst) {
+                return Err(Error::config("test", "refused once"));
+            }
+            Ok(Arc::new(
+                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
+            ))
+        }),
+        outlier_detection: OutlierDetection::default(),
+        panic_threshold: 50,
+        grace: Some(Duration::ZERO),
+    };
+    let pool = Pool::start("svc", &registry, config).await.unwrap();
+    assert_eq!(pool.ids(), ["a"], "b's connection could not be set up");
+    // Any later change of the set: b is tried again, as if new.
+    tx.send_modify(|s| {
+        s.insert(Instance::new("svc", "c", "http://127.0.0.1:3"));
+    });
+    settle().await;
+    assert_eq!(pool.ids(), ["a", "b", "c"]);
+    assert!(refused.load(Ordering::SeqCst));
+}

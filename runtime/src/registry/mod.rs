@@ -19,8 +19,9 @@
 //! and the key's removal.
 //! A client in another language discovers our services by listing the prefix and watching
 //! it; the key lives only while the lease of the process that wrote it does. Watchers list
-//! the prefix a page at a time and skip (with a warning) values that are not such JSON or
-//! are larger than [`MAX_VALUE_BYTES`] (64 KiB).
+//! the prefix a page at a time and skip (with a warning) values that are not such JSON, are
+//! larger than [`MAX_VALUE_BYTES`] (64 KiB), or stored under another key than
+//! `{prefix}/{service}/{id}`.
 //!
 //! A service's gRPC service config, if any, is stored as JSON text under
 //! `/steadfast/config/{service}` (option `config_prefix`), with no lease: clients built

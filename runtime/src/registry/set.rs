@@ -17,12 +17,13 @@ type Bucket = Arc<Vec<Arc<Instance>>>;
 
 /// The live instances of one service, keyed by [`Instance::id`].
 ///
-/// A persistent (copy-on-write) set: cloning it is one reference count, and changing one
-/// instance copies one small bucket of the set (instances are hashed by id into a number of
-/// buckets that doubles as the set grows, 16 instances per bucket on average), so a registry
-/// publishes a change at 10,000 instances as cheaply as at 10. Two versions of a set share
-/// the buckets neither changed, and [`InstanceSet::changes_from`] compares only the buckets
-/// that differ: a watcher applies a change in time proportional to the change.
+/// A persistent (copy-on-write) set: cloning it is one reference count. Instances are hashed
+/// by id into a number of buckets that doubles as the set grows (16 instances per bucket on
+/// average); changing one instance copies its bucket, plus the array of bucket pointers (N/16
+/// pointers, a memcpy) when a watcher still holds the previous version, and touches no other
+/// instance. Two versions of a set share the buckets neither changed, and
+/// [`InstanceSet::changes_from`] compares the bucket pointers and only the buckets that
+/// differ. At 10,000 instances, a change and a watcher's update each take microseconds.
 ///
 /// Iteration order is the buckets' (by a hash of the id), then the id's; it is the same for
 /// the same set, but not sorted: use [`InstanceSet::sorted`] for that.
@@ -177,10 +178,10 @@ impl InstanceSet {
 
     /// What changed from `older` to this set: additions, removals and updates, by id.
     ///
-    /// Proportional to the change when this set was derived from `older` by
-    /// [`insert`](Self::insert)s and [`remove`](Self::remove)s (the buckets neither touched
-    /// are shared, and skipped by pointer); otherwise, as for two sets built apart, it
-    /// compares every instance.
+    /// When this set was derived from `older` by [`insert`](Self::insert)s and
+    /// [`remove`](Self::remove)s, it compares N/16 bucket pointers and, instance by
+    /// instance, only the buckets that changed. Otherwise (two sets built apart, or a bucket
+    /// doubling in between, once per doubling of the set) it compares every instance.
     pub fn changes_from<'a>(&'a self, older: &'a InstanceSet) -> Vec<Change<'a>> {
         let mut out = Vec::new();
         if Arc::ptr_eq(&self.buckets, &older.buckets) {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::MAX_VALUE_BYTES;
 use super::conn::Conn;
-use crate::registry::linger::{Lingering, publish, publish_changes};
+use crate::registry::linger::{Lingering, apply, publish, publish_changes};
 use crate::registry::{Instance, InstanceSet};
 
 /// Keys asked for per page of the list; halved (down to one) while a page is too large to
@@ -19,7 +19,10 @@ const PAGE_KEYS: i64 = 256;
 /// limit is 1.5 MiB per value, so one key always fits.
 const DECODE_LIMIT: usize = 16 * 1024 * 1024;
 
-pub(super) fn parse_instance(key: &str, value: &[u8]) -> Option<Instance> {
+/// The instance stored under `key` (in the service's `prefix`, ending in `/`), or `None`
+/// (with a warning) when the value is too large, not an instance's JSON, invalid, or names
+/// another id than the key's.
+pub(super) fn parse_instance(prefix: &str, key: &str, value: &[u8]) -> Option<Instance> {
     if value.len() > MAX_VALUE_BYTES {
         tracing::warn!(
             key,
@@ -29,15 +32,11 @@ pub(super) fn parse_instance(key: &str, value: &[u8]) -> Option<Instance> {
         return None;
     }
     match serde_json::from_slice::<Instance>(value) {
-        Ok(i)
-            if !key
-                .strip_suffix(i.id.as_str())
-                .is_some_and(|k| k.ends_with('/')) =>
-        {
+        Ok(i) if key.strip_prefix(prefix) != Some(i.id.as_str()) => {
             tracing::warn!(
                 key,
                 id = %i.id,
-                "skipping registry value whose id is not the last segment of its key"
+                "skipping registry value whose key is not its service's prefix and its id"
             );
             None
         }
@@ -273,7 +272,7 @@ pub(super) async fn list(
         }
         for kv in resp.kvs() {
             let key = kv.key_str().unwrap_or("<non-UTF-8 key>").to_owned();
-            if let Some(i) = parse_instance(&key, kv.value()) {
+            if let Some(i) = parse_instance(prefix, &key, kv.value()) {
                 known.insert(key, i);
             }
         }
@@ -334,27 +333,30 @@ async fn list_then_watch(
         if resp.compact_revision() > 0 || resp.canceled() {
             return Ok(());
         }
-        // Applied to the published set one key at a time: an event costs watchers work
-        // proportional to it, not to the number of instances.
-        let mut ops = Vec::with_capacity(resp.events().len());
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            let key = kv.key_str().unwrap_or("<non-UTF-8 key>").to_owned();
-            lingering.forget(&key);
-            match event.event_type() {
-                EventType::Put => {
-                    let now = parse_instance(&key, kv.value());
-                    ops.push((key, now));
+        // Applied to `known` and to the published set one event at a time, in order (a
+        // graceful deregistration's draining mark and its delete may come in one response),
+        // and notified once: an event costs watchers work proportional to it.
+        tx.send_if_modified(|set| {
+            let mut changed = false;
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let key = kv.key_str().unwrap_or("<non-UTF-8 key>").to_owned();
+                lingering.forget(&key);
+                match event.event_type() {
+                    EventType::Put => {
+                        let now = parse_instance(prefix, &key, kv.value());
+                        changed |= apply(set, &mut known, key, now);
+                    }
+                    // A draining instance stays listed as draining a moment longer, so that
+                    // a watcher that reads only the latest set still sees that it drained.
+                    EventType::Delete if known.get(&key).is_some_and(|i| i.draining) => {
+                        lingering.hold(key);
+                    }
+                    EventType::Delete => changed |= apply(set, &mut known, key, None),
                 }
-                // A draining instance stays listed as draining a moment longer, so that a
-                // watcher that reads only the latest set still sees that it drained.
-                EventType::Delete if known.get(&key).is_some_and(|i| i.draining) => {
-                    lingering.hold(key);
-                }
-                EventType::Delete => ops.push((key, None)),
             }
-        }
-        publish_changes(tx, &mut known, ops);
+            changed
+        });
     }
 }
 
@@ -373,19 +375,20 @@ mod tests {
     fn values_over_the_maximum_are_skipped() {
         let mut i = Instance::new("svc", "i1", "http://127.0.0.1:1");
         let ok = serde_json::to_vec(&i).unwrap();
-        assert!(parse_instance("/p/svc/i1", &ok).is_some());
+        assert!(parse_instance("/p/svc/", "/p/svc/i1", &ok).is_some());
         i.metadata
             .insert("blob".into(), "x".repeat(MAX_VALUE_BYTES));
         let big = serde_json::to_vec(&i).unwrap();
-        assert!(parse_instance("/p/svc/i1", &big).is_none());
+        assert!(parse_instance("/p/svc/", "/p/svc/i1", &big).is_none());
     }
 
     #[test]
     fn a_value_under_another_id_s_key_is_skipped() {
         let i = Instance::new("svc", "i1", "http://127.0.0.1:1");
         let json = serde_json::to_vec(&i).unwrap();
-        assert!(parse_instance("/p/svc/i2", &json).is_none());
-        assert!(parse_instance("/p/svc/xi1", &json).is_none());
-        assert!(parse_instance("i1", &json).is_none());
+        assert!(parse_instance("/p/svc/", "/p/svc/i2", &json).is_none());
+        assert!(parse_instance("/p/svc/", "/p/svc/xi1", &json).is_none());
+        assert!(parse_instance("/p/svc/", "/p/svc/x/i1", &json).is_none());
+        assert!(parse_instance("/p/svc/", "/p/svc/i1", &json).is_some());
     }
 }
