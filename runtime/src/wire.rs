@@ -2,7 +2,26 @@
 //! digits and one unit letter), steadfast's own metadata keys, and a safe rendering of
 //! untrusted header values for logs. Depends on nothing else in the crate.
 
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
+
+/// Metadata keys parsed once: inserting with a `&'static str` validates the name on every call.
+macro_rules! keys {
+    ($($name:ident = $text:expr;)*) => {$(
+        pub(crate) static $name: LazyLock<MetadataKey<Ascii>> =
+            LazyLock::new(|| MetadataKey::from_static($text));
+    )*};
+}
+
+keys! {
+    GRPC_TIMEOUT_KEY = GRPC_TIMEOUT;
+    PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts";
+    TRACEPARENT_KEY = "traceparent";
+    TRACESTATE_KEY = "tracestate";
+    X_TRACE_ID_KEY = "x-trace-id";
+}
 
 /// Metadata key on the DEADLINE_EXCEEDED that a steadfast server sends when the caller's
 /// `grpc-timeout` expires. A steadfast client that sees it knows its own per-attempt timeout
@@ -43,26 +62,54 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, &'static str> {
     })
 }
 
-/// Formats `d` as a `grpc-timeout` value: the finest unit whose count fits in 8 digits,
-/// rounded up so the server never sees less time than is left.
-pub(crate) fn grpc_timeout_value(d: Duration) -> http::HeaderValue {
+/// Writes `d` as a `grpc-timeout` value into `buf`: the finest unit whose count fits in 8
+/// digits, rounded up so the server never sees less time than is left. No allocation.
+fn grpc_timeout_text(d: Duration, buf: &mut [u8; 9]) -> &[u8] {
     const MAX: u128 = 99_999_999;
     let nanos = d.as_nanos();
     let (n, unit) = [
-        (1u128, 'n'),
-        (1_000, 'u'),
-        (1_000_000, 'm'),
-        (1_000_000_000, 'S'),
-        (60_000_000_000, 'M'),
-        (3_600_000_000_000, 'H'),
+        (1u128, b'n'),
+        (1_000, b'u'),
+        (1_000_000, b'm'),
+        (1_000_000_000, b'S'),
+        (60_000_000_000, b'M'),
+        (3_600_000_000_000, b'H'),
     ]
     .into_iter()
     .map(|(per, unit)| (nanos.div_ceil(per), unit))
     .find(|(n, _)| *n <= MAX)
-    .unwrap_or((MAX, 'H'));
-    let mut text = n.to_string();
-    text.push(unit);
-    http::HeaderValue::from_str(&text).expect("digits and a unit letter")
+    .unwrap_or((MAX, b'H'));
+    buf[8] = unit;
+    let mut at = 8;
+    let mut n = n as u64;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Formats `d` as a `grpc-timeout` header value (see [`grpc_timeout_text`]), marked
+/// sensitive: a value new on every request is sent as a never-indexed HPACK literal instead
+/// of churning the connection's header table.
+pub(crate) fn grpc_timeout_value(d: Duration) -> http::HeaderValue {
+    let mut buf = [0; 9];
+    let mut v = http::HeaderValue::from_bytes(grpc_timeout_text(d, &mut buf))
+        .expect("digits and a unit letter");
+    v.set_sensitive(true);
+    v
+}
+
+/// [`grpc_timeout_value`] as gRPC metadata.
+pub(crate) fn grpc_timeout_metadata(d: Duration) -> MetadataValue<Ascii> {
+    let mut buf = [0; 9];
+    let mut v =
+        MetadataValue::try_from(grpc_timeout_text(d, &mut buf)).expect("digits and a unit letter");
+    v.set_sensitive(true);
+    v
 }
 
 /// Escapes and truncates untrusted header bytes for a log line.
@@ -83,6 +130,33 @@ pub(crate) fn sanitize(value: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeout_values_round_up_in_the_finest_unit_that_fits() {
+        let mut d = Duration::from_nanos(1);
+        let mut checked = 0;
+        while d < Duration::from_secs(86_400 * 365 * 200) {
+            for d in [d, d - Duration::from_nanos(1), d + Duration::from_nanos(7)] {
+                let v = grpc_timeout_metadata(d);
+                assert!(v.is_sensitive());
+                let bytes = v.as_bytes();
+                assert_eq!(bytes, grpc_timeout_value(d).as_bytes());
+                let sent = parse_grpc_timeout(bytes).unwrap();
+                let unit = parse_grpc_timeout(&[b"1", &bytes[bytes.len() - 1..]].concat()).unwrap();
+                assert!(sent >= d && sent - d < unit, "{d:?} sent as {sent:?}");
+                if d.as_nanos() % unit.as_nanos() == 0 {
+                    // Exact: as tonic writes it.
+                    let mut req = tonic::Request::new(());
+                    req.set_timeout(d);
+                    assert_eq!(bytes, req.metadata().get(GRPC_TIMEOUT).unwrap().as_bytes());
+                }
+                checked += 1;
+            }
+            d = d * 3 + Duration::from_nanos(1);
+        }
+        assert!(checked > 100);
+        assert_eq!(grpc_timeout_value(Duration::ZERO), "0n");
+    }
 
     #[test]
     fn parses_every_unit() {

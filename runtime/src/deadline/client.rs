@@ -212,11 +212,12 @@ where
             (p, r) => p.or(r),
         };
         if let Some(bound) = bound {
-            req.set_timeout(bound);
-            // A new value on every request: never indexed (see `trace::inject_metadata`).
-            if let Some(v) = req.metadata_mut().get_mut(crate::wire::GRPC_TIMEOUT) {
-                v.set_sensitive(true);
-            }
+            // Written without a `format!`, rounded up, never indexed (a new value on every
+            // request; see `trace::inject_metadata`).
+            req.metadata_mut().insert(
+                &*crate::wire::GRPC_TIMEOUT_KEY,
+                crate::wire::grpc_timeout_metadata(bound),
+            );
         }
         let info = match req.extensions().get::<AttemptInfo>() {
             Some(info) => info.clone(),

@@ -389,7 +389,7 @@ impl CallPolicy {
                 tonic::Request::from_parts(metadata.clone(), extensions.clone(), message.clone());
             if attempts > 1 {
                 req.metadata_mut()
-                    .insert(PREVIOUS_ATTEMPTS_KEY, (attempts - 1).into());
+                    .insert(&*crate::wire::PREVIOUS_ATTEMPTS, (attempts - 1).into());
             }
             let info = AttemptInfo::new(avoid.take(), false);
             req.extensions_mut().insert(info.clone());

@@ -12,8 +12,6 @@ use pin_project_lite::pin_project;
 use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::Instrument;
-use tracing::instrument::Instrumented;
 
 use crate::Context;
 use crate::outcome::AttemptInfo;
@@ -181,12 +179,18 @@ where
             .cloned();
         let parent = super::caller_context(&caller, own.as_ref());
         let ctx = super::child_of(&parent, &span, &caller);
-        Context::of_call(req.extensions_mut());
-        if let Some(call) = req.extensions_mut().get_mut::<Context>() {
-            call.set_trace(ctx);
+        // The call's context (the task's when the request brought none) takes the call's
+        // trace: set in place, never a root trace made up only to be replaced.
+        match req.extensions_mut().get_mut::<Context>() {
+            Some(call) => call.set_trace(ctx),
+            None => {
+                let mut call = Context::current();
+                call.set_trace(ctx);
+                req.extensions_mut().insert(call);
+            }
         }
         SpanFuture::new(
-            self.inner.call(req).instrument(span.clone()),
+            self.inner.call(req),
             span,
             Finish::Call(service.is_none().then(|| names.clone())),
         )
@@ -196,10 +200,11 @@ where
 pin_project! {
     /// The response future of [`ClientSpan`] and
     /// [`PropagateMetadata`](super::PropagateMetadata): runs the call or attempt inside its
-    /// span and records how it ended on the span.
+    /// span (entered on each poll, unless no subscriber records it) and records how it ended
+    /// on the span.
     pub struct SpanFuture<F> {
         #[pin]
-        inner: Instrumented<F>,
+        inner: F,
         span: tracing::Span,
         finish: Finish,
         done: bool,
@@ -226,7 +231,7 @@ pub(crate) enum Finish {
 }
 
 impl<F> SpanFuture<F> {
-    pub(crate) fn new(inner: Instrumented<F>, span: tracing::Span, finish: Finish) -> Self {
+    pub(crate) fn new(inner: F, span: tracing::Span, finish: Finish) -> Self {
         SpanFuture {
             inner,
             span,
@@ -250,7 +255,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let out = ready!(this.inner.poll(cx));
+        let out = {
+            let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
+            ready!(this.inner.poll(cx))
+        };
         *this.done = true;
         match this.finish {
             Finish::Call(Some(names)) => {

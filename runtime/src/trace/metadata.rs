@@ -6,7 +6,6 @@ use std::task::{Context as TaskContext, Poll};
 use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::Instrument;
 
 use super::client::{Finish, SpanFuture};
 use crate::Context;
@@ -96,7 +95,7 @@ where
         // Set by the retry layer on every attempt after the first (gRFC A6).
         let attempt = req
             .metadata()
-            .get("grpc-previous-rpc-attempts")
+            .get(&*crate::wire::PREVIOUS_ATTEMPTS)
             .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
             .map_or(1, |previous| previous.saturating_add(1));
         let span = tracing::info_span!(
@@ -118,10 +117,6 @@ where
         let ctx = super::child_of(&call, &span, &parent);
         super::inject_metadata(&ctx, req.metadata_mut());
         let info = req.extensions().get::<AttemptInfo>().cloned();
-        SpanFuture::new(
-            self.inner.call(req).instrument(span.clone()),
-            span,
-            Finish::Attempt(info),
-        )
+        SpanFuture::new(self.inner.call(req), span, Finish::Attempt(info))
     }
 }

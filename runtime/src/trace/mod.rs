@@ -352,21 +352,22 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
 /// indexed: adding them to the connection's header table would only evict the entries that
 /// do repeat (content type, user agent, authority) and make every request larger.
 pub fn inject_metadata(ctx: &TraceContext, metadata: &mut MetadataMap) {
+    use crate::wire::{TRACEPARENT_KEY, TRACESTATE_KEY, X_TRACE_ID_KEY};
     let unindexed = |mut v: tonic::metadata::AsciiMetadataValue| {
         v.set_sensitive(true);
         v
     };
     let tp = traceparent::format(ctx.trace_id, ctx.span_id, ctx.flags);
     if let Ok(v) = tonic::metadata::MetadataValue::try_from(&tp[..]) {
-        metadata.insert(TRACEPARENT, unindexed(v));
+        metadata.insert(&*TRACEPARENT_KEY, unindexed(v));
     }
     if !ctx.state.is_empty()
         && let Ok(v) = tonic::metadata::MetadataValue::try_from(ctx.state.as_str())
     {
-        metadata.insert(TRACESTATE, v);
+        metadata.insert(&*TRACESTATE_KEY, v);
     }
     if let Ok(v) = tonic::metadata::MetadataValue::try_from(&ctx.trace_id.to_hex()[..]) {
-        metadata.insert(X_TRACE_ID, unindexed(v));
+        metadata.insert(&*X_TRACE_ID_KEY, unindexed(v));
     }
 }
 
