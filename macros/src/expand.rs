@@ -130,7 +130,9 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
         #[doc = #doc]
         #vis struct #client_ident {
             __steadfast_core: ::steadfast::__private::ClientCore,
-            __steadfast_client: #tonic_client<::steadfast::__private::Channel>,
+            // Shared: cloning the client, and each call, clones an `Arc`; the tonic client
+            // (whose channel clone allocates) is cloned once per attempt, as tonic users do.
+            __steadfast_client: ::std::sync::Arc<#tonic_client<::steadfast::__private::Channel>>,
         }
 
         #[automatically_derived]
@@ -138,7 +140,7 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
             fn clone(&self) -> Self {
                 Self {
                     __steadfast_core: ::core::clone::Clone::clone(&self.__steadfast_core),
-                    __steadfast_client: ::core::clone::Clone::clone(&self.__steadfast_client),
+                    __steadfast_client: ::std::sync::Arc::clone(&self.__steadfast_client),
                 }
             }
         }
@@ -192,7 +194,7 @@ fn emit(model: &Client, item: ItemTrait) -> TokenStream {
                     client = client.max_encoding_message_size(limit);
                 }
                 Self {
-                    __steadfast_client: client,
+                    __steadfast_client: ::std::sync::Arc::new(client),
                     __steadfast_core: core,
                 }
             }
@@ -337,13 +339,13 @@ fn inherent_method(index: usize, m: &Method, vis: &syn::Visibility) -> TokenStre
         #vis fn #ident(&self, __steadfast_message: #message)
             -> impl ::core::future::Future<Output = #output> + ::core::marker::Send + 'static
         {
-            let __steadfast_client = ::core::clone::Clone::clone(&self.__steadfast_client);
+            let __steadfast_client = ::std::sync::Arc::clone(&self.__steadfast_client);
             ::steadfast::__private::#entry(
                 &self.__steadfast_core,
                 #index,
                 #request,
                 move |__steadfast_request| {
-                    let mut __steadfast_client = ::core::clone::Clone::clone(&__steadfast_client);
+                    let mut __steadfast_client = ::core::clone::Clone::clone(&*__steadfast_client);
                     async move { __steadfast_client.#ident(__steadfast_request).await }
                 },
             )
