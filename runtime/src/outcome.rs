@@ -278,6 +278,9 @@ struct Inner {
     reported: AtomicBool,
     /// For a streaming response: what to run with the stream's final outcome.
     stream_end: std::sync::Mutex<Option<StreamEnd>>,
+    /// When the attempt started, as read by the layer that made it (one clock read per
+    /// attempt, shared by the layers below).
+    started: OnceLock<tokio::time::Instant>,
 }
 
 /// Told a response stream's final outcome (see [`AttemptInfo::on_stream_end`]).
@@ -305,6 +308,17 @@ impl AttemptInfo {
             ..Inner::default()
         }))
     }
+    /// Records when the attempt started (the first time only), so that the layers below
+    /// need no clock read of their own.
+    pub fn set_started(&self, at: tokio::time::Instant) {
+        let _ = self.0.started.set(at);
+    }
+
+    /// When the attempt started, if the layer that made it said.
+    pub fn started(&self) -> Option<tokio::time::Instant> {
+        self.0.started.get().copied()
+    }
+
     /// Runs `f` with the final outcome of this attempt's response stream, when the stream
     /// ends (its trailers, an error, or the deadline); never if the caller drops the stream
     /// before its end. A breaker records a streaming call this way, at its end.

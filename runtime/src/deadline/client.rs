@@ -203,10 +203,21 @@ where
     }
 
     fn call(&mut self, mut req: tonic::Request<M>) -> Self::Future {
+        let info = match req.extensions().get::<AttemptInfo>() {
+            Some(info) => info.clone(),
+            None => {
+                let info = AttemptInfo::new(None, false);
+                req.extensions_mut().insert(info.clone());
+                info
+            }
+        };
+        // The attempt's start as the layer that made it read the clock; else read it here.
+        let now = info.started().unwrap_or_else(Instant::now);
         let remaining = req
             .extensions()
             .get::<Context>()
-            .and_then(Context::remaining);
+            .and_then(Context::deadline)
+            .map(|d| d.saturating_duration_since(now));
         let bound = match (self.per_attempt, remaining) {
             (Some(p), Some(r)) => Some(p.min(r)),
             (p, r) => p.or(r),
@@ -219,17 +230,9 @@ where
                 crate::wire::grpc_timeout_metadata(bound),
             );
         }
-        let info = match req.extensions().get::<AttemptInfo>() {
-            Some(info) => info.clone(),
-            None => {
-                let info = AttemptInfo::new(None, false);
-                req.extensions_mut().insert(info.clone());
-                info
-            }
-        };
         // With the transport's timer, only the instant is kept: to tell whether a
         // DEADLINE_EXCEEDED or the transport's `TimeoutExpired` was our bound running out.
-        let expires = bound.and_then(|b| Instant::now().checked_add(b));
+        let expires = bound.and_then(|b| now.checked_add(b));
         AttemptFuture {
             inner: self.inner.call(req),
             sleep: bound

@@ -52,6 +52,7 @@ impl Lingering {
         over
     }
     /// The keys held.
+    #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
     pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| k.as_str())
     }

@@ -373,6 +373,7 @@ impl CallPolicy {
         let deadline = ctx.and_then(Context::deadline);
         let trace_id = ctx.and_then(Context::trace).map(|t| t.trace_id());
         let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
+        let past = |now: Instant| deadline.is_some_and(|d| now >= d);
         // A request stream that outgrew its replay buffer cannot be sent again.
         let replay = extensions.get::<ReplayCommit>().cloned();
         let replayable = || replay.as_ref().is_none_or(|r| !r.is_committed());
@@ -382,7 +383,9 @@ impl CallPolicy {
         let mut transparent = 0u32;
         loop {
             attempts += 1;
-            if past_deadline() {
+            // The attempt's one clock read, shared with the layers below through its info.
+            let now = Instant::now();
+            if past(now) {
                 return Err(self.exhausted(attempts - 1, None));
             }
             let mut req =
@@ -392,6 +395,7 @@ impl CallPolicy {
                     .insert(&*crate::wire::PREVIOUS_ATTEMPTS, (attempts - 1).into());
             }
             let info = AttemptInfo::new(avoid.take(), false);
+            info.set_started(now);
             req.extensions_mut().insert(info.clone());
             let result = match inner.ready().await {
                 Ok(ready) => ready.call(req).await,
