@@ -86,10 +86,14 @@ where
     }
 
     fn call(&mut self, mut req: tonic::Request<M>) -> Self::Future {
-        let call = Context::of_call(req.extensions_mut())
-            .trace()
-            .cloned()
-            .expect("of_call gives every call a trace");
+        // The call's trace: set by the client span layer above, else the one `of_call` gives.
+        let call = match req.extensions().get::<Context>().and_then(Context::trace) {
+            Some(trace) => trace.clone(),
+            None => Context::of_call(req.extensions_mut())
+                .trace()
+                .cloned()
+                .expect("of_call gives every call a trace"),
+        };
         // Attempts are made while the call's future runs, inside the call's span.
         let parent = tracing::Span::current();
         // Set by the retry layer on every attempt after the first (gRFC A6).

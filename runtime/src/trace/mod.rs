@@ -366,7 +366,8 @@ pub fn inject_metadata(ctx: &TraceContext, metadata: &mut MetadataMap) {
     {
         metadata.insert(&*TRACESTATE_KEY, v);
     }
-    if let Ok(v) = tonic::metadata::MetadataValue::try_from(&ctx.trace_id.to_hex()[..]) {
+    // The trace id's hex, as written in the traceparent (`00-{trace id}-...`).
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(&tp[3..35]) {
         metadata.insert(&*X_TRACE_ID_KEY, unindexed(v));
     }
 }
