@@ -31,6 +31,10 @@ pub const DEADLINE_EXPIRED_KEY: &str = "steadfast-deadline-expired";
 /// The header that carries a call's remaining time to the server.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
+/// [`GRPC_TIMEOUT`] as a header name, parsed at compile time.
+pub(crate) const GRPC_TIMEOUT_HEADER: http::HeaderName =
+    http::HeaderName::from_static(GRPC_TIMEOUT);
+
 /// Parses a `grpc-timeout` value (`"100m"`, `"3S"`, `"250000u"`).
 ///
 /// ```

@@ -57,6 +57,10 @@ struct Args {
     /// The variant for `--calls`, by its number in the table (0 is raw tonic).
     #[arg(long, default_value_t = 0)]
     variant: usize,
+    /// With `--calls`: call this server (one started with `--serve`, for example under
+    /// callgrind to count the server's instructions) instead of starting one.
+    #[arg(long)]
+    server: Option<String>,
 }
 
 #[steadfast::resilient_client(service = "overhead-user", client = UserServiceClient,
@@ -81,13 +85,18 @@ fn cpu_seconds(pid: &str) -> f64 {
 
 async fn serve() -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // Ends on Ctrl-C or SIGTERM, so that a profiler running it writes its results.
+    let stop = steadfast::registry::shutdown_signal();
     println!("http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
     tonic::transport::Server::builder()
         .layer(TraceLayer::new())
         .layer(DeadlineLayer::new())
         .add_service(UserServiceServer::new(UserSvc::new("bench", Fault::None)))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop,
+        )
         .await?;
     Ok(())
 }
@@ -383,8 +392,14 @@ async fn bench(args: Args) -> Result<serde_json::Value, BoxError> {
 }
 
 /// `--calls`: one variant, calls one after another (see [`Args::calls`]).
-async fn sequential(calls: u64, variant: usize) -> Result<(), BoxError> {
-    let (server, addr) = spawn_server()?;
+async fn sequential(calls: u64, variant: usize, server: Option<String>) -> Result<(), BoxError> {
+    let (server, addr) = match server {
+        Some(addr) => (None, addr),
+        None => {
+            let (process, addr) = spawn_server()?;
+            (Some(process), addr)
+        }
+    };
     let variants = variants(&addr).await?;
     let (name, call) = variants.get(variant).ok_or("no such variant")?;
     for i in 0..200 {
@@ -408,7 +423,7 @@ fn run(args: Args) -> Result<(), BoxError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        return rt.block_on(sequential(calls, args.variant));
+        return rt.block_on(sequential(calls, args.variant, args.server));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

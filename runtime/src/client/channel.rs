@@ -328,7 +328,8 @@ impl Future for ResponseFuture {
                     if let Some(at) = deadline {
                         cut = cut.deadline(
                             Box::pin(tokio::time::sleep_until(at)),
-                            tonic::Status::deadline_exceeded(
+                            crate::deadline::body::Cut::Static(
+                                tonic::Code::DeadlineExceeded,
                                 "the call's deadline expired while the response was streaming",
                             ),
                         );

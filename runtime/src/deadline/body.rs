@@ -16,8 +16,27 @@ use tokio::time::Sleep;
 /// the trailers.
 pub(crate) struct CutBody {
     inner: Option<tonic::body::Body>,
-    deadline: Option<(Pin<Box<Sleep>>, tonic::Status)>,
+    deadline: Option<(Pin<Box<Sleep>>, Cut)>,
     idle: Option<(Pin<Box<Sleep>>, Duration)>,
+}
+
+/// The status a [`CutBody`] ends with when its deadline passes; built only then (most bodies
+/// end before their deadline, and a formatted message on every response costs an allocation
+/// and a `format!`).
+pub(crate) enum Cut {
+    /// A status with this code and message.
+    Static(tonic::Code, &'static str),
+    /// The server's answer when its caller's `grpc-timeout` of this length expires.
+    GrpcTimeout(Duration),
+}
+
+impl Cut {
+    fn status(&self) -> tonic::Status {
+        match self {
+            Cut::Static(code, message) => tonic::Status::new(*code, *message),
+            Cut::GrpcTimeout(t) => expired(*t),
+        }
+    }
 }
 
 impl CutBody {
@@ -30,9 +49,9 @@ impl CutBody {
         }
     }
 
-    /// Cut when `sleep` fires, with `status`.
-    pub(crate) fn deadline(mut self, sleep: Pin<Box<Sleep>>, status: tonic::Status) -> Self {
-        self.deadline = Some((sleep, status));
+    /// Cut when `sleep` fires, with the status `cut` says.
+    pub(crate) fn deadline(mut self, sleep: Pin<Box<Sleep>>, cut: Cut) -> Self {
+        self.deadline = Some((sleep, cut));
         self
     }
 
@@ -80,10 +99,10 @@ impl Body for CutBody {
             return Poll::Ready(frame);
         }
         let mut fired = None;
-        if let Some((sleep, status)) = &mut this.deadline
+        if let Some((sleep, cut)) = &mut this.deadline
             && sleep.as_mut().poll(cx).is_ready()
         {
-            fired = Some(status.clone());
+            fired = Some(cut.status());
         } else if let Some((sleep, idle)) = &mut this.idle
             && sleep.as_mut().poll(cx).is_ready()
         {

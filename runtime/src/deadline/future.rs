@@ -7,7 +7,7 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Sleep;
 
-use super::body::{CutBody, expired};
+use super::body::{Cut, CutBody, expired};
 use crate::Context;
 use crate::trace::context::CURRENT;
 
@@ -55,10 +55,9 @@ where
             let (Ok(_), Some(sleep)) = (out.as_ref(), this.sleep.take()) else {
                 return Poll::Ready(out);
             };
-            let status = expired(this.timeout.unwrap_or_default());
+            let cut = Cut::GrpcTimeout(this.timeout.unwrap_or_default());
             return Poll::Ready(out.map(|response| {
-                response
-                    .map(|body| tonic::body::Body::new(CutBody::new(body).deadline(sleep, status)))
+                response.map(|body| tonic::body::Body::new(CutBody::new(body).deadline(sleep, cut)))
             }));
         }
         if let Some(sleep) = this.sleep.as_mut() {

@@ -89,16 +89,19 @@ where
     }
 
     fn call(&mut self, mut req: ::http::Request<B>) -> Self::Future {
-        let timeout = req.headers().get(GRPC_TIMEOUT).and_then(|value| {
-            parse_grpc_timeout(value.as_bytes())
-                .map_err(|why| {
-                    tracing::warn!(
-                        value = %sanitize(value.as_bytes()),
-                        "ignoring malformed grpc-timeout header: {why}"
-                    )
-                })
-                .ok()
-        });
+        let timeout = req
+            .headers()
+            .get(&crate::wire::GRPC_TIMEOUT_HEADER)
+            .and_then(|value| {
+                parse_grpc_timeout(value.as_bytes())
+                    .map_err(|why| {
+                        tracing::warn!(
+                            value = %sanitize(value.as_bytes()),
+                            "ignoring malformed grpc-timeout header: {why}"
+                        )
+                    })
+                    .ok()
+            });
         // Build on what an outer layer (e.g. the trace layer) already put in the request.
         let base = req
             .extensions()

@@ -13,7 +13,7 @@ use crate::Context;
 use crate::metrics::ServerMethodMetrics;
 use crate::trace::RequestPath;
 use crate::trace::{SpanId, TraceContext, TraceId, extract, extract_metadata};
-use crate::wire::{DEADLINE_EXPIRED_KEY, GRPC_TIMEOUT, parse_grpc_timeout};
+use crate::wire::{DEADLINE_EXPIRED_KEY, parse_grpc_timeout};
 
 /// Where `#[traced]` was applied: one `static` per instrumented fn, holding what is
 /// resolved once for all its calls (the gRPC names and the metric handles), so a handled
@@ -114,7 +114,7 @@ impl Call {
             ctx = ctx.with_trace(extract_metadata(req.metadata()));
         }
         if ctx.deadline().is_none()
-            && let Some(v) = req.metadata().get(GRPC_TIMEOUT)
+            && let Some(v) = req.metadata().get(&*crate::wire::GRPC_TIMEOUT_KEY)
             && let Ok(t) = parse_grpc_timeout(v.as_encoded_bytes())
         {
             ctx = ctx.with_timeout(t);

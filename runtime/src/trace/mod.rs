@@ -240,23 +240,42 @@ pub fn parse_x_trace_id(value: &[u8]) -> Option<TraceId> {
     TraceId::from_hex(std::str::from_utf8(&lower).ok()?)
 }
 
-/// Where headers are read from: HTTP headers or gRPC metadata.
+/// The headers the extraction reads.
+#[derive(Clone, Copy)]
+enum Field {
+    Traceparent,
+    Tracestate,
+    XTraceId,
+}
+
+/// Where headers are read from: HTTP headers or gRPC metadata. Names are parsed once
+/// (constants), and values are iterated where they lie.
 trait Carrier {
-    fn values(&self, key: &str) -> Vec<&[u8]>;
+    fn values(&self, field: Field) -> impl Iterator<Item = &[u8]>;
 }
 
 impl Carrier for HeaderMap {
-    fn values(&self, key: &str) -> Vec<&[u8]> {
-        self.get_all(key).iter().map(|v| v.as_bytes()).collect()
+    fn values(&self, field: Field) -> impl Iterator<Item = &[u8]> {
+        const NAMES: [http::HeaderName; 3] = [
+            http::HeaderName::from_static(TRACEPARENT),
+            http::HeaderName::from_static(TRACESTATE),
+            http::HeaderName::from_static(X_TRACE_ID),
+        ];
+        self.get_all(&NAMES[field as usize])
+            .iter()
+            .map(|v| v.as_bytes())
     }
 }
 
 impl Carrier for MetadataMap {
-    fn values(&self, key: &str) -> Vec<&[u8]> {
-        self.get_all(key)
-            .iter()
-            .map(|v| v.as_encoded_bytes())
-            .collect()
+    fn values(&self, field: Field) -> impl Iterator<Item = &[u8]> {
+        use crate::wire::{TRACEPARENT_KEY, TRACESTATE_KEY, X_TRACE_ID_KEY};
+        let key = match field {
+            Field::Traceparent => &*TRACEPARENT_KEY,
+            Field::Tracestate => &*TRACESTATE_KEY,
+            Field::XTraceId => &*X_TRACE_ID_KEY,
+        };
+        self.get_all(key).iter().map(|v| v.as_encoded_bytes())
     }
 }
 
@@ -269,11 +288,11 @@ fn warn_invalid(header: &str, value: &[u8], why: &dyn std::fmt::Display) {
 }
 
 fn extract_from(carrier: &impl Carrier) -> TraceContext {
-    let parents = carrier.values(TRACEPARENT);
-    match parents.as_slice() {
-        [one] => match Traceparent::parse(one) {
+    let mut parents = carrier.values(Field::Traceparent);
+    match (parents.next(), parents.next()) {
+        (Some(one), None) => match Traceparent::parse(one) {
             Ok(parent) => {
-                let states = carrier.values(TRACESTATE);
+                let states: Vec<&[u8]> = carrier.values(Field::Tracestate).collect();
                 let state = TraceState::parse(&states).unwrap_or_else(|why| {
                     warn_invalid(TRACESTATE, &states.concat(), &why);
                     TraceState::EMPTY
@@ -282,15 +301,17 @@ fn extract_from(carrier: &impl Carrier) -> TraceContext {
             }
             Err(why) => warn_invalid(TRACEPARENT, one, &why),
         },
-        [] => {}
-        many => warn_invalid(
-            TRACEPARENT,
-            &many.join(&b','),
-            &"several traceparent headers",
-        ),
+        (None, _) => {}
+        (Some(_), Some(_)) => {
+            let many: Vec<&[u8]> = carrier.values(Field::Traceparent).collect();
+            warn_invalid(
+                TRACEPARENT,
+                &many.join(&b','),
+                &"several traceparent headers",
+            )
+        }
     }
-    let ids = carrier.values(X_TRACE_ID);
-    if let Some(value) = ids.first() {
+    if let Some(value) = carrier.values(Field::XTraceId).next() {
         match parse_x_trace_id(value) {
             Some(id) => return TraceContext::from_trace_id(id),
             None => warn_invalid(X_TRACE_ID, value, &"expected 32 hex digits or a UUID"),
