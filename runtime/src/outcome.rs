@@ -308,8 +308,10 @@ impl AttemptInfo {
             ..Inner::default()
         }))
     }
+
     /// Records when the attempt started (the first time only), so that the layers below
-    /// need no clock read of their own.
+    /// need no clock read of their own. Read it right before the inner service's `call`
+    /// (after it is ready): the attempt's time is counted from it.
     pub fn set_started(&self, at: tokio::time::Instant) {
         let _ = self.0.started.set(at);
     }

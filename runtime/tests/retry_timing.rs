@@ -356,3 +356,75 @@ async fn the_servers_report_that_our_attempt_timeout_expired_is_retried() {
     assert_eq!(result.unwrap(), 7);
     assert_eq!(log.len(), 2);
 }
+
+/// A layer that keeps its service unready for a while on first use, as a rate limit or a
+/// concurrency limit between the retry layer and the attempt timeout would.
+#[derive(Clone)]
+struct SlowReady<S> {
+    inner: S,
+    wait: Arc<Mutex<Option<std::pin::Pin<Box<tokio::time::Sleep>>>>>,
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for SlowReady<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        let mut wait = self.wait.lock().unwrap();
+        if let Some(sleep) = wait.as_mut() {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            *wait = None;
+        }
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, req: R) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_waiting_for_a_layer_below_the_retry_is_not_given_to_the_attempt() {
+    use tower::{ServiceBuilder, ServiceExt};
+    let policy = Arc::new(policy(RetryPolicy::default()));
+    let sent = Arc::new(Mutex::new(None));
+    let seen = sent.clone();
+    let started = Instant::now();
+    let svc = ServiceBuilder::new()
+        .layer(steadfast::deadline::CallDeadlineLayer::new(Some(
+            Duration::from_secs(1),
+        )))
+        .layer(steadfast::retry::RetryLayer::new(policy))
+        .layer_fn(|inner| SlowReady {
+            inner,
+            wait: Arc::new(Mutex::new(Some(Box::pin(tokio::time::sleep(
+                Duration::from_millis(300),
+            ))))),
+        })
+        .layer(steadfast::deadline::AttemptTimeoutLayer::new(None))
+        .service_fn(move |req: tonic::Request<u32>| {
+            let timeout = req.metadata().get("grpc-timeout").cloned();
+            *seen.lock().unwrap() = Some((Instant::now(), timeout));
+            async move {
+                std::future::pending::<()>().await;
+                Ok::<_, Status>(tonic::Response::new(0u32))
+            }
+        });
+    let err = svc.oneshot(tonic::Request::new(7)).await.unwrap_err();
+    let (at, timeout) = sent.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        at - started,
+        Duration::from_millis(300),
+        "sent once the layer was ready"
+    );
+    // 700 ms were left when the attempt went out; not the second the call began with.
+    assert_eq!(timeout.unwrap(), "700000u");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "the call kept its deadline"
+    );
+}

@@ -235,9 +235,10 @@ where
         let expires = bound.and_then(|b| now.checked_add(b));
         AttemptFuture {
             inner: self.inner.call(req),
-            sleep: bound
+            // Fixed to the attempt's end as computed from its start.
+            sleep: expires
                 .filter(|_| !self.transport_timer)
-                .map(tokio::time::sleep),
+                .map(tokio::time::sleep_until),
             expires,
             bound,
             info,

@@ -12,7 +12,7 @@ use tower::ServiceExt;
 
 use steadfast_spec::{FieldError, HedgeSpec};
 
-use super::{CallPolicy, PREVIOUS_ATTEMPTS_KEY, Pushback};
+use super::{CallPolicy, Pushback};
 use crate::Context;
 use crate::Error;
 use crate::breaker;
@@ -151,7 +151,7 @@ impl CallPolicy {
                     );
                     if sent > 1 {
                         req.metadata_mut()
-                            .insert(PREVIOUS_ATTEMPTS_KEY, (sent - 1).into());
+                            .insert(&*crate::wire::PREVIOUS_ATTEMPTS, (sent - 1).into());
                         self.method_metrics().retry(trace_id);
                     }
                     // Another endpoint than the copy before, when one exists.

@@ -46,7 +46,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::Status;
-use tower::ServiceExt;
 
 pub use self::config::{MethodConfig, MethodName, ServiceConfig};
 pub use self::hedge::HedgingPolicy;
@@ -395,10 +394,20 @@ impl CallPolicy {
                     .insert(&*crate::wire::PREVIOUS_ATTEMPTS, (attempts - 1).into());
             }
             let info = AttemptInfo::new(avoid.take(), false);
-            info.set_started(now);
             req.extensions_mut().insert(info.clone());
-            let result = match inner.ready().await {
-                Ok(ready) => ready.call(req).await,
+            // The attempt starts when the inner service is ready: the read above if it was
+            // ready at once, else a new one (a layer in between may make it wait, and the
+            // wait is not time the attempt has).
+            let mut waited = false;
+            let ready = std::future::poll_fn(|cx| {
+                let r = inner.poll_ready(cx);
+                waited |= r.is_pending();
+                r
+            })
+            .await;
+            info.set_started(if waited { Instant::now() } else { now });
+            let result = match ready {
+                Ok(()) => inner.call(req).await,
                 Err(status) => Err(status),
             };
             let outcome = info.outcome_of(&result);

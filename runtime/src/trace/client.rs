@@ -198,13 +198,45 @@ where
 }
 
 pin_project! {
+    /// The inner future of a [`SpanFuture`]: instrumented with the span when a subscriber
+    /// records it (entered on every poll and while the future is dropped), bare otherwise.
+    #[project = InnerProj]
+    enum Inner<F> {
+        Bare { #[pin] fut: F },
+        Instrumented { #[pin] fut: tracing::instrument::Instrumented<F> },
+    }
+}
+
+impl<F: Future> Inner<F> {
+    fn new(fut: F, span: &tracing::Span) -> Self {
+        use tracing::Instrument;
+        if span.is_disabled() {
+            Inner::Bare { fut }
+        } else {
+            Inner::Instrumented {
+                fut: fut.instrument(span.clone()),
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Inner<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        match self.project() {
+            InnerProj::Bare { fut } => fut.poll(cx),
+            InnerProj::Instrumented { fut } => fut.poll(cx),
+        }
+    }
+}
+
+pin_project! {
     /// The response future of [`ClientSpan`] and
     /// [`PropagateMetadata`](super::PropagateMetadata): runs the call or attempt inside its
-    /// span (entered on each poll, unless no subscriber records it) and records how it ended
-    /// on the span.
+    /// span (unless no subscriber records it) and records how it ended on the span.
     pub struct SpanFuture<F> {
         #[pin]
-        inner: F,
+        inner: Inner<F>,
         span: tracing::Span,
         finish: Finish,
         done: bool,
@@ -230,10 +262,10 @@ pub(crate) enum Finish {
     Attempt(Option<AttemptInfo>),
 }
 
-impl<F> SpanFuture<F> {
+impl<F: Future> SpanFuture<F> {
     pub(crate) fn new(inner: F, span: tracing::Span, finish: Finish) -> Self {
         SpanFuture {
-            inner,
+            inner: Inner::new(inner, &span),
             span,
             finish,
             done: false,
@@ -255,10 +287,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let out = {
-            let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
-            ready!(this.inner.poll(cx))
-        };
+        let out = ready!(this.inner.poll(cx));
         *this.done = true;
         match this.finish {
             Finish::Call(Some(names)) => {
