@@ -33,12 +33,13 @@
 //! `deregister` or `shutdown` (or the process's death, for a backend with liveness such as a
 //! lease or a session), and keep it so through outages, retrying; `status` says whether it
 //! is in place now, and why not; `watch` returns a [`watch::Receiver`] of the full live set
-//! (an [`InstanceSet`]: change it with `insert` and `remove` rather than building it anew, so
-//! that watchers apply a change in time proportional to it), updated on every change and kept at its last value while the backend is unreachable, and
-//! stops watching once every receiver is dropped. A Consul
-//! backend would map the lease to a session with a TTL health check and the watch to blocking
-//! queries; a Nacos backend to ephemeral instances with heartbeats and a subscription. Test it
-//! against the real server, as `EtcdRegistry` is.
+//! (an [`InstanceSet`]: change it in place with `insert` and `remove`, for example in
+//! [`watch::Sender::send_if_modified`], rather than building it anew, so that watchers apply
+//! a change in time proportional to it), updated on every change and kept at its last value
+//! while the backend is unreachable, and stops watching once every receiver is dropped. A
+//! Consul backend would map the lease to a session with a TTL health check and the watch to
+//! blocking queries; a Nacos backend to ephemeral instances with heartbeats and a
+//! subscription. Test it against the real server, as `EtcdRegistry` is.
 
 mod etcd;
 mod fixed;
