@@ -43,6 +43,7 @@ pub use crate::spec::outlier::{FailurePercentageEjection, OutlierDetection, Succ
 
 use crate::Error;
 use crate::outcome::{AttemptOutcome, EndpointEffect};
+use crate::registry::set::Fnv;
 use crate::registry::{Change, Instance, InstanceSet, Instances, Registry};
 
 /// One endpoint of the pool.
@@ -99,29 +100,6 @@ impl std::fmt::Debug for PoolConfig {
             .finish_non_exhaustive()
     }
 }
-
-/// FNV-1a: endpoint ids are short.
-#[derive(Clone, Copy)]
-struct FnvHasher(u64);
-
-impl Default for FnvHasher {
-    fn default() -> Self {
-        FnvHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for FnvHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
 
 /// Slots per chunk of [`Slots`].
 const CHUNK: usize = 64;

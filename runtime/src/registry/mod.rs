@@ -48,7 +48,7 @@ mod memory;
 #[cfg(feature = "nacos")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nacos")))]
 pub mod nacos;
-mod set;
+pub(crate) mod set;
 
 use std::collections::BTreeMap;
 use std::fmt;

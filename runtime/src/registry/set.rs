@@ -62,11 +62,36 @@ pub enum Change<'a> {
     },
 }
 
-/// FNV-1a: ids are short, and the hash must be the same in every process and version.
+/// FNV-1a: instance ids are short, and a set's bucket of an id must be the same in every
+/// process and version. Also the hasher of discovery's id index.
+#[derive(Clone, Copy)]
+pub(crate) struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` hasher builder for [`FnvHasher`].
+pub(crate) type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
+
 fn hash(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    use std::hash::Hasher;
+    let mut h = FnvHasher::default();
+    h.write(id.as_bytes());
+    h.finish()
 }
 
 fn find(bucket: &[Arc<Instance>], id: &str) -> Result<usize, usize> {
