@@ -17,11 +17,20 @@ macro_rules! keys {
 
 keys! {
     GRPC_TIMEOUT_KEY = GRPC_TIMEOUT;
-    PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts";
-    TRACEPARENT_KEY = "traceparent";
-    TRACESTATE_KEY = "tracestate";
-    X_TRACE_ID_KEY = "x-trace-id";
+    PREVIOUS_ATTEMPTS = PREVIOUS_ATTEMPTS_KEY;
+    TRACEPARENT_KEY = TRACEPARENT;
+    TRACESTATE_KEY = TRACESTATE;
+    X_TRACE_ID_KEY = X_TRACE_ID;
 }
+
+/// The metadata key that tells the server how many attempts came before this one.
+pub const PREVIOUS_ATTEMPTS_KEY: &str = "grpc-previous-rpc-attempts";
+/// The `traceparent` header.
+pub const TRACEPARENT: &str = "traceparent";
+/// The `tracestate` header.
+pub const TRACESTATE: &str = "tracestate";
+/// The `x-trace-id` header: the trace id alone, read from callers and sent on responses.
+pub const X_TRACE_ID: &str = "x-trace-id";
 
 /// Metadata key on the DEADLINE_EXCEEDED that a steadfast server sends when the caller's
 /// `grpc-timeout` expires. A steadfast client that sees it knows its own per-attempt timeout

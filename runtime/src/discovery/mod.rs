@@ -443,19 +443,24 @@ impl Pool {
 
     /// Drops `slot`, which the registry no longer lists (its connection failed).
     fn drop_stale(&self, slot: &Slot) {
-        let mut t = self.table();
-        // Listed again since the caller looked: it stays.
+        self.drop_unlisted(&mut self.table(), slot, "its connection failed");
+    }
+
+    /// Drops `slot` if the registry no longer lists it (decided under the table lock: one
+    /// listed again since the caller looked stays), saying `why`. Whether it was unlisted.
+    fn drop_unlisted(&self, t: &mut Table, slot: &Slot, why: &str) -> bool {
         if slot.unlisted_until_ms.load(Ordering::Acquire) == 0 {
-            return;
+            return false;
         }
         if let Some(k) = t.index_of(slot) {
             t.remove_at(k);
             tracing::warn!(
                 service = %self.service, id = %slot.id, addr = %slot.addr, left = t.slots.len(),
-                "dropping an instance the registry no longer lists: its connection failed"
+                "dropping an instance the registry no longer lists: {why}"
             );
-            self.publish_view(&t);
+            self.publish_view(t);
         }
+        true
     }
 
     /// The live endpoints' ids, sorted.
@@ -636,17 +641,9 @@ impl Pool {
 
     fn eject(&self, slot: &Slot, now: u64, why: &str) {
         let mut t = self.table();
-        if slot.unlisted_until_ms.load(Ordering::Acquire) != 0 {
-            // Kept only while it works, and it does not: gone, rather than holding an
-            // ejection slot another endpoint may need.
-            if let Some(k) = t.index_of(slot) {
-                t.remove_at(k);
-                tracing::warn!(
-                    service = %self.service, id = %slot.id, addr = %slot.addr, left = t.slots.len(),
-                    "dropping an instance the registry no longer lists: {why}"
-                );
-                self.publish_view(&t);
-            }
+        // An unlisted endpoint is kept only while it works, and it does not: gone, rather
+        // than holding an ejection slot another endpoint may need.
+        if self.drop_unlisted(&mut t, slot, why) {
             return;
         }
         let multiplier = slot

@@ -62,8 +62,7 @@ use crate::code::code_name;
 use crate::metrics::MethodMetrics;
 use crate::outcome::{AttemptInfo, AttemptOutcome, MAX_TRANSPARENT_RETRIES};
 
-/// The metadata key that tells the server how many attempts came before this one.
-pub const PREVIOUS_ATTEMPTS_KEY: &str = "grpc-previous-rpc-attempts";
+pub use crate::wire::PREVIOUS_ATTEMPTS_KEY;
 
 /// Everything that governs one method's calls: overall timeout, retry policy and throttle.
 ///
@@ -371,7 +370,6 @@ impl CallPolicy {
         let ctx = extensions.get::<Context>();
         let deadline = ctx.and_then(Context::deadline);
         let trace_id = ctx.and_then(Context::trace).map(|t| t.trace_id());
-        let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
         let past = |now: Instant| deadline.is_some_and(|d| now >= d);
         // A request stream that outgrew its replay buffer cannot be sent again.
         let replay = extensions.get::<ReplayCommit>().cloned();
@@ -447,7 +445,7 @@ impl CallPolicy {
             if breaker::is_open_rejection(&status) {
                 return Err(status); // a breaker rejected it: fail fast, never retried
             }
-            if outcome == AttemptOutcome::Timeout && past_deadline() {
+            if outcome == AttemptOutcome::Timeout && past(Instant::now()) {
                 return Err(self.exhausted(attempts, Some(&status)));
             }
             let Some(retry) = self.retry else {

@@ -51,12 +51,7 @@ pub use self::tracestate::{TraceState, TraceStateError};
 
 pub use self::context::Context;
 
-/// The `traceparent` header.
-pub const TRACEPARENT: &str = "traceparent";
-/// The `tracestate` header.
-pub const TRACESTATE: &str = "tracestate";
-/// The `x-trace-id` header: the trace id alone, read from callers and sent on responses.
-pub const X_TRACE_ID: &str = "x-trace-id";
+pub use crate::wire::{TRACEPARENT, TRACESTATE, X_TRACE_ID};
 
 /// The trace context of one hop: which trace, this hop's span, and the caller's span.
 ///
