@@ -335,6 +335,7 @@
 pub mod breaker;
 pub mod client;
 pub mod code;
+mod connection;
 pub mod deadline;
 pub mod discovery;
 pub mod duration;

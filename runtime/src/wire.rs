@@ -44,6 +44,23 @@ pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 pub(crate) const GRPC_TIMEOUT_HEADER: http::HeaderName =
     http::HeaderName::from_static(GRPC_TIMEOUT);
 
+/// Lets the names of the headers that steadfast sends as never-indexed literals
+/// (`traceparent`, `x-trace-id`, `grpc-timeout`) enter the connection's HPACK table: this
+/// request sends them indexable. Called for the first request on each new connection (see
+/// `connection::Connection::prepare`).
+pub(crate) fn index_names(headers: &mut http::HeaderMap) {
+    const NAMES: [http::HeaderName; 3] = [
+        http::HeaderName::from_static(TRACEPARENT),
+        http::HeaderName::from_static(X_TRACE_ID),
+        GRPC_TIMEOUT_HEADER,
+    ];
+    for name in &NAMES {
+        if let Some(value) = headers.get_mut(name) {
+            value.set_sensitive(false);
+        }
+    }
+}
+
 /// Parses a `grpc-timeout` value (`"100m"`, `"3S"`, `"250000u"`).
 ///
 /// ```

@@ -150,8 +150,17 @@ async fn variants(addr: &str) -> Result<Vec<(&'static str, Call)>, BoxError> {
         .tcp_nodelay(true)
         .connect()
         .await?;
+    let headers_channel = channel.clone();
     let raw = tower::service_fn(move |req: tonic::Request<GetUserRequest>| {
         let mut client = UserServiceClient::new(channel.clone());
+        async move { client.get_user(req).await }
+    });
+    // Raw tonic sending what the full stack adds on the wire and nothing else: a fresh
+    // `traceparent` and `x-trace-id` and a `grpc-timeout`, never indexed, as the stack sends
+    // them. The floor of what the trace and deadline headers cost both processes.
+    let headers_only = tower::service_fn(move |mut req: tonic::Request<GetUserRequest>| {
+        let mut client = UserServiceClient::new(headers_channel.clone());
+        insert_headers(req.metadata_mut());
         async move { client.get_user(req).await }
     });
     let policy = |name: &str| {
@@ -206,7 +215,41 @@ async fn variants(addr: &str) -> Result<Vec<(&'static str, Call)>, BoxError> {
             "trace propagation only",
             boxed(PropagateMetadataLayer::new().layer(raw)),
         ),
+        ("raw + the stack's headers", boxed(headers_only)),
     ])
+}
+
+/// Writes a new `traceparent`, its `x-trace-id` and a `grpc-timeout`, never indexed.
+fn insert_headers(metadata: &mut tonic::metadata::MetadataMap) {
+    use std::sync::LazyLock;
+    use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+    static KEYS: LazyLock<[AsciiMetadataKey; 3]> = LazyLock::new(|| {
+        ["traceparent", "x-trace-id", "grpc-timeout"].map(AsciiMetadataKey::from_static)
+    });
+    static NEXT: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let seed = NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    for (i, word) in [mix(seed), mix(seed ^ 1), mix(seed ^ 2)].iter().enumerate() {
+        for (j, b) in tp[3 + 16 * i + usize::from(i == 2)..][..16]
+            .iter_mut()
+            .enumerate()
+        {
+            *b = b"0123456789abcdef"[(word >> (60 - 4 * j) & 0xf) as usize];
+        }
+    }
+    let value = |bytes: &[u8]| {
+        let mut v = AsciiMetadataValue::try_from(bytes).expect("ASCII");
+        v.set_sensitive(true);
+        v
+    };
+    metadata.insert(&KEYS[0], value(&tp));
+    metadata.insert(&KEYS[1], value(&tp[3..35]));
+    metadata.insert(&KEYS[2], value(b"9999m"));
 }
 
 /// One measurement: calls, failures, latencies (sorted), client and server CPU seconds.

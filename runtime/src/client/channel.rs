@@ -6,6 +6,7 @@ use std::task::{Context as TaskContext, Poll, ready};
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 
+use crate::connection::Connection;
 use crate::discovery::Pool;
 use crate::outcome::AttemptInfo;
 use crate::outcome::classify_http;
@@ -60,8 +61,9 @@ impl std::fmt::Debug for CustomTransport {
 #[derive(Clone, Debug)]
 pub struct Channel {
     inner: Transport,
-    /// A shared connection this channel uses: held, so that it stays shared while in use.
-    _shared: Option<Arc<tonic::transport::Channel>>,
+    /// The connection of a fixed endpoint, when this channel made it (it may be shared with
+    /// other clients: held, so that it stays shared while in use).
+    connection: Option<Arc<Connection>>,
 }
 
 #[derive(Clone, Debug)]
@@ -76,29 +78,29 @@ impl Channel {
     pub fn new(inner: tonic::transport::Channel) -> Self {
         Channel {
             inner: Transport::Fixed(inner),
-            _shared: None,
+            connection: None,
         }
     }
 
     /// A fixed endpoint's connection shared with other clients.
-    pub(crate) fn shared(shared: Arc<tonic::transport::Channel>) -> Self {
+    pub(crate) fn shared(shared: Arc<Connection>) -> Self {
         Channel {
-            inner: Transport::Fixed((*shared).clone()),
-            _shared: Some(shared),
+            inner: Transport::Fixed(shared.channel().clone()),
+            connection: Some(shared),
         }
     }
 
     pub(crate) fn custom(transport: CustomTransport) -> Self {
         Channel {
             inner: Transport::Custom(transport),
-            _shared: None,
+            connection: None,
         }
     }
 
     pub(crate) fn discovered(pool: Arc<Pool>) -> Self {
         Channel {
             inner: Transport::Discovered(pool),
-            _shared: None,
+            connection: None,
         }
     }
 
@@ -156,7 +158,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
         }
     }
 
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
         crate::metrics::LearnRpcService::learn_from(req.extensions());
         crate::trace::LearnSpanService::learn_from(req.extensions());
         let commit = req.extensions().get::<AttemptInfo>().cloned();
@@ -180,7 +182,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
         match &mut self.inner {
             Transport::Fixed(ch) => ResponseFuture {
                 inner: Inner::Fixed {
-                    fut: tower_service::Service::call(ch, req),
+                    fut: {
+                        if let Some(connection) = &self.connection {
+                            connection.prepare(req.headers_mut());
+                        }
+                        tower_service::Service::call(ch, req)
+                    },
                 },
                 commit,
                 stream_deadline,
@@ -232,8 +239,9 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                     }
                     None => Some(pool.clone()),
                 };
+                slot.channel.prepare(req.headers_mut());
                 let fut = async move {
-                    let result = (*slot.channel).clone().oneshot(req).await;
+                    let result = slot.channel.channel().clone().oneshot(req).await;
                     if let Some(pool) = self_report {
                         pool.report(&slot, classify_http(result.as_ref().map_err(|e| e as _)));
                     }

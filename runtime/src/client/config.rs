@@ -7,6 +7,7 @@ use tonic::transport::Endpoint;
 
 use super::Downstreams;
 use crate::Error;
+use crate::connection::Connection;
 use crate::discovery::OutlierDetection;
 use crate::retry::ServiceConfig;
 use crate::tls::ClientTls;
@@ -14,8 +15,9 @@ use crate::tls::ClientTls;
 /// How a client reaches its downstream: endpoints, connection options, TLS and policy
 /// overrides.
 ///
-/// Defaults: connect timeout 5 s, HTTP/2 keepalive every 30 s (20 s timeout, also while
-/// idle), `TCP_NODELAY`, lazy connect, the process-wide [`Downstreams`].
+/// Defaults: connect timeout 5 s, no HTTP/2 keepalive (gRPC's default, gRFC A8; turn it on
+/// with [`ClientConfig::keepalive`]), `TCP_NODELAY`, lazy connect, the process-wide
+/// [`Downstreams`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -35,8 +37,8 @@ pub struct ClientConfig {
     endpoints: Vec<Uri>,
     pub(crate) registry: Option<std::sync::Arc<dyn crate::registry::Registry>>,
     connect_timeout: Duration,
-    keepalive_interval: Duration,
-    keepalive_timeout: Duration,
+    /// HTTP/2 keepalive: PING interval and timeout, off by default.
+    keepalive: Option<(Duration, Duration)>,
     tcp_nodelay: bool,
     eager: bool,
     tls: Option<ClientTls>,
@@ -114,8 +116,7 @@ impl ClientConfig {
             endpoints,
             registry,
             connect_timeout: Duration::from_secs(5),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(20),
+            keepalive: None,
             tcp_nodelay: true,
             eager: false,
             tls: None,
@@ -347,8 +348,31 @@ impl ClientConfig {
         Ok(self)
     }
 
-    /// HTTP/2 keepalive: a PING every `interval`, the connection dropped when no answer
-    /// comes within `timeout`. Both must be > 0.
+    /// HTTP/2 keepalive: a PING after `interval` without a frame from the server (also while
+    /// no call is in flight), the connection dropped when no answer comes within `timeout`.
+    /// Both must be > 0.
+    ///
+    /// Off by default, as in grpc-go and grpc-java (gRFC A8): a call is bounded by its
+    /// deadline, a failed endpoint is ejected by outlier detection, and a peer that closes
+    /// or resets the connection is seen at once. Keepalive adds what those miss: a
+    /// connection whose peer vanished without a trace (a host powered off, a silent network
+    /// drop) is closed and made again, even while idle. It costs a clock read and a lock per
+    /// received frame. Mind the server's ping policy: a server closes connections that ping
+    /// more often than it allows (grpc-go servers allow one ping per 5 minutes by default, and
+    /// answer more with GOAWAY `too_many_pings`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadfast::client::ClientConfig;
+    ///
+    /// let config = ClientConfig::endpoints(["http://127.0.0.1:50051"])?
+    ///     .keepalive(Duration::from_secs(30), Duration::from_secs(20))?;
+    /// let err = ClientConfig::endpoints(["http://127.0.0.1:50051"])?
+    ///     .keepalive(Duration::ZERO, Duration::from_secs(20))
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("keepalive_interval"));
+    /// # Ok::<(), steadfast::Error>(())
+    /// ```
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Result<Self, Error> {
         if interval.is_zero() {
             return Err(Error::config(
@@ -362,8 +386,7 @@ impl ClientConfig {
                 "must be greater than zero",
             ));
         }
-        self.keepalive_interval = interval;
-        self.keepalive_timeout = timeout;
+        self.keepalive = Some((interval, timeout));
         Ok(self)
     }
 
@@ -514,12 +537,22 @@ impl ClientConfig {
     }
 
     pub(crate) fn tonic_endpoint(&self, uri: &Uri) -> Result<Endpoint, Error> {
-        let mut ep = Endpoint::from(uri.clone())
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(self.tcp_nodelay)
-            .http2_keep_alive_interval(self.keepalive_interval)
-            .keep_alive_timeout(self.keepalive_timeout)
-            .keep_alive_while_idle(true);
+        Ok(self
+            .endpoint_settings(uri)?
+            .connect_timeout(self.connect_timeout))
+    }
+
+    /// The endpoint without its connect timeout: a [`Connection`]'s connector bounds the TCP
+    /// connect itself, as tonic's own connector does (an endpoint's timeout would wrap every
+    /// read and write of the connection in another layer).
+    fn endpoint_settings(&self, uri: &Uri) -> Result<Endpoint, Error> {
+        let mut ep = Endpoint::from(uri.clone()).tcp_nodelay(self.tcp_nodelay);
+        if let Some((interval, timeout)) = self.keepalive {
+            ep = ep
+                .http2_keep_alive_interval(interval)
+                .keep_alive_timeout(timeout)
+                .keep_alive_while_idle(true);
+        }
         if let Some(tls) = &self.tls {
             ep = ep
                 .tls_config(tls.config())
@@ -541,23 +574,20 @@ impl ClientConfig {
 
     /// A lazy connection to `uri`: shared with every other client of the same
     /// [`Downstreams`] with the same settings when [`ClientConfig::share_connections`] is on.
-    pub(crate) fn connection(
-        &self,
-        uri: &Uri,
-    ) -> Result<std::sync::Arc<tonic::transport::Channel>, Error> {
-        let endpoint = self.tonic_endpoint(uri)?;
+    pub(crate) fn connection(&self, uri: &Uri) -> Result<std::sync::Arc<Connection>, Error> {
+        let endpoint = self.endpoint_settings(uri)?;
+        let make = || Connection::lazy(&endpoint, self.tcp_nodelay, self.connect_timeout);
         if !self.share_connections {
-            return Ok(std::sync::Arc::new(endpoint.connect_lazy()));
+            return Ok(std::sync::Arc::new(make()));
         }
         let key = format!(
-            "{uri} connect={:?} keepalive={:?}/{:?} nodelay={} tls={:?}",
+            "{uri} connect={:?} keepalive={:?} nodelay={} tls={:?}",
             self.connect_timeout,
-            self.keepalive_interval,
-            self.keepalive_timeout,
+            self.keepalive,
             self.tcp_nodelay,
             self.tls.as_ref().map(ClientTls::ca_path),
         );
-        Ok(self.downstreams.connection(key, || endpoint.connect_lazy()))
+        Ok(self.downstreams.connection(key, make))
     }
 
     pub(crate) fn is_eager(&self) -> bool {

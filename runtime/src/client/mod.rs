@@ -20,6 +20,7 @@ pub use self::stack::{ClientStack, stack};
 
 use crate::Error;
 use crate::breaker::{BreakerConfig, BreakerRegistry};
+use crate::connection::Connection;
 use crate::retry::{CallPolicy, RetryPolicy, RetryThrottle, ServiceConfig};
 
 /// Per-downstream state shared by every client of one service in the process: all clients
@@ -43,7 +44,7 @@ pub struct Downstreams {
     breakers: BreakerRegistry,
     /// Connections shared by clients with `share_connections`: (address, settings) -> the
     /// connection, while some client holds it.
-    connections: Arc<Mutex<HashMap<String, std::sync::Weak<tonic::transport::Channel>>>>,
+    connections: Arc<Mutex<HashMap<String, std::sync::Weak<Connection>>>>,
 }
 
 impl Default for Downstreams {
@@ -86,8 +87,8 @@ impl Downstreams {
     pub(crate) fn connection(
         &self,
         key: String,
-        make: impl FnOnce() -> tonic::transport::Channel,
-    ) -> Arc<tonic::transport::Channel> {
+        make: impl FnOnce() -> Connection,
+    ) -> Arc<Connection> {
         let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(shared) = map.get(&key).and_then(std::sync::Weak::upgrade) {
             return shared;

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 pub use crate::spec::outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 
 use crate::Error;
+use crate::connection::Connection;
 use crate::outcome::{AttemptOutcome, EndpointEffect};
 use crate::registry::set::Fnv;
 use crate::registry::{Change, Instance, InstanceSet, Instances, Registry};
@@ -53,7 +54,7 @@ pub(crate) struct Slot {
     pub(crate) addr: Arc<str>,
     /// Its connection: its own, or one shared with other pools
     /// ([`ClientConfig::share_connections`](crate::client::ClientConfig::share_connections)).
-    pub(crate) channel: Arc<tonic::transport::Channel>,
+    pub(crate) channel: Arc<Connection>,
     /// Ejected while the pool's clock is below this (ms); 0 = never ejected.
     ejected_until_ms: AtomicU64,
     /// A50's ejection multiplier: up by one per ejection, down by one per healthy interval.
@@ -77,8 +78,7 @@ impl Slot {
 
 /// Connects (lazily) to a discovered address, with the client's connection settings and
 /// TLS; may hand out a connection shared with other clients.
-pub(crate) type Connect =
-    Arc<dyn Fn(&http::Uri) -> Result<Arc<tonic::transport::Channel>, Error> + Send + Sync>;
+pub(crate) type Connect = Arc<dyn Fn(&http::Uri) -> Result<Arc<Connection>, Error> + Send + Sync>;
 
 /// What a pool needs from its client: how to connect, and the balancing rules.
 #[derive(Clone)]
@@ -781,9 +781,11 @@ pub async fn measure_pool(n: usize, ejected_pct: usize, picks: u32) -> (Duration
         Arc::new(OneWatch(tokio::sync::watch::channel(set.clone()).0));
     let config = PoolConfig {
         connect: Arc::new(|uri| {
-            Ok(Arc::new(
-                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
-            ))
+            Ok(Arc::new(Connection::lazy(
+                &tonic::transport::Endpoint::from(uri.clone()),
+                true,
+                Duration::from_secs(5),
+            )))
         }),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,

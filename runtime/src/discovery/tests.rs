@@ -28,9 +28,11 @@ async fn pool_on(
     let registry: Arc<dyn Registry> = Arc::new(registry);
     let config = PoolConfig {
         connect: Arc::new(|uri| {
-            Ok(Arc::new(
-                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
-            ))
+            Ok(Arc::new(Connection::lazy(
+                &tonic::transport::Endpoint::from(uri.clone()),
+                true,
+                Duration::from_secs(5),
+            )))
         }),
         outlier_detection: od,
         panic_threshold: 50,
@@ -240,9 +242,11 @@ async fn dropping_the_pool_drops_its_watch_at_once() {
     let registry = Arc::new(OneWatch(tx));
     let config = PoolConfig {
         connect: Arc::new(|uri| {
-            Ok(Arc::new(
-                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
-            ))
+            Ok(Arc::new(Connection::lazy(
+                &tonic::transport::Endpoint::from(uri.clone()),
+                true,
+                Duration::from_secs(5),
+            )))
         }),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,
@@ -263,9 +267,11 @@ async fn pool_on_watch(tx: &tokio::sync::watch::Sender<InstanceSet>, grace: Dura
     let registry: Arc<dyn Registry> = Arc::new(OneWatch(tx.clone()));
     let config = PoolConfig {
         connect: Arc::new(|uri| {
-            Ok(Arc::new(
-                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
-            ))
+            Ok(Arc::new(Connection::lazy(
+                &tonic::transport::Endpoint::from(uri.clone()),
+                true,
+                Duration::from_secs(5),
+            )))
         }),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,
@@ -458,9 +464,11 @@ async fn an_instance_that_could_not_become_an_endpoint_is_tried_again_at_the_nex
             if uri.port_u16() == Some(2) && !once.swap(true, Ordering::SeqCst) {
                 return Err(Error::config("test", "refused once"));
             }
-            Ok(Arc::new(
-                tonic::transport::Endpoint::from(uri.clone()).connect_lazy(),
-            ))
+            Ok(Arc::new(Connection::lazy(
+                &tonic::transport::Endpoint::from(uri.clone()),
+                true,
+                Duration::from_secs(5),
+            )))
         }),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,
