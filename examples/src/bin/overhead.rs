@@ -215,7 +215,7 @@ async fn variants(addr: &str) -> Result<Vec<(&'static str, Call)>, BoxError> {
             "trace propagation only",
             boxed(PropagateMetadataLayer::new().layer(raw)),
         ),
-        ("raw + the stack's headers", boxed(headers_only)),
+        ("headers only (on raw)", boxed(headers_only)),
     ])
 }
 

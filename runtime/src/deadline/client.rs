@@ -95,8 +95,7 @@ where
 
     fn call(&mut self, mut req: tonic::Request<M>) -> S::Future {
         if let Some(timeout) = self.timeout {
-            let ctx = Context::of_call(req.extensions_mut()).clone();
-            req.extensions_mut().insert(ctx.with_timeout(timeout));
+            Context::of_call(req.extensions_mut()).set_timeout(timeout);
         }
         self.inner.call(req)
     }

@@ -118,7 +118,7 @@ impl Context {
     /// there (put by an outer layer, or by the caller when the call was made), else the
     /// running task's. A call made outside any trace starts a new one. Every layer of the
     /// client stack reads it from here, so all attempts share one deadline and one trace.
-    pub fn of_call(extensions: &mut http::Extensions) -> &Context {
+    pub fn of_call(extensions: &mut http::Extensions) -> &mut Context {
         if extensions
             .get::<Context>()
             .is_none_or(|c| c.trace.is_none())
@@ -131,7 +131,12 @@ impl Context {
             }
             extensions.insert(ctx);
         }
-        extensions.get::<Context>().expect("inserted above")
+        extensions.get_mut::<Context>().expect("inserted above")
+    }
+
+    /// Bounds the deadline in place by `now + timeout` (see [`with_timeout`](Self::with_timeout)).
+    pub(crate) fn set_timeout(&mut self, timeout: Duration) {
+        *self = std::mem::take(self).with_timeout(timeout);
     }
 }
 
