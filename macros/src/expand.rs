@@ -346,7 +346,11 @@ fn inherent_method(index: usize, m: &Method, vis: &syn::Visibility) -> TokenStre
                 #request,
                 move |__steadfast_request| {
                     let mut __steadfast_client = ::core::clone::Clone::clone(&*__steadfast_client);
-                    async move { __steadfast_client.#ident(__steadfast_request).await }
+                    // Boxed once: every layer above moves the attempt's future into its own,
+                    // and a box makes each move a pointer's, not the tonic call's whole state.
+                    ::std::boxed::Box::pin(async move {
+                        __steadfast_client.#ident(__steadfast_request).await
+                    })
                 },
             )
         }

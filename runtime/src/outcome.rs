@@ -24,7 +24,7 @@
 //! overall deadline ("deadline exceeded upstream") are errors returned by a client, so they
 //! carry the key too.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tonic::metadata::MetadataValue;
@@ -84,6 +84,34 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// As one non-zero number (kind in the high byte, gRPC code in the low), so that an
+    /// attempt's outcome is kept in an atomic.
+    fn encode(self) -> u16 {
+        let (kind, code) = match self {
+            AttemptOutcome::Success => (1, 0),
+            AttemptOutcome::NotSent => (2, 0),
+            AttemptOutcome::Transport => (3, 0),
+            AttemptOutcome::Timeout => (4, 0),
+            AttemptOutcome::Remote(code) => (5, code as i32),
+            AttemptOutcome::PassedThrough(code) => (6, code as i32),
+        };
+        (kind << 8) | (code as u16 & 0xff)
+    }
+
+    /// The outcome [`encode`](Self::encode) gave `n`; `None` for 0 (not classified yet).
+    fn decode(n: u16) -> Option<AttemptOutcome> {
+        let code = Code::from_i32(i32::from(n & 0xff));
+        Some(match n >> 8 {
+            1 => AttemptOutcome::Success,
+            2 => AttemptOutcome::NotSent,
+            3 => AttemptOutcome::Transport,
+            4 => AttemptOutcome::Timeout,
+            5 => AttemptOutcome::Remote(code),
+            6 => AttemptOutcome::PassedThrough(code),
+            _ => return None,
+        })
+    }
+
     /// Where the failure began (`None` for a success).
     pub fn origin(self) -> Option<Origin> {
         match self {
@@ -270,7 +298,8 @@ struct Inner {
     avoid: Option<Arc<str>>,
     probe: AtomicBool,
     timed_out: AtomicBool,
-    outcome: OnceLock<AttemptOutcome>,
+    /// The outcome, once classified ([`AttemptOutcome::encode`]; 0 until then).
+    outcome: AtomicU16,
     committed: AtomicBool,
     endpoint: Mutex<Option<Arc<str>>>,
     address: OnceLock<Arc<str>>,
@@ -280,7 +309,7 @@ struct Inner {
     stream_end: std::sync::Mutex<Option<StreamEnd>>,
     /// When the attempt started, as read by the layer that made it (one clock read per
     /// attempt, shared by the layers below).
-    started: OnceLock<tokio::time::Instant>,
+    started: Option<tokio::time::Instant>,
 }
 
 /// Told a response stream's final outcome (see [`AttemptInfo::on_stream_end`]).
@@ -291,7 +320,7 @@ impl std::fmt::Debug for AttemptInfo {
         f.debug_struct("AttemptInfo")
             .field("avoid", &self.0.avoid)
             .field("probe", &self.is_probe())
-            .field("outcome", &self.0.outcome.get())
+            .field("outcome", &self.outcome())
             .field("committed", &self.is_committed())
             .field("endpoint", &self.endpoint())
             .finish()
@@ -309,16 +338,29 @@ impl AttemptInfo {
         }))
     }
 
-    /// Records when the attempt started (the first time only), so that the layers below
-    /// need no clock read of their own. Read it right before the inner service's `call`
-    /// (after it is ready): the attempt's time is counted from it.
-    pub fn set_started(&self, at: tokio::time::Instant) {
-        let _ = self.0.started.set(at);
+    /// [`new`](Self::new), for an attempt that started at `at`, as read by the layer that
+    /// makes it, so that the layers below need no clock read of their own. Read it right
+    /// before the inner service's `call` (after it is ready): the attempt's time is counted
+    /// from it.
+    ///
+    /// ```
+    /// use steadfast::outcome::AttemptInfo;
+    /// let now = tokio::time::Instant::now();
+    /// assert_eq!(AttemptInfo::started_at(None, false, now).started(), Some(now));
+    /// assert_eq!(AttemptInfo::new(None, false).started(), None);
+    /// ```
+    pub fn started_at(avoid: Option<Arc<str>>, probe: bool, at: tokio::time::Instant) -> Self {
+        AttemptInfo(Arc::new(Inner {
+            avoid,
+            probe: AtomicBool::new(probe),
+            started: Some(at),
+            ..Inner::default()
+        }))
     }
 
     /// When the attempt started, if the layer that made it said.
     pub fn started(&self) -> Option<tokio::time::Instant> {
-        self.0.started.get().copied()
+        self.0.started
     }
 
     /// Runs `f` with the final outcome of this attempt's response stream, when the stream
@@ -353,16 +395,31 @@ impl AttemptInfo {
     /// later call (from any layer) returns the same outcome. The first call also reports it
     /// to the endpoint's outlier detection.
     pub fn outcome_of<T>(&self, result: &Result<T, Status>) -> AttemptOutcome {
-        let outcome = *self.0.outcome.get_or_init(|| match result {
-            Ok(_) => AttemptOutcome::Success,
-            Err(status) => classify(status, self.0.timed_out.load(Ordering::Acquire)),
-        });
+        let outcome = match self.outcome() {
+            Some(known) => known,
+            None => {
+                let mine = match result {
+                    Ok(_) => AttemptOutcome::Success,
+                    Err(status) => classify(status, self.0.timed_out.load(Ordering::Acquire)),
+                };
+                // The first classification stays, whoever made it.
+                match self.0.outcome.compare_exchange(
+                    0,
+                    mine.encode(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => mine,
+                    Err(first) => AttemptOutcome::decode(first).unwrap_or(mine),
+                }
+            }
+        };
         self.report(outcome);
         outcome
     }
     /// The outcome, once classified.
     pub fn outcome(&self) -> Option<AttemptOutcome> {
-        self.0.outcome.get().copied()
+        AttemptOutcome::decode(self.0.outcome.load(Ordering::Acquire))
     }
     /// The endpoint to avoid.
     pub fn avoid(&self) -> Option<&str> {
@@ -576,6 +633,35 @@ mod tests {
             classify(&Status::internal("bug"), false).endpoint_effect(),
             EndpointEffect::Failure
         );
+    }
+
+    #[test]
+    fn outcomes_survive_their_encoding() {
+        let mut all = vec![
+            AttemptOutcome::Success,
+            AttemptOutcome::NotSent,
+            AttemptOutcome::Transport,
+            AttemptOutcome::Timeout,
+        ];
+        for c in 0..=16 {
+            all.push(AttemptOutcome::Remote(Code::from_i32(c)));
+            all.push(AttemptOutcome::PassedThrough(Code::from_i32(c)));
+        }
+        for o in all {
+            assert_ne!(o.encode(), 0);
+            assert_eq!(AttemptOutcome::decode(o.encode()), Some(o), "{o:?}");
+        }
+        assert_eq!(AttemptOutcome::decode(0), None);
+    }
+
+    #[test]
+    fn the_first_classification_stays() {
+        let info = AttemptInfo::new(None, false);
+        assert_eq!(info.outcome(), None);
+        let first = info.outcome_of::<()>(&Err(Status::not_found("no user")));
+        assert_eq!(first, AttemptOutcome::Remote(Code::NotFound));
+        assert_eq!(info.outcome_of(&Ok(())), first);
+        assert_eq!(info.outcome(), Some(first));
     }
 
     #[test]

@@ -428,3 +428,77 @@ async fn time_waiting_for_a_layer_below_the_retry_is_not_given_to_the_attempt() 
         "the call kept its deadline"
     );
 }
+
+/// A layer whose future waits before it calls its service, as an auth layer fetching a
+/// token would.
+#[derive(Clone)]
+struct DelayCall<S> {
+    inner: S,
+    delay: Duration,
+}
+
+impl<S, R> tower::Service<R> for DelayCall<S>
+where
+    S: tower::Service<R> + Clone + Send + 'static,
+    S::Future: Send,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: R) -> Self::Future {
+        use tower::ServiceExt;
+        let (inner, delay) = (self.inner.clone(), self.delay);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            inner.oneshot(req).await
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_call_deadline_counts_from_the_start_of_the_call() {
+    use tower::{ServiceBuilder, ServiceExt};
+    let policy = Arc::new(policy(RetryPolicy::default()));
+    let sent = Arc::new(Mutex::new(None));
+    let seen = sent.clone();
+    let started = Instant::now();
+    // The call starts in the metrics layer; a layer between it and the deadline layer
+    // takes 300 ms of the call's second before the deadline layer runs.
+    let svc = ServiceBuilder::new()
+        .layer(steadfast::metrics::CallMetricsLayer::new(
+            policy.method_metrics(),
+        ))
+        .layer_fn(|inner| DelayCall {
+            inner,
+            delay: Duration::from_millis(300),
+        })
+        .layer(steadfast::deadline::CallDeadlineLayer::new(Some(
+            Duration::from_secs(1),
+        )))
+        .layer(steadfast::retry::RetryLayer::new(policy))
+        .layer(steadfast::deadline::AttemptTimeoutLayer::new(None))
+        .service_fn(move |req: tonic::Request<u32>| {
+            let timeout = req.metadata().get("grpc-timeout").cloned();
+            *seen.lock().unwrap() = Some((Instant::now(), timeout));
+            async move {
+                std::future::pending::<()>().await;
+                Ok::<_, Status>(tonic::Response::new(0u32))
+            }
+        });
+    let err = svc.oneshot(tonic::Request::new(7)).await.unwrap_err();
+    let (at, timeout) = sent.lock().unwrap().clone().unwrap();
+    assert_eq!(at - started, Duration::from_millis(300));
+    // The deadline is one second from when the call began, not from when the deadline
+    // layer ran: 700 ms were left for the attempt.
+    assert_eq!(timeout.unwrap(), "700000u");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}

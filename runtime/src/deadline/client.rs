@@ -14,9 +14,11 @@ use tower_service::Service;
 use crate::Context;
 use crate::outcome::{AttemptInfo, AttemptOutcome};
 
-/// Sets the overall deadline of each call: `min(now + timeout, caller's deadline)`, where the
+/// Sets the overall deadline of each call: `min(start + timeout, caller's deadline)`, where the
 /// caller's deadline is the [`Context`] the call was made in (a handler's incoming
-/// `grpc-timeout`). It is written into the call's [`Context`] (a request extension) for the
+/// `grpc-timeout`), and `start` is when the call began: the instant the
+/// [`CallMetricsLayer`](crate::metrics::CallMetricsLayer) outside read (so a layer in between
+/// that makes the call wait spends the call's time, as a grpc-go interceptor does), else now. It is written into the call's [`Context`] (a request extension) for the
 /// layers inside: the retry layer stops when it passes, and [`AttemptTimeout`] bounds every
 /// attempt by it. No timer of its own: the attempt timer enforces it.
 ///

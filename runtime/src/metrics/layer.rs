@@ -91,9 +91,10 @@ where
     }
 
     fn call(&mut self, mut req: tonic::Request<M>) -> Self::Future {
-        let trace_id = Context::of_call(req.extensions_mut())
-            .trace()
-            .map(|t| t.trace_id());
+        let ctx = Context::of_call(req.extensions_mut());
+        let trace_id = ctx.trace().map(|t| t.trace_id());
+        // The call starts here: the layers inside read this instant instead of the clock.
+        let started = ctx.start_call();
         if !self.handles.is_resolved() {
             req.extensions_mut()
                 .insert(LearnRpcService(self.handles.clone()));
@@ -109,7 +110,7 @@ where
         });
         ResponseFuture {
             inner: self.inner.call(req),
-            started: Instant::now(),
+            started,
             handles: self.handles.clone(),
             trace_id,
             tally,

@@ -381,6 +381,7 @@ impl CallPolicy {
         loop {
             attempts += 1;
             // The attempt's one clock read, shared with the layers below through its info.
+            // (Not the call's start: a layer above may have made the call wait since.)
             let now = Instant::now();
             if past(now) {
                 return Err(self.exhausted(attempts - 1, None));
@@ -391,8 +392,6 @@ impl CallPolicy {
                 req.metadata_mut()
                     .insert(&*crate::wire::PREVIOUS_ATTEMPTS, (attempts - 1).into());
             }
-            let info = AttemptInfo::new(avoid.take(), false);
-            req.extensions_mut().insert(info.clone());
             // The attempt starts when the inner service is ready: the read above if it was
             // ready at once, else a new one (a layer in between may make it wait, and the
             // wait is not time the attempt has).
@@ -403,7 +402,9 @@ impl CallPolicy {
                 r
             })
             .await;
-            info.set_started(if waited { Instant::now() } else { now });
+            let started = if waited { Instant::now() } else { now };
+            let info = AttemptInfo::started_at(avoid.take(), false, started);
+            req.extensions_mut().insert(info.clone());
             let result = match ready {
                 Ok(()) => inner.call(req).await,
                 Err(status) => Err(status),

@@ -38,6 +38,10 @@ tokio::task_local! {
 pub struct Context {
     deadline: Option<Instant>,
     trace: Option<super::TraceContext>,
+    /// When the call that carries this context started, read by the first layer of its
+    /// client stack that needs the time, for the others (one clock read per call). Never
+    /// carried into a task or another call.
+    started: Option<Instant>,
 }
 
 impl Context {
@@ -48,7 +52,23 @@ impl Context {
 
     /// The context of the running task, or an empty one outside any request.
     pub fn current() -> Context {
-        CURRENT.try_with(Context::clone).unwrap_or_default()
+        CURRENT
+            .try_with(|c| c.clone().for_task())
+            .unwrap_or_default()
+    }
+
+    /// When the call that carries this context started: read from the clock by the first
+    /// layer that asks, the same instant for every layer after it.
+    pub(crate) fn call_start(&mut self) -> Instant {
+        *self.started.get_or_insert_with(Instant::now)
+    }
+
+    /// Starts the call that carries this context now (the outermost layer that needs the
+    /// time calls it).
+    pub(crate) fn start_call(&mut self) -> Instant {
+        let now = Instant::now();
+        self.started = Some(now);
+        now
     }
 
     /// The deadline of the running task's request, if any. Cheaper than `current()`.
@@ -87,7 +107,15 @@ impl Context {
 
     /// Runs `fut` with this context as [`Context::current`].
     pub async fn scope<F: Future>(self, fut: F) -> F::Output {
-        CURRENT.scope(self, fut).await
+        CURRENT.scope(self.for_task(), fut).await
+    }
+
+    /// This context as a task's: without the start of the call it came from.
+    fn for_task(self) -> Context {
+        Context {
+            started: None,
+            ..self
+        }
     }
 
     /// Like [`scope`](Self::scope), returning the nameable future.
@@ -95,7 +123,7 @@ impl Context {
         self,
         fut: F,
     ) -> tokio::task::futures::TaskLocalFuture<Context, F> {
-        CURRENT.scope(self, fut)
+        CURRENT.scope(self.for_task(), fut)
     }
 
     /// Returns this context with `trace` as its trace context.
@@ -134,9 +162,14 @@ impl Context {
         extensions.get_mut::<Context>().expect("inserted above")
     }
 
-    /// Bounds the deadline in place by `now + timeout` (see [`with_timeout`](Self::with_timeout)).
+    /// Bounds the deadline in place by `timeout` from the call's start
+    /// ([`call_start`](Self::call_start)).
     pub(crate) fn set_timeout(&mut self, timeout: Duration) {
-        *self = std::mem::take(self).with_timeout(timeout);
+        let deadline = self
+            .call_start()
+            .checked_add(timeout)
+            .unwrap_or_else(far_future);
+        *self = std::mem::take(self).with_deadline(deadline);
     }
 }
 
