@@ -95,23 +95,27 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, &'static str> {
 /// Writes `d` as a `grpc-timeout` value into `buf`: the finest unit whose count fits in 8
 /// digits, rounded up so the server never sees less time than is left. No allocation.
 fn grpc_timeout_text(d: Duration, buf: &mut [u8; 9]) -> &[u8] {
-    const MAX: u128 = 99_999_999;
-    let nanos = d.as_nanos();
-    let (n, unit) = [
-        (1u128, b'n'),
+    const MAX: u64 = 99_999_999;
+    const UNITS: [(u64, u8); 6] = [
+        (1, b'n'),
         (1_000, b'u'),
         (1_000_000, b'm'),
         (1_000_000_000, b'S'),
         (60_000_000_000, b'M'),
         (3_600_000_000_000, b'H'),
-    ]
-    .into_iter()
-    .map(|(per, unit)| (nanos.div_ceil(per), unit))
-    .find(|(n, _)| *n <= MAX)
-    .unwrap_or((MAX, b'H'));
+    ];
+    // In 64 bits (saturating at 584 years, far past the largest value the header holds),
+    // and one division: the unit is found by comparing with each unit's largest count.
+    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let (n, unit) = UNITS
+        .iter()
+        .find(|(per, _)| MAX.checked_mul(*per).is_none_or(|most| nanos <= most))
+        .map_or((MAX, b'H'), |&(per, unit)| {
+            (nanos.div_ceil(per).min(MAX), unit)
+        });
     buf[8] = unit;
     let mut at = 8;
-    let mut n = n as u64;
+    let mut n = n;
     loop {
         at -= 1;
         buf[at] = b'0' + (n % 10) as u8;

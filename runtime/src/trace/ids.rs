@@ -6,11 +6,23 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `bytes` as lowercase hex into `out` (which must be twice as long).
 pub(crate) fn write_hex(bytes: &[u8], out: &mut [u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    debug_assert_eq!(out.len(), 2 * bytes.len());
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
+
+/// The value of each lowercase hex digit; 0xff for every other byte.
+const NIBBLES: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[HEX[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Parses lowercase hex (exactly `2 * N` digits) into bytes; uppercase is rejected, as the
 /// specification requires.
@@ -18,16 +30,15 @@ pub(crate) fn parse_lower_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != 2 * N {
         return None;
     }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
     let mut out = [0u8; N];
-    for (i, pair) in text.chunks_exact(2).enumerate() {
-        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    let mut bad = 0;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+        bad |= high | low;
+        *byte = high << 4 | low;
     }
-    Some(out)
+    // A digit's value fits in four bits; the marker of anything else does not.
+    (bad & 0xf0 == 0).then_some(out)
 }
 
 /// A 128-bit trace id, shared by every span of one request across services.
@@ -127,3 +138,29 @@ macro_rules! hex_fmt {
 }
 hex_fmt!(TraceId);
 hex_fmt!(SpanId);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pair_of_bytes_parses_only_as_lowercase_hex() {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let want = digit(a).zip(digit(b)).map(|(h, l)| [h << 4 | l]);
+                assert_eq!(parse_lower_hex::<1>(&[a, b]), want, "{a:#x} {b:#x}");
+                if let Some(bytes) = want {
+                    let mut out = [0; 2];
+                    write_hex(&bytes, &mut out);
+                    assert_eq!(out, [a, b]);
+                }
+            }
+        }
+        assert_eq!(parse_lower_hex::<2>(b"abc"), None);
+    }
+}
