@@ -1,10 +1,14 @@
 //! One HTTP/2 connection to an address, as clients and discovery pools hold it: a lazy tonic
-//! channel whose connector counts the connections it made, so that the first request on
-//! each new connection can let the names of steadfast's per-request headers into the
-//! connection's HPACK table (see [`Connection::prepare`]). Depends only on `wire`.
+//! channel whose connector counts the connections it made and those still open, so that
+//! the first request on each new connection can let the names of steadfast's per-request
+//! headers into the connection's HPACK table (see [`Connection::prepare`]), and a request
+//! made while no connection is open can be given a timer of its own (see
+//! [`Connection::is_open`]). Depends only on `wire`.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,29 +23,106 @@ pub(crate) struct Connection {
     made: Arc<AtomicU64>,
     /// The value of `made` for which a request already sent the header names indexed.
     named: AtomicU64,
+    /// Connections open now (0 or 1; 2 for a moment while one replaces another).
+    open: Arc<AtomicUsize>,
+}
+
+/// A connection's socket, counted among the open ones until it is dropped (when the HTTP/2
+/// connection ends).
+#[derive(Debug)]
+struct Counted<T> {
+    io: T,
+    open: Arc<AtomicUsize>,
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
 }
 
 impl Connection {
     /// Connects to `endpoint` on first use, with the TCP settings tonic's own connector would
-    /// use: `TCP_NODELAY` as given, the TCP connect bounded by `connect_timeout` (give an
-    /// endpoint without a connect timeout of its own: tonic would wrap every read and write
-    /// of the connection to enforce it), and `endpoint`'s TLS on top.
+    /// use: `TCP_NODELAY` as given, and the name lookup and TCP connect together bounded by
+    /// `connect_timeout` (tonic's bounds the TCP connect alone). `endpoint`'s TLS applies on
+    /// top; give a TLS endpoint its own connect timeout too, so that it bounds the handshake
+    /// (a peer that accepts the connection and never answers would hold it forever), and a
+    /// plaintext one none: tonic enforces it by wrapping every read and write of the
+    /// connection.
     pub(crate) fn lazy(endpoint: &Endpoint, nodelay: bool, connect_timeout: Duration) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(nodelay);
-        http.set_connect_timeout(Some(connect_timeout));
         let made = Arc::new(AtomicU64::new(0));
-        let count = made.clone();
-        let connector = http.map_response(move |io| {
-            count.fetch_add(1, Ordering::Relaxed);
-            io
+        let open = Arc::new(AtomicUsize::new(0));
+        let (count, opened) = (made.clone(), open.clone());
+        let connector = tower::service_fn(move |uri: http::Uri| {
+            let (http, count, opened) = (http.clone(), count.clone(), opened.clone());
+            async move {
+                let io = tokio::time::timeout(connect_timeout, http.oneshot(uri))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "no connection within the connect timeout ({connect_timeout:?})"
+                            ),
+                        )
+                    })??;
+                opened.fetch_add(1, Ordering::Relaxed);
+                count.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Counted { io, open: opened })
+            }
         });
         Connection {
             channel: endpoint.connect_with_connector_lazy(connector),
             made,
             named: AtomicU64::new(0),
+            open,
         }
+    }
+
+    /// Whether a connection is open now. A request sent while none is waits for one to be
+    /// made, and tonic's channel starts the request's `grpc-timeout` timer only once it has
+    /// one: until then the request has no timer but the one its sender gives it.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > 0
     }
 
     /// The tonic channel.
@@ -64,8 +145,8 @@ impl Connection {
     /// request refers to each name by its index (the values stay literals).
     pub(crate) fn prepare(&self, headers: &mut http::HeaderMap) {
         let made = self.made.load(Ordering::Relaxed);
-        if self.named.load(Ordering::Relaxed) != made
-            && self.named.swap(made, Ordering::Relaxed) != made
+        if self.named.load(Ordering::Relaxed) < made
+            && self.named.fetch_max(made, Ordering::Relaxed) < made
         {
             crate::wire::index_names(headers);
         }
@@ -108,11 +189,20 @@ mod tests {
             check().await.unwrap();
         }
         assert_eq!(conn.made(), 1, "three calls, one connection");
+        assert!(conn.is_open());
 
         // The server goes away (GOAWAY, connection closed) and comes back on the same port:
         // the channel connects again, and the count says so.
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
+        // The server closed the connection: the client's side of it ends too.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while conn.is_open() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the closed connection is no longer counted as open");
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let (_stop, _server) = serve(listener);
         let mut answered = 0;
@@ -126,6 +216,7 @@ mod tests {
         }
         assert_eq!(answered, 2, "the channel did not connect again");
         assert_eq!(conn.made(), 2);
+        assert!(conn.is_open());
     }
 
     #[test]

@@ -104,15 +104,15 @@ fn grpc_timeout_text(d: Duration, buf: &mut [u8; 9]) -> &[u8] {
         (60_000_000_000, b'M'),
         (3_600_000_000_000, b'H'),
     ];
-    // In 64 bits (saturating at 584 years, far past the largest value the header holds),
-    // and one division: the unit is found by comparing with each unit's largest count.
-    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    let (n, unit) = UNITS
-        .iter()
-        .find(|(per, _)| MAX.checked_mul(*per).is_none_or(|most| nanos <= most))
-        .map_or((MAX, b'H'), |&(per, unit)| {
-            (nanos.div_ceil(per).min(MAX), unit)
-        });
+    // In 64 bits and one division: the unit is found by comparing with each unit's largest
+    // count. Past 2^64 ns (584 years), the largest value the header holds (11,400 years).
+    let (n, unit) = match u64::try_from(d.as_nanos()) {
+        Ok(nanos) => UNITS
+            .iter()
+            .find(|(per, _)| MAX.checked_mul(*per).is_none_or(|most| nanos <= most))
+            .map_or((MAX, b'H'), |&(per, unit)| (nanos.div_ceil(per), unit)),
+        Err(_) => (MAX, b'H'),
+    };
     buf[8] = unit;
     let mut at = 8;
     let mut n = n;
@@ -190,6 +190,12 @@ mod tests {
         }
         assert!(checked > 100);
         assert_eq!(grpc_timeout_value(Duration::ZERO), "0n");
+        // Past what 64 bits of nanoseconds hold: the most the header can say, never less.
+        assert_eq!(grpc_timeout_value(Duration::MAX), "99999999H");
+        assert_eq!(
+            grpc_timeout_value(Duration::from_secs(600 * 365 * 86_400)),
+            "99999999H"
+        );
     }
 
     #[test]

@@ -16,6 +16,29 @@ trait Users {
     async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, Status>;
 }
 
+#[steadfast::resilient_client(service = "tls-user-svc-short", client = UserServiceClient)]
+trait ShortUsers {
+    #[timeout = "500ms"]
+    async fn get_user(&self, req: GetUserRequest) -> Result<GetUserReply, Status>;
+}
+
+/// A peer that accepts connections and never says a word, as a frozen process does (its
+/// kernel still completes the TCP handshake); returns its port and how many it accepted.
+async fn silent_peer() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            held.push(socket);
+        }
+    });
+    (port, accepted)
+}
+
 struct Pki {
     dir: tempfile::TempDir,
 }
@@ -88,6 +111,55 @@ async fn eager_connect_fails_fast_when_tls_is_refused() {
     assert!(
         msg.contains("tls-user-svc") && msg.contains("localhost"),
         "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_answers_ends_at_the_connect_timeout() {
+    // The TLS handshake with a silent peer would wait forever.
+    let pki = Pki::new();
+    let (port, accepted) = silent_peer().await;
+    let config = ClientConfig::endpoints([format!("https://localhost:{port}")])
+        .unwrap()
+        .tls(ClientTls::from_pem_files(pki.path("ca.pem")).unwrap())
+        .connect_timeout(std::time::Duration::from_millis(200))
+        .unwrap()
+        .downstreams(Downstreams::new());
+    let users = UsersClient::connect(config).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = users.get_user(GetUserRequest { id: 1 }).await.unwrap_err();
+    // Each connection is given up after 200 ms and the call fails as never sent, well
+    // before its 10 s deadline.
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "connected again"
+    );
+}
+
+#[tokio::test]
+async fn a_call_keeps_its_deadline_while_its_connection_is_being_made() {
+    // The connect timeout (5 s) is longer than the call's deadline (500 ms): the call
+    // must not wait for the connection past its deadline.
+    let pki = Pki::new();
+    let (port, _) = silent_peer().await;
+    let config = ClientConfig::endpoints([format!("https://localhost:{port}")])
+        .unwrap()
+        .tls(ClientTls::from_pem_files(pki.path("ca.pem")).unwrap())
+        .downstreams(Downstreams::new());
+    let users = ShortUsersClient::connect(config).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = users.get_user(GetUserRequest { id: 1 }).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        took >= std::time::Duration::from_millis(500) && took < std::time::Duration::from_secs(2),
+        "{took:?}"
     );
 }
 

@@ -104,8 +104,11 @@ impl Channel {
         }
     }
 
-    /// Whether the transport enforces the `grpc-timeout` each request carries (tonic
-    /// channels do; a custom transport may not).
+    /// Whether the transport enforces the `grpc-timeout` each request carries, for the whole
+    /// request. A tonic channel starts its timer only once the request reaches a connection;
+    /// this channel times a request sent while no connection is open itself (until one is
+    /// made: a TLS handshake a frozen peer never answers, a slow name lookup), so together
+    /// they do. A custom transport may not.
     pub fn enforces_grpc_timeout(&self) -> bool {
         !matches!(self.inner, Transport::Custom(_))
     }
@@ -181,6 +184,10 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
             .and_then(crate::Context::deadline);
         match &mut self.inner {
             Transport::Fixed(ch) => ResponseFuture {
+                connect_timer: self
+                    .connection
+                    .as_ref()
+                    .and_then(|connection| connect_timer(connection, &req)),
                 inner: Inner::Fixed {
                     fut: {
                         if let Some(connection) = &self.connection {
@@ -196,6 +203,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                 tally,
             },
             Transport::Custom(t) => ResponseFuture {
+                connect_timer: None,
                 inner: Inner::Discovered {
                     fut: tower_service::Service::call(&mut t.0, req),
                 },
@@ -215,6 +223,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                         pool.service()
                     ));
                     return ResponseFuture {
+                        connect_timer: None,
                         inner: Inner::Failed {
                             status: Some(status),
                         },
@@ -240,6 +249,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                     None => Some(pool.clone()),
                 };
                 slot.channel.prepare(req.headers_mut());
+                let connect_timer = connect_timer(&slot.channel, &req);
                 let fut = async move {
                     let result = slot.channel.channel().clone().oneshot(req).await;
                     if let Some(pool) = self_report {
@@ -248,6 +258,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
                     result.map_err(BoxError::from)
                 };
                 ResponseFuture {
+                    connect_timer,
                     inner: Inner::Discovered { fut: Box::pin(fut) },
                     commit,
                     stream_deadline,
@@ -258,6 +269,20 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
             }
         }
     }
+}
+
+/// A timer for a request sent while `connection` has no connection open: tonic's channel
+/// times the request's `grpc-timeout` only from when a connection takes it.
+fn connect_timer(
+    connection: &Connection,
+    req: &http::Request<tonic::body::Body>,
+) -> Option<Pin<Box<tokio::time::Sleep>>> {
+    if connection.is_open() {
+        return None;
+    }
+    let timeout = req.headers().get(crate::wire::GRPC_TIMEOUT_HEADER)?;
+    let timeout = crate::wire::parse_grpc_timeout(timeout.as_bytes()).ok()?;
+    Some(Box::pin(tokio::time::sleep(timeout)))
 }
 
 type DiscoveredFuture =
@@ -277,6 +302,8 @@ pin_project! {
     pub struct ResponseFuture {
         #[pin]
         inner: Inner,
+        // The request's own timer while it waits for a connection to be made.
+        connect_timer: Option<Pin<Box<tokio::time::Sleep>>>,
         commit: Option<AttemptInfo>,
         stream_deadline: Option<tokio::time::Instant>,
         streaming: bool,
@@ -296,14 +323,29 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let out = match this.inner.project() {
-            InnerProj::Fixed { fut } => ready!(fut.poll(cx)).map_err(BoxError::from),
-            InnerProj::Discovered { fut } => ready!(fut.as_mut().poll(cx)),
-            InnerProj::Failed { status } => Err(Box::new(
+        let polled = match this.inner.project() {
+            InnerProj::Fixed { fut } => fut.poll(cx).map_err(BoxError::from),
+            InnerProj::Discovered { fut } => fut.as_mut().poll(cx),
+            InnerProj::Failed { status } => Poll::Ready(Err(Box::new(
                 status
                     .take()
                     .unwrap_or_else(|| tonic::Status::unavailable("no live instances")),
-            ) as BoxError),
+            ) as BoxError)),
+        };
+        let out = match polled {
+            Poll::Ready(out) => out,
+            // Still waiting: past its `grpc-timeout` it ends as the transport's own timer
+            // would end it.
+            Poll::Pending => {
+                let expired = this
+                    .connect_timer
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                if !expired {
+                    return Poll::Pending;
+                }
+                Err(Box::new(tonic::TimeoutExpired(())) as BoxError)
+            }
         };
         // Committed: a real gRPC response started (HTTP 200 without `grpc-status` in the
         // headers). A proxy's plain 503 or a trailers-only error is not committed.

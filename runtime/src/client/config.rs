@@ -336,7 +336,10 @@ impl ClientConfig {
         self
     }
 
-    /// The time allowed to establish one connection (default 5 s; must be > 0).
+    /// The time allowed to establish one connection: the name lookup and the TCP connect, and
+    /// for `https` endpoints the TLS handshake too (default 5 s; must be > 0). A connection
+    /// not made in time fails its requests as never sent (`UNAVAILABLE`, retried elsewhere
+    /// at once).
     pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self, Error> {
         if timeout.is_zero() {
             return Err(Error::config(
@@ -542,9 +545,9 @@ impl ClientConfig {
             .connect_timeout(self.connect_timeout))
     }
 
-    /// The endpoint without its connect timeout: a [`Connection`]'s connector bounds the TCP
-    /// connect itself, as tonic's own connector does (an endpoint's timeout would wrap every
-    /// read and write of the connection in another layer).
+    /// The endpoint without its connect timeout: a [`Connection`]'s connector bounds the name
+    /// lookup and TCP connect itself (an endpoint's timeout would wrap every read and write of
+    /// the connection in another layer).
     fn endpoint_settings(&self, uri: &Uri) -> Result<Endpoint, Error> {
         let mut ep = Endpoint::from(uri.clone()).tcp_nodelay(self.tcp_nodelay);
         if let Some((interval, timeout)) = self.keepalive {
@@ -575,7 +578,12 @@ impl ClientConfig {
     /// A lazy connection to `uri`: shared with every other client of the same
     /// [`Downstreams`] with the same settings when [`ClientConfig::share_connections`] is on.
     pub(crate) fn connection(&self, uri: &Uri) -> Result<std::sync::Arc<Connection>, Error> {
-        let endpoint = self.endpoint_settings(uri)?;
+        // With TLS, the endpoint's own timeout bounds the handshake too (see `Connection`).
+        let endpoint = if self.tls.is_some() {
+            self.tonic_endpoint(uri)?
+        } else {
+            self.endpoint_settings(uri)?
+        };
         let make = || Connection::lazy(&endpoint, self.tcp_nodelay, self.connect_timeout);
         if !self.share_connections {
             return Ok(std::sync::Arc::new(make()));
@@ -625,4 +633,38 @@ fn parse_endpoint(i: usize, text: &str) -> Result<Uri, Error> {
         return Err(bad("has no host:port".into()));
     }
     Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keepalive_is_off_unless_asked_for_and_splits_shared_connections() {
+        let downstreams = Downstreams::new();
+        let plain = ClientConfig::endpoints(["http://127.0.0.1:1"])
+            .unwrap()
+            .share_connections(true)
+            .downstreams(downstreams.clone());
+        assert_eq!(plain.keepalive, None);
+        let pinging = plain
+            .clone()
+            .keepalive(Duration::from_secs(30), Duration::from_secs(20))
+            .unwrap();
+        assert_eq!(
+            pinging.keepalive,
+            Some((Duration::from_secs(30), Duration::from_secs(20)))
+        );
+        let uri = &plain.endpoint_uris()[0];
+        let shared = plain.connection(uri).unwrap();
+        assert!(std::sync::Arc::ptr_eq(
+            &shared,
+            &plain.clone().connection(uri).unwrap()
+        ));
+        // A connection that pings is not shared with one that does not.
+        assert!(!std::sync::Arc::ptr_eq(
+            &shared,
+            &pinging.connection(uri).unwrap()
+        ));
+    }
 }

@@ -134,7 +134,7 @@ impl CallPolicy {
         F: FnMut(tonic::Request<M>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
     {
-        request.extensions_mut().insert(ctx);
+        request.extensions_mut().insert(ctx.for_task());
         let svc = stack(&Arc::new(self.clone()), tower::service_fn(attempt));
         tower::ServiceExt::oneshot(svc, request)
     }

@@ -39,8 +39,9 @@ pub struct Context {
     deadline: Option<Instant>,
     trace: Option<super::TraceContext>,
     /// When the call that carries this context started, read by the first layer of its
-    /// client stack that needs the time, for the others (one clock read per call). Never
-    /// carried into a task or another call.
+    /// client stack that needs the time, for the others (one clock read per call). Not
+    /// inherited: [`Context::current`], [`scope`](Context::scope) and
+    /// [`CallPolicy::call_in`](crate::retry::CallPolicy::call_in) drop it.
     started: Option<Instant>,
 }
 
@@ -110,8 +111,8 @@ impl Context {
         CURRENT.scope(self.for_task(), fut).await
     }
 
-    /// This context as a task's: without the start of the call it came from.
-    fn for_task(self) -> Context {
+    /// This context as a task's or a new call's: without the start of the call it came from.
+    pub(crate) fn for_task(self) -> Context {
         Context {
             started: None,
             ..self
