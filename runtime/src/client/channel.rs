@@ -108,9 +108,15 @@ impl Channel {
     /// request. A tonic channel starts its timer only once the request reaches a connection;
     /// this channel times a request sent while no connection is open itself (until one is
     /// made: a TLS handshake a frozen peer never answers, a slow name lookup), so together
-    /// they do. A custom transport may not.
+    /// they do, on the connections this channel made. A tonic channel given to
+    /// [`Channel::new`], several fixed endpoints (tonic balances over its own connections)
+    /// and a custom transport leave the attempt's timer to the layer above.
     pub fn enforces_grpc_timeout(&self) -> bool {
-        !matches!(self.inner, Transport::Custom(_))
+        match &self.inner {
+            Transport::Discovered(_) => true,
+            Transport::Fixed(_) => self.connection.is_some(),
+            Transport::Custom(_) => false,
+        }
     }
 
     /// Attempts sent so far to the discovered instance `id` (`None` when it is not in the
