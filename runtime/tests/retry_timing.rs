@@ -357,6 +357,29 @@ async fn the_servers_report_that_our_attempt_timeout_expired_is_retried() {
     assert_eq!(log.len(), 2);
 }
 
+/// When a request came, and its `grpc-timeout`.
+type Arrival = Arc<Mutex<Option<(Instant, Option<tonic::metadata::AsciiMetadataValue>)>>>;
+
+/// A downstream that never answers, and notes when the request came and its `grpc-timeout`.
+fn never_answers(
+    seen: Arrival,
+) -> impl tower::Service<
+    tonic::Request<u32>,
+    Response = tonic::Response<u32>,
+    Error = Status,
+    Future = impl std::future::Future<Output = Result<tonic::Response<u32>, Status>> + Send,
+> + Clone
++ Send {
+    tower::service_fn(move |req: tonic::Request<u32>| {
+        let timeout = req.metadata().get("grpc-timeout").cloned();
+        *seen.lock().unwrap() = Some((Instant::now(), timeout));
+        async move {
+            std::future::pending::<()>().await;
+            Ok::<_, Status>(tonic::Response::new(0u32))
+        }
+    })
+}
+
 /// A layer that keeps its service unready for a while on first use, as a rate limit or a
 /// concurrency limit between the retry layer and the attempt timeout would.
 #[derive(Clone)]
@@ -404,14 +427,7 @@ async fn time_waiting_for_a_layer_below_the_retry_is_not_given_to_the_attempt() 
             ))))),
         })
         .layer(steadfast::deadline::AttemptTimeoutLayer::new(None))
-        .service_fn(move |req: tonic::Request<u32>| {
-            let timeout = req.metadata().get("grpc-timeout").cloned();
-            *seen.lock().unwrap() = Some((Instant::now(), timeout));
-            async move {
-                std::future::pending::<()>().await;
-                Ok::<_, Status>(tonic::Response::new(0u32))
-            }
-        });
+        .service(never_answers(seen));
     let err = svc.oneshot(tonic::Request::new(7)).await.unwrap_err();
     let (at, timeout) = sent.lock().unwrap().clone().unwrap();
     assert_eq!(
@@ -485,14 +501,7 @@ async fn the_call_deadline_counts_from_the_start_of_the_call() {
         )))
         .layer(steadfast::retry::RetryLayer::new(policy))
         .layer(steadfast::deadline::AttemptTimeoutLayer::new(None))
-        .service_fn(move |req: tonic::Request<u32>| {
-            let timeout = req.metadata().get("grpc-timeout").cloned();
-            *seen.lock().unwrap() = Some((Instant::now(), timeout));
-            async move {
-                std::future::pending::<()>().await;
-                Ok::<_, Status>(tonic::Response::new(0u32))
-            }
-        });
+        .service(never_answers(seen));
     let err = svc.oneshot(tonic::Request::new(7)).await.unwrap_err();
     let (at, timeout) = sent.lock().unwrap().clone().unwrap();
     assert_eq!(at - started, Duration::from_millis(300));

@@ -780,13 +780,7 @@ pub async fn measure_pool(n: usize, ejected_pct: usize, picks: u32) -> (Duration
     let registry: Arc<dyn Registry> =
         Arc::new(OneWatch(tokio::sync::watch::channel(set.clone()).0));
     let config = PoolConfig {
-        connect: Arc::new(|uri| {
-            Ok(Arc::new(Connection::lazy(
-                &tonic::transport::Endpoint::from(uri.clone()),
-                true,
-                Duration::from_secs(5),
-            )))
-        }),
+        connect: Arc::new(|uri| Ok(Arc::new(Connection::plain(uri)))),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,
         grace: Some(Duration::ZERO),

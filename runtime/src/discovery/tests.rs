@@ -27,13 +27,7 @@ async fn pool_on(
     }
     let registry: Arc<dyn Registry> = Arc::new(registry);
     let config = PoolConfig {
-        connect: Arc::new(|uri| {
-            Ok(Arc::new(Connection::lazy(
-                &tonic::transport::Endpoint::from(uri.clone()),
-                true,
-                Duration::from_secs(5),
-            )))
-        }),
+        connect: Arc::new(|uri| Ok(Arc::new(Connection::plain(uri)))),
         outlier_detection: od,
         panic_threshold: 50,
         grace,
@@ -241,13 +235,7 @@ async fn dropping_the_pool_drops_its_watch_at_once() {
     let (tx, _) = tokio::sync::watch::channel(InstanceSet::new());
     let registry = Arc::new(OneWatch(tx));
     let config = PoolConfig {
-        connect: Arc::new(|uri| {
-            Ok(Arc::new(Connection::lazy(
-                &tonic::transport::Endpoint::from(uri.clone()),
-                true,
-                Duration::from_secs(5),
-            )))
-        }),
+        connect: Arc::new(|uri| Ok(Arc::new(Connection::plain(uri)))),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,
         grace: None,
@@ -266,13 +254,7 @@ async fn dropping_the_pool_drops_its_watch_at_once() {
 async fn pool_on_watch(tx: &tokio::sync::watch::Sender<InstanceSet>, grace: Duration) -> Arc<Pool> {
     let registry: Arc<dyn Registry> = Arc::new(OneWatch(tx.clone()));
     let config = PoolConfig {
-        connect: Arc::new(|uri| {
-            Ok(Arc::new(Connection::lazy(
-                &tonic::transport::Endpoint::from(uri.clone()),
-                true,
-                Duration::from_secs(5),
-            )))
-        }),
+        connect: Arc::new(|uri| Ok(Arc::new(Connection::plain(uri)))),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,
         grace: Some(grace),
@@ -464,11 +446,7 @@ async fn an_instance_that_could_not_become_an_endpoint_is_tried_again_at_the_nex
             if uri.port_u16() == Some(2) && !once.swap(true, Ordering::SeqCst) {
                 return Err(Error::config("test", "refused once"));
             }
-            Ok(Arc::new(Connection::lazy(
-                &tonic::transport::Endpoint::from(uri.clone()),
-                true,
-                Duration::from_secs(5),
-            )))
+            Ok(Arc::new(Connection::plain(uri)))
         }),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: 50,
