@@ -383,7 +383,7 @@ impl Future for ResponseFuture {
                     let mut cut = crate::deadline::body::CutBody::new(body);
                     if let Some(at) = deadline {
                         cut = cut.deadline(
-                            Box::pin(tokio::time::sleep_until(at)),
+                            crate::deadline::body::Timer::at(at),
                             crate::deadline::body::Cut::Static(
                                 tonic::Code::DeadlineExceeded,
                                 "the call's deadline expired while the response was streaming",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// Passes a response body through until one of its timers fires: the deadline, or no frame
 /// for the idle time (restarted with every frame). Then it drops the body (on a server, the
@@ -16,8 +16,33 @@ use tokio::time::Sleep;
 /// the trailers.
 pub(crate) struct CutBody {
     inner: Option<tonic::body::Body>,
-    deadline: Option<(Pin<Box<Sleep>>, Cut)>,
+    deadline: Option<(Timer, Cut)>,
     idle: Option<(Pin<Box<Sleep>>, Duration)>,
+}
+
+/// A timer for an instant, armed (a tokio `Sleep` made and registered) only when first
+/// polled: most calls end before their deadline without ever waiting for it, and then no
+/// timer is made, registered or dropped for them.
+#[derive(Debug)]
+pub(crate) struct Timer {
+    at: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timer {
+    /// A timer that fires at `at`, not armed yet.
+    pub(crate) fn at(at: Instant) -> Self {
+        Timer { at, sleep: None }
+    }
+
+    /// Ready once the instant has passed; arms the timer on the first call.
+    pub(crate) fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let at = self.at;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+            .poll(cx)
+    }
 }
 
 /// The status a [`CutBody`] ends with when its deadline passes; built only then (most bodies
@@ -49,9 +74,9 @@ impl CutBody {
         }
     }
 
-    /// Cut when `sleep` fires, with the status `cut` says.
-    pub(crate) fn deadline(mut self, sleep: Pin<Box<Sleep>>, cut: Cut) -> Self {
-        self.deadline = Some((sleep, cut));
+    /// Cut when `timer` fires, with the status `cut` says.
+    pub(crate) fn deadline(mut self, timer: Timer, cut: Cut) -> Self {
+        self.deadline = Some((timer, cut));
         self
     }
 
@@ -99,8 +124,8 @@ impl Body for CutBody {
             return Poll::Ready(frame);
         }
         let mut fired = None;
-        if let Some((sleep, cut)) = &mut this.deadline
-            && sleep.as_mut().poll(cx).is_ready()
+        if let Some((timer, cut)) = &mut this.deadline
+            && timer.poll(cx).is_ready()
         {
             fired = Some(cut.status());
         } else if let Some((sleep, idle)) = &mut this.idle
@@ -128,5 +153,29 @@ impl Body for CutBody {
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use super::{Poll, Timer};
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_is_armed_only_when_polled_and_fires_at_its_instant() {
+        let start = Instant::now();
+        let mut timer = Timer::at(start + Duration::from_millis(250));
+        assert!(timer.sleep.is_none(), "made without arming");
+        assert!(poll_fn(|cx| Poll::Ready(timer.poll(cx))).await.is_pending());
+        assert!(timer.sleep.is_some(), "armed by its first poll");
+        poll_fn(|cx| timer.poll(cx)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+
+        // An instant already past fires on the first poll.
+        let mut past = Timer::at(start);
+        assert!(poll_fn(|cx| Poll::Ready(past.poll(cx))).await.is_ready());
     }
 }

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
-use tokio::time::Sleep;
 
-use super::body::{Cut, CutBody, expired};
+use super::body::{Cut, CutBody, Timer, expired};
 use crate::Context;
 use crate::trace::context::CURRENT;
 
@@ -19,8 +18,9 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: TaskLocalFuture<Context, F>,
-        // Boxed, to move into the response body once the handler has answered.
-        sleep: Option<Pin<Box<Sleep>>>,
+        // Armed only if the handler makes the call wait; moved into the response body
+        // once the handler has answered.
+        timer: Option<Timer>,
         timeout: Option<Duration>,
     }
 }
@@ -31,13 +31,11 @@ impl<F> ResponseFuture<F> {
         S: tower_service::Service<R, Future = F>,
         F: Future,
     {
-        let sleep = ctx
-            .deadline()
-            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        let timer = ctx.deadline().map(Timer::at);
         let fut = CURRENT.sync_scope(ctx.clone(), || inner.call(req));
         ResponseFuture {
             inner: CURRENT.scope(ctx, fut),
-            sleep,
+            timer,
             timeout,
         }
     }
@@ -52,16 +50,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(out) = this.inner.poll(cx) {
-            let (Ok(_), Some(sleep)) = (out.as_ref(), this.sleep.take()) else {
+            let (Ok(_), Some(timer)) = (out.as_ref(), this.timer.take()) else {
                 return Poll::Ready(out);
             };
             let cut = Cut::GrpcTimeout(this.timeout.unwrap_or_default());
             return Poll::Ready(out.map(|response| {
-                response.map(|body| tonic::body::Body::new(CutBody::new(body).deadline(sleep, cut)))
+                response.map(|body| tonic::body::Body::new(CutBody::new(body).deadline(timer, cut)))
             }));
         }
-        if let Some(sleep) = this.sleep.as_mut() {
-            ready!(sleep.as_mut().poll(cx));
+        if let Some(timer) = this.timer.as_mut() {
+            ready!(timer.poll(cx));
             let status = expired(this.timeout.unwrap_or_default());
             return Poll::Ready(Ok(status.into_http()));
         }
