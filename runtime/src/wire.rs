@@ -2,9 +2,11 @@
 //! digits and one unit letter), steadfast's own metadata keys, and a safe rendering of
 //! untrusted header values for logs. Depends on nothing else in the crate.
 
+use std::cell::RefCell;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 
 /// Metadata keys parsed once: inserting with a `&'static str` validates the name on every call.
@@ -126,12 +128,30 @@ fn grpc_timeout_text(d: Duration, buf: &mut [u8; 9]) -> &[u8] {
     }
 }
 
+/// `text` as shared bytes carved from a buffer of this thread: the header values written on
+/// every call (`traceparent`, `x-trace-id`, `grpc-timeout`) take one allocation per 4 KiB of
+/// values instead of one each. A buffer is freed when the last value carved from it is
+/// dropped, so a value kept somewhere keeps at most 4 KiB alive.
+pub(crate) fn carve(text: &[u8]) -> Bytes {
+    const SLAB: usize = 4096;
+    thread_local! {
+        static SLAB_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    }
+    SLAB_BUF.with_borrow_mut(|buf| {
+        if buf.capacity() < text.len() {
+            *buf = BytesMut::with_capacity(SLAB.max(text.len()));
+        }
+        buf.extend_from_slice(text);
+        buf.split().freeze()
+    })
+}
+
 /// Formats `d` as a `grpc-timeout` header value (see [`grpc_timeout_text`]), marked
 /// sensitive: a value new on every request is sent as a never-indexed HPACK literal instead
 /// of churning the connection's header table.
 pub(crate) fn grpc_timeout_value(d: Duration) -> http::HeaderValue {
     let mut buf = [0; 9];
-    let mut v = http::HeaderValue::from_bytes(grpc_timeout_text(d, &mut buf))
+    let mut v = http::HeaderValue::from_maybe_shared(carve(grpc_timeout_text(d, &mut buf)))
         .expect("digits and a unit letter");
     v.set_sensitive(true);
     v
@@ -140,8 +160,8 @@ pub(crate) fn grpc_timeout_value(d: Duration) -> http::HeaderValue {
 /// [`grpc_timeout_value`] as gRPC metadata.
 pub(crate) fn grpc_timeout_metadata(d: Duration) -> MetadataValue<Ascii> {
     let mut buf = [0; 9];
-    let mut v =
-        MetadataValue::try_from(grpc_timeout_text(d, &mut buf)).expect("digits and a unit letter");
+    let mut v = MetadataValue::try_from(carve(grpc_timeout_text(d, &mut buf)))
+        .expect("digits and a unit letter");
     v.set_sensitive(true);
     v
 }
@@ -164,6 +184,30 @@ pub(crate) fn sanitize(value: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn carved_values_share_a_buffer_until_it_is_full_and_keep_their_bytes() {
+        // Own thread: a fresh, empty buffer.
+        std::thread::spawn(|| {
+            let texts: Vec<Vec<u8>> = (0..200u8).map(|i| vec![b'a' + i % 26; 55]).collect();
+            let carved: Vec<Bytes> = texts.iter().map(|t| carve(t)).collect();
+            for (t, c) in texts.iter().zip(&carved) {
+                assert_eq!(&c[..], &t[..]);
+            }
+            // 4096 / 55: 74 values per buffer, each right after the one before.
+            let adjacent = carved
+                .windows(2)
+                .filter(|w| w[1].as_ptr() == w[0].as_ptr().wrapping_add(55))
+                .count();
+            assert_eq!(adjacent, 199 - 2, "two new buffers for 200 values");
+            // A value larger than a buffer gets one of its own.
+            let big = vec![b'x'; 10_000];
+            assert_eq!(&carve(&big)[..], &big[..]);
+            assert_eq!(&carve(b"after")[..], b"after");
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn grpc_timeout_values_round_up_in_the_finest_unit_that_fits() {

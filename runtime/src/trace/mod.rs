@@ -373,8 +373,11 @@ pub fn inject_metadata(ctx: &TraceContext, metadata: &mut MetadataMap) {
         v.set_sensitive(true);
         v
     };
-    let tp = traceparent::format(ctx.trace_id, ctx.span_id, ctx.flags);
-    if let Ok(v) = tonic::metadata::MetadataValue::try_from(&tp[..]) {
+    // One carved buffer holds both values: the trace id's hex is the traceparent's
+    // `00-{trace id}-...`.
+    let tp = crate::wire::carve(&traceparent::format(ctx.trace_id, ctx.span_id, ctx.flags));
+    let trace_id = tp.slice(3..35);
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(tp) {
         metadata.insert(&*TRACEPARENT_KEY, unindexed(v));
     }
     if !ctx.state.is_empty()
@@ -382,8 +385,7 @@ pub fn inject_metadata(ctx: &TraceContext, metadata: &mut MetadataMap) {
     {
         metadata.insert(&*TRACESTATE_KEY, v);
     }
-    // The trace id's hex, as written in the traceparent (`00-{trace id}-...`).
-    if let Ok(v) = tonic::metadata::MetadataValue::try_from(&tp[3..35]) {
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(trace_id) {
         metadata.insert(&*X_TRACE_ID_KEY, unindexed(v));
     }
 }
