@@ -114,17 +114,23 @@ async fn eager_connect_fails_fast_when_tls_is_refused() {
     );
 }
 
+/// A client of the silent peer on `port` over TLS, trusting `pki`'s CA, with its own
+/// downstreams (the default connect timeout).
+fn silent_tls_peer_config(pki: &Pki, port: u16) -> ClientConfig {
+    ClientConfig::endpoints([format!("https://localhost:{port}")])
+        .unwrap()
+        .tls(ClientTls::from_pem_files(pki.path("ca.pem")).unwrap())
+        .downstreams(Downstreams::new())
+}
+
 #[tokio::test]
 async fn a_tls_handshake_that_never_answers_ends_at_the_connect_timeout() {
     // The TLS handshake with a silent peer would wait forever.
     let pki = Pki::new();
     let (port, accepted) = silent_peer().await;
-    let config = ClientConfig::endpoints([format!("https://localhost:{port}")])
-        .unwrap()
-        .tls(ClientTls::from_pem_files(pki.path("ca.pem")).unwrap())
+    let config = silent_tls_peer_config(&pki, port)
         .connect_timeout(std::time::Duration::from_millis(200))
-        .unwrap()
-        .downstreams(Downstreams::new());
+        .unwrap();
     let users = UsersClient::connect(config).await.unwrap();
     let started = std::time::Instant::now();
     let err = users.get_user(GetUserRequest { id: 1 }).await.unwrap_err();
@@ -148,11 +154,9 @@ async fn a_call_keeps_its_deadline_while_its_connection_is_being_made() {
     // must not wait for the connection past its deadline.
     let pki = Pki::new();
     let (port, _) = silent_peer().await;
-    let config = ClientConfig::endpoints([format!("https://localhost:{port}")])
-        .unwrap()
-        .tls(ClientTls::from_pem_files(pki.path("ca.pem")).unwrap())
-        .downstreams(Downstreams::new());
-    let users = ShortUsersClient::connect(config).await.unwrap();
+    let users = ShortUsersClient::connect(silent_tls_peer_config(&pki, port))
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let err = users.get_user(GetUserRequest { id: 1 }).await.unwrap_err();
     let took = started.elapsed();
