@@ -346,10 +346,13 @@ pub fn extract_metadata(metadata: &MetadataMap) -> TraceContext {
 /// assert_eq!(steadfast::trace::extract(&headers).trace_id(), ctx.trace_id());
 /// ```
 pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
-    let tp = traceparent::format(ctx.trace_id, ctx.span_id, ctx.flags);
+    // As in `inject_metadata`: one carved buffer holds the traceparent and, inside it, the
+    // trace id's hex.
+    let tp = crate::wire::carve(&traceparent::format(ctx.trace_id, ctx.span_id, ctx.flags));
+    let trace_id = tp.slice(3..35);
     headers.insert(
         TRACEPARENT,
-        http::HeaderValue::from_bytes(&tp).expect("ASCII"),
+        http::HeaderValue::from_maybe_shared(tp).expect("ASCII"),
     );
     if let Ok(v) = http::HeaderValue::from_str(ctx.state.as_str())
         && !ctx.state.is_empty()
@@ -358,7 +361,7 @@ pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap) {
     }
     headers.insert(
         X_TRACE_ID,
-        http::HeaderValue::from_bytes(&ctx.trace_id.to_hex()).expect("ASCII"),
+        http::HeaderValue::from_maybe_shared(trace_id).expect("ASCII"),
     );
 }
 
